@@ -1,0 +1,89 @@
+"""Overlap image reading and decoding (worker threads) with batched model inference, in order.
+
+Callers hand over items and a ``prepare`` function that runs in a worker thread and returns a
+:class:`Prepared`: either a vector already known (a cache hit) or a preprocessed array to embed.
+The stream yields one :class:`Embedded` per item, in input order. A failure inside ``prepare``
+becomes that item's error; it never stops the stream.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, Generic, Iterable, Iterator, TypeVar
+
+import numpy as np
+
+from detector.embedders import Embedder
+from detector.images import ImageError
+
+T = TypeVar("T")
+
+
+@dataclass
+class Prepared:
+    """What a worker made of one item: a known vector, or an array for the model, plus extras."""
+
+    vector: np.ndarray | None = None
+    array: np.ndarray | None = None
+    info: Any = None
+
+
+@dataclass
+class Embedded(Generic[T]):
+    """One item's outcome: its vector (``None`` on error), whether the model ran, and the error."""
+
+    item: T
+    vector: np.ndarray | None
+    computed: bool
+    info: Any = None
+    error: ImageError | None = None
+
+
+def _guarded(prepare: Callable[[T], Prepared], item: T) -> Prepared | ImageError:
+    try:
+        return prepare(item)
+    except ImageError as exc:
+        return exc
+    except MemoryError:
+        return ImageError("out_of_memory", "ran out of memory decoding this image")
+    except Exception as exc:  # noqa: BLE001 - one hostile file must not stop a nightly scan
+        return ImageError("decode_failed", f"could not process image: {type(exc).__name__}: {exc}")
+
+
+def embed_stream(
+    embedder: Embedder,
+    items: Iterable[T],
+    prepare: Callable[[T], Prepared],
+    *,
+    batch_size: int = 32,
+    workers: int = 2,
+) -> Iterator[Embedded[T]]:
+    """Yield an :class:`Embedded` per item, in order, decoding ahead while the model runs."""
+    source = iter(items)
+    pending: deque[tuple[T, Future]] = deque()
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="decode") as pool:
+
+        def fill() -> None:
+            while len(pending) < 2 * batch_size:
+                try:
+                    item = next(source)
+                except StopIteration:
+                    return
+                pending.append((item, pool.submit(_guarded, prepare, item)))
+
+        fill()
+        while pending:
+            batch = [pending.popleft() for _ in range(min(batch_size, len(pending)))]
+            fill()  # the next batch decodes while this one runs through the model
+            outcomes = [(item, future.result()) for item, future in batch]
+            arrays = [o.array for _, o in outcomes if isinstance(o, Prepared) and o.vector is None]
+            vectors = iter(embedder.embed_arrays(np.stack(arrays)) if arrays else ())
+            for item, outcome in outcomes:
+                if isinstance(outcome, ImageError):
+                    yield Embedded(item, None, False, error=outcome)
+                elif outcome.vector is not None:
+                    yield Embedded(item, outcome.vector, False, info=outcome.info)
+                else:
+                    yield Embedded(item, next(vectors), True, info=outcome.info)

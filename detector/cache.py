@@ -1,0 +1,118 @@
+"""Embedding cache: vectors keyed by image content hash + embedder fingerprint, in one bounded
+SQLite file, so tomorrow's scan embeds only photos it has not seen.
+
+Each vector carries a CRC32; a damaged entry is dropped and recomputed, never used. When the
+file holds more than ``max_entries`` vectors, the least recently used ones are evicted.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from detector.errors import UserError
+
+DEFAULT_MAX_BYTES = 4 << 30
+
+
+def default_cache_path() -> Path:
+    """``$COUNTERFEIT_CACHE_DIR/embeddings.sqlite``, else under ``$XDG_CACHE_HOME`` or ``~/.cache``."""
+    base = os.environ.get("COUNTERFEIT_CACHE_DIR")
+    if base:
+        return Path(base) / "embeddings.sqlite"
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "counterfeit-detector" / "embeddings.sqlite"
+
+
+class EmbeddingCache:
+    """A thread-safe get/put store of float32 vectors for one embedder fingerprint."""
+
+    def __init__(self, path: Path, fingerprint_id: str, dim: int, *, max_bytes: int = DEFAULT_MAX_BYTES):
+        self.path = Path(path)
+        self.fingerprint_id = fingerprint_id
+        self.dim = dim
+        self.max_entries = max(1, max_bytes // (dim * 4 + 96))
+        self.hits = self.misses = self.corrupt = 0
+        self._lock = threading.Lock()
+        self._used: set[str] = set()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS vectors (fingerprint TEXT, digest TEXT, vector BLOB, crc INTEGER,"
+                " used INTEGER, PRIMARY KEY (fingerprint, digest)) WITHOUT ROWID"
+            )
+            self._db.execute("CREATE INDEX IF NOT EXISTS vectors_used ON vectors (used)")
+            (self._count,) = self._db.execute("SELECT COUNT(*) FROM vectors").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise UserError(
+                f"embedding cache {self.path} is unusable ({exc}); delete it (it is rebuilt automatically) or pass --no-cache"
+            ) from None
+
+    def get(self, digest: str) -> np.ndarray | None:
+        """The cached vector for an image hash, or ``None`` (a damaged entry counts as missing)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT vector, crc FROM vectors WHERE fingerprint=? AND digest=?", (self.fingerprint_id, digest)
+            ).fetchone()
+            if row is None:
+                self.misses += 1
+                return None
+            blob, crc = row
+            if len(blob) != self.dim * 4 or zlib.crc32(blob) != crc:
+                self.corrupt += 1
+                self.misses += 1
+                self._db.execute("DELETE FROM vectors WHERE fingerprint=? AND digest=?", (self.fingerprint_id, digest))
+                return None
+            self.hits += 1
+            self._used.add(digest)
+            return np.frombuffer(blob, dtype=np.float32).copy()
+
+    def put_many(self, items: dict[str, np.ndarray]) -> None:
+        """Store vectors (one transaction), then evict the least recently used beyond the bound."""
+        if not items and not self._used:
+            return
+        now = int(time.time())
+        rows = []
+        for digest, vector in items.items():
+            blob = np.ascontiguousarray(vector, dtype=np.float32).tobytes()
+            rows.append((self.fingerprint_id, digest, blob, zlib.crc32(blob), now))
+        with self._lock:
+            used, self._used = self._used, set()
+            try:
+                self._db.execute("BEGIN")
+                self._db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?, ?, ?)", rows)
+                self._db.executemany(
+                    "UPDATE vectors SET used=? WHERE fingerprint=? AND digest=?",
+                    [(now, self.fingerprint_id, d) for d in used],
+                )
+                self._db.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                self._db.execute("ROLLBACK")
+                raise UserError(f"cannot write the embedding cache {self.path}: {exc}") from None
+            self._count += len(rows)  # an upper bound: replaced rows are counted twice
+            if self._count > self.max_entries:
+                self._evict()
+
+    def _evict(self) -> None:
+        (count,) = self._db.execute("SELECT COUNT(*) FROM vectors").fetchone()
+        excess = count - self.max_entries
+        if excess > 0:
+            self._db.execute(
+                "DELETE FROM vectors WHERE (fingerprint, digest) IN"
+                " (SELECT fingerprint, digest FROM vectors ORDER BY used LIMIT ?)",
+                (excess,),
+            )
+        self._count = count - max(0, excess)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,177 @@
+"""Register a brand catalogue: read it, embed only photos the index lacks, calibrate, commit the index."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from detector.batching import Prepared, embed_stream
+from detector.embedders import Embedder, file_sha256
+from detector.errors import UserError
+from detector.images import decode_image, read_image_bytes, resolve_image_path
+from detector.tables import IMAGE_SUFFIXES, CatalogRow, read_authorized, read_catalog
+from index.calibrate import CalibrationRule, calibrate_thresholds
+from index.store import BrandEntry, IndexStoreError, build_lock, load_index, write_index
+
+MAX_LISTED_ERRORS = 20
+
+
+@dataclass
+class BuildReport:
+    """What a build did: counts, skipped rows, and the committed manifest."""
+
+    embedded: int = 0
+    reused: int = 0
+    skipped: list[str] = field(default_factory=list)
+    manifest: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def _previous_vectors(out_dir: Path, embedder: Embedder, notes: list[str]) -> tuple[dict[str, np.ndarray], dict]:
+    """Vectors of the current index keyed by image hash, when it was built by this embedder."""
+    try:
+        previous = load_index(out_dir, load_indexes=False)
+    except IndexStoreError as exc:
+        if (out_dir / "manifest.json").exists():
+            notes.append(f"previous index not reused ({exc})")
+        return {}, {}
+    if previous.manifest.get("embedder_id") != embedder.fingerprint_id:
+        notes.append("previous index was built by another embedder: every photo is embedded again")
+        return {}, {}
+    known = {}
+    for entry in previous.brands.values():
+        for product, vector in zip(entry.products, entry.vectors):
+            known[product["image_sha256"]] = vector
+    sellers = {name: entry.authorized for name, entry in previous.brands.items()}
+    return known, sellers
+
+
+def _format_errors(errors: list[str]) -> str:
+    shown = "\n  ".join(errors[:MAX_LISTED_ERRORS])
+    more = f"\n  … and {len(errors) - MAX_LISTED_ERRORS} more" if len(errors) > MAX_LISTED_ERRORS else ""
+    return f"{len(errors)} bad catalogue row(s):\n  {shown}{more}\nFix them, or pass --skip-bad-rows to build without them."
+
+
+def build_catalog_index(
+    catalog_path: Path,
+    out_dir: Path,
+    embedder: Embedder,
+    *,
+    authorized_path: Path | None = None,
+    background_dir: Path | None = None,
+    skip_bad_rows: bool = False,
+    allow_outside: bool = False,
+    index_kind: str | None = None,
+    batch_size: int = 32,
+    workers: int = 2,
+    rule: CalibrationRule = CalibrationRule(),
+    on_progress: Callable[[int, int], None] | None = None,
+) -> BuildReport:
+    """Build or update ``out_dir`` from a catalogue; the previous index stays intact on any failure."""
+    catalog_path, out_dir = Path(catalog_path), Path(out_dir)
+    report = BuildReport()
+    rows, errors = read_catalog(catalog_path)
+    authorized = read_authorized(authorized_path) if authorized_path else None
+    root = catalog_path.resolve().parent
+
+    located: list[tuple[CatalogRow, Path]] = []
+    for row in rows:
+        try:
+            located.append((row, resolve_image_path(row.image, root, allow_outside=allow_outside)))
+        except UserError as exc:
+            errors.append(f"{catalog_path.name} line {row.line}: {exc}")
+
+    with build_lock(out_dir):
+        known, previous_sellers = _previous_vectors(out_dir, embedder, report.notes)
+
+        def prepare(item: tuple[CatalogRow, Path]) -> Prepared:
+            data = read_image_bytes(item[1])
+            digest = hashlib.sha256(data).hexdigest()
+            if digest in known:
+                return Prepared(vector=known[digest], info=digest)
+            image = decode_image(data, draft=2 * embedder.preprocess.size)
+            return Prepared(array=embedder.preprocess(image), info=digest)
+
+        products: dict[str, list[dict]] = {}
+        vectors: dict[str, list[np.ndarray]] = {}
+        done = 0
+        for result in embed_stream(embedder, located, prepare, batch_size=batch_size, workers=workers):
+            row, path = result.item
+            done += 1
+            if on_progress:
+                on_progress(done, len(located))
+            if result.error:
+                errors.append(f"{catalog_path.name} line {row.line}: {result.error}")
+                continue
+            report.embedded += result.computed
+            report.reused += not result.computed
+            products.setdefault(row.brand, []).append(
+                {
+                    "product_id": row.product_id,
+                    "image": row.image,
+                    "image_path": str(path),
+                    "image_sha256": result.info,
+                    "price": row.price,
+                    "currency": row.currency,
+                    "title": row.title,
+                }
+            )
+            vectors.setdefault(row.brand, []).append(result.vector)
+
+        if errors and not skip_bad_rows:
+            raise UserError(_format_errors(errors))
+        report.skipped = errors
+        if not products:
+            raise UserError(f"{catalog_path}: no usable catalogue rows, nothing to index")
+
+        background = _embed_background(background_dir, embedder, batch_size, workers) if background_dir else None
+        stacked = {brand: np.stack(vs).astype(np.float32) for brand, vs in vectors.items()}
+        calibration = calibrate_thresholds(stacked, background, rule)
+        if authorized is None and previous_sellers:
+            report.notes.append("no --authorized given: authorised sellers kept from the previous build")
+        sellers = authorized if authorized is not None else previous_sellers
+        unknown = sorted(set(authorized or {}) - set(products))
+        if unknown:
+            report.notes.append(f"authorised sellers given for brands not in the catalogue: {', '.join(unknown)}")
+        entries = [
+            BrandEntry(
+                brand=brand,
+                vectors=stacked[brand],
+                products=products[brand],
+                authorized=sorted(sellers.get(brand, ())),
+                threshold=calibration[brand]["threshold"],
+                calibration=calibration[brand],
+            )
+            for brand in products
+        ]
+        extra = {
+            "catalog": {"path": str(catalog_path.resolve()), "sha256": file_sha256(catalog_path), "rows": len(rows)},
+            "build": {"embedded": report.embedded, "reused": report.reused, "skipped_rows": len(errors)},
+            "calibration_rule": asdict(rule),
+            "background_images": 0 if background is None else len(background),
+        }
+        report.manifest = write_index(
+            out_dir, entries, embedder.fingerprint, embedder.fingerprint_id, extra=extra, index_kind=index_kind
+        )
+    return report
+
+
+def _embed_background(folder: Path, embedder: Embedder, batch_size: int, workers: int) -> np.ndarray:
+    """Embed a folder of unrelated photos (impostors for calibration); unreadable files are skipped."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"--background {folder} is not a folder")
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+    def prepare(path: Path) -> Prepared:
+        image = decode_image(read_image_bytes(path), draft=2 * embedder.preprocess.size)
+        return Prepared(array=embedder.preprocess(image))
+
+    found = [r.vector for r in embed_stream(embedder, paths, prepare, batch_size=batch_size, workers=workers) if r.error is None]
+    if not found:
+        raise UserError(f"--background {folder} holds no readable images")
+    return np.stack(found).astype(np.float32)

@@ -1,0 +1,350 @@
+"""The ``counterfeit`` command line: thin wrappers that parse options, call the library, and print.
+
+Every error a user can cause is printed as one line (``error: …``) with exit status 2; no
+traceback. Set COUNTERFEIT_DEBUG=1 to see tracebacks of unexpected failures.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from detector.errors import UserError
+
+app = typer.Typer(
+    help=(
+        "Find counterfeit listings by photo similarity to brands' authentic reference photos.\n\n"
+        "Typical night: `counterfeit index build catalog.csv --out idx --authorized sellers.csv` once,"
+        " then `counterfeit scan listings.csv --index idx --out scan-2026-11-23` for each dump."
+        " Try `counterfeit demo` for a self-contained run."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+)
+index_app = typer.Typer(help="Build and inspect per-brand reference indexes.", no_args_is_help=True)
+app.add_typer(index_app, name="index")
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class IndexKind(str, Enum):
+    auto = "auto"
+    flat = "flat"
+    hnsw = "hnsw"
+    ivf = "ivf"
+
+
+def friendly_errors(command):
+    """Print user errors as one line and exit 2; never show a traceback for them."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        from index.store import IndexStoreError
+
+        try:
+            return command(*args, **kwargs)
+        except (UserError, IndexStoreError) as exc:
+            err.print(f"[bold red]error:[/] {escape(str(exc))}")
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err.print("[yellow]interrupted[/]")
+            raise typer.Exit(130) from None
+        except Exception as exc:  # noqa: BLE001 - last line of defence: a bug must still read clearly
+            if os.environ.get("COUNTERFEIT_DEBUG"):
+                raise
+            err.print(
+                f"[bold red]internal error:[/] {escape(type(exc).__name__)}: {escape(str(exc))}\n"
+                "This is a bug; rerun with COUNTERFEIT_DEBUG=1 for a traceback and report it."
+            )
+            raise typer.Exit(3) from None
+
+    return wrapper
+
+
+def progress_bar(unit: str = "images") -> Progress:
+    """A progress bar on stderr with rate and ETA."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+    )
+
+
+def _rate(task) -> str:
+    speed = task.speed
+    return f"{speed:,.1f} img/s" if speed else ""
+
+
+# --- index ------------------------------------------------------------------------------------
+
+
+@index_app.command("build")
+@friendly_errors
+def index_build(
+    catalog: Path = typer.Argument(..., help="Catalogue table (CSV, JSONL or Parquet): brand, product_id, image, price, currency[, title]. Image paths are relative to its folder."),
+    out_dir: Path = typer.Option(..., "--out", help="INDEX_DIR to create or update. The previous index stays usable until the new one is complete."),
+    authorized: Optional[Path] = typer.Option(None, "--authorized", help="Table of brand, seller_id: the sellers each brand authorises. Without it, the previous build's lists are kept."),
+    background: Optional[Path] = typer.Option(None, "--background", help="Folder of unrelated photos, used only to calibrate match thresholds (more impostors, better thresholds)."),
+    embedder: str = typer.Option("lite0", "--embedder", help="Embedder: lite0 (default), lite2 or resnet50."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="Weights file for the embedder (resnet50: or 'torchvision' to download when online)."),
+    device: Device = typer.Option(Device.auto, "--device", help="Where the model runs."),
+    index_type: IndexKind = typer.Option(IndexKind.auto, "--index-type", help="FAISS index per brand; auto = exact Flat up to 20,000 vectors, HNSW above."),
+    skip_bad_rows: bool = typer.Option(False, "--skip-bad-rows", help="Build from the good rows when some rows are bad (they are listed)."),
+    allow_outside_paths: bool = typer.Option(False, "--allow-outside-paths", help="Trust image paths that are absolute or lead outside the catalogue's folder."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per model batch."),
+    workers: int = typer.Option(2, "--workers", min=1, help="Threads reading and decoding images."),
+) -> None:
+    """Embed a brand catalogue's reference photos into per-brand FAISS indexes.
+
+    Re-running on an updated catalogue embeds only photos the index does not hold yet;
+    products removed from the catalogue disappear from the index.
+    """
+    from detector.catalog import build_catalog_index
+    from detector.embedders import create_embedder
+
+    model = create_embedder(embedder, device=device.value, weights=weights)
+    with progress_bar() as bar:
+        task = bar.add_task("embedding catalogue", total=None, rate="")
+
+        def advance(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+            bar.update(task, rate=_rate(bar.tasks[task]))
+
+        report = build_catalog_index(
+            catalog,
+            out_dir,
+            model,
+            authorized_path=authorized,
+            background_dir=background,
+            skip_bad_rows=skip_bad_rows,
+            allow_outside=allow_outside_paths,
+            index_kind=None if index_type is IndexKind.auto else index_type.value,
+            batch_size=batch_size,
+            workers=workers,
+            on_progress=advance,
+        )
+    for note in report.notes:
+        err.print(f"[yellow]note:[/] {escape(note)}")
+    for skipped in report.skipped:
+        err.print(f"[yellow]skipped:[/] {escape(skipped)}")
+    counts = report.manifest["counts"]
+    out.print(
+        f"Index written to {escape(str(out_dir))}: {counts['brands']} brand(s), {counts['products']} product(s),"
+        f" {counts['vectors']} photo(s); embedded {report.embedded}, reused {report.reused}."
+    )
+
+
+@index_app.command("info")
+@friendly_errors
+def index_info(
+    index_dir: Path = typer.Argument(..., help="INDEX_DIR made by `counterfeit index build`."),
+    as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
+) -> None:
+    """Show what an index holds: embedder, brands, counts, thresholds, and when it was built."""
+    from index.store import load_index
+
+    index = load_index(index_dir, load_indexes=False)  # verifies every checksum
+    manifest = index.manifest
+    if as_json:
+        out.print_json(json.dumps(manifest))
+        return
+    fp = manifest["embedder"]
+    out.print(f"[bold]{escape(str(index_dir))}[/]  format v{manifest['format_version']}")
+    out.print(f"embedder   {escape(fp['name'])} ({escape(fp['arch'])}, {fp['dim']}-d, fingerprint {manifest['embedder_id']})")
+    out.print(f"built      {manifest['created']}   updated {manifest['updated']}")
+    c = manifest["counts"]
+    out.print(f"holds      {c['brands']} brands, {c['products']} products, {c['vectors']} photos, {c['authorized_sellers']} authorised sellers")
+    table = Table("brand", "products", "photos", "sellers", "index", "threshold", "calibrated from")
+    for brand, entry in manifest["brands"].items():
+        cal = entry.get("calibration", {})
+        source = f"{cal.get('impostors', 0)} impostors ({cal.get('source', '?')})"
+        table.add_row(
+            escape(brand), str(entry["products"]), str(entry["vectors"]), str(entry["authorized_sellers"]),
+            entry["index_kind"], f"{entry['threshold']:.3f}", source,
+        )
+    out.print(table)
+    out.print("checksums  all files verified")
+
+
+# --- lookup -----------------------------------------------------------------------------------
+
+
+@app.command("lookup")
+@friendly_errors
+def lookup(
+    photo: Path = typer.Argument(..., help="The suspicious photo."),
+    index_dir: Path = typer.Option(..., "--index", help="INDEX_DIR made by `counterfeit index build`."),
+    price: Optional[float] = typer.Option(None, "--price", help="The listing's price; compared with the catalogue price."),
+    currency: Optional[str] = typer.Option(None, "--currency", help="Currency of --price (required with it), e.g. USD."),
+    seller: Optional[str] = typer.Option(None, "--seller", help="The listing's seller id; checked against the brand's authorised sellers."),
+    title: Optional[str] = typer.Option(None, "--title", help="The listing's title; searched for counterfeit cues."),
+    top_k: int = typer.Option(5, "--top-k", min=1, max=100, help="How many matches to show."),
+    policy_file: Optional[Path] = typer.Option(None, "--policy", help="Policy TOML overriding the defaults (see detector/default_policy.toml)."),
+    embedder: Optional[str] = typer.Option(None, "--embedder", help="Embedder; defaults to the one that built the index."),
+    device: Device = typer.Option(Device.auto, "--device", help="Where the model runs."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+) -> None:
+    """Is this photo one of ours? Show the closest protected products, and a verdict when listing
+    facts (--price with --currency, --seller, --title) are given."""
+    from detector.lookup import lookup_photo
+    from detector.matches import open_index
+    from detector.policy import Listing, load_policy
+
+    if price is not None and not currency:
+        raise UserError("--price needs --currency (for example --currency USD)")
+    if price is not None and (price < 0 or price != price):
+        raise UserError("--price must be a non-negative number")
+    policy = load_policy(policy_file)
+    index, model = open_index(index_dir, embedder=embedder, device=device.value)
+    facts = None
+    if price is not None or seller is not None or title is not None:
+        facts = Listing(listing_id=str(photo), seller_id=seller, title=title or "", price=price,
+                        currency=currency.upper() if currency else None)
+    result = lookup_photo(photo, index, model, policy, top_k=top_k, listing=facts)
+    if as_json:
+        sys.stdout.write(json.dumps(result.as_json(), ensure_ascii=False) + "\n")
+        return
+    table = Table("#", "brand", "product", "similarity", "threshold", "price", "reference photo", title=f"Closest protected products to {escape(str(photo))}")
+    for rank, match in enumerate(result.matches, start=1):
+        threshold = policy.brand_threshold(match.brand, match.calibrated_threshold)
+        style = "bold" if match.similarity >= threshold else "dim"
+        table.add_row(
+            str(rank), escape(match.brand), escape(match.product_id), f"[{style}]{match.similarity:.3f}[/]",
+            f"{threshold:.3f}", f"{match.price:,.2f} {escape(match.currency or '')}", escape(match.reference_image or ""),
+        )
+    out.print(table)
+    decision = result.decision
+    if result.judged:
+        colour = {"flagged": "bold red", "clear": "bold green"}.get(decision.verdict, "bold yellow")
+        out.print(f"Verdict: [{colour}]{decision.verdict.upper()}[/] (risk score {decision.score:.2f})")
+    for reason in decision.reasons:
+        out.print(f"  - {escape(reason)}")
+
+
+# --- scan -------------------------------------------------------------------------------------
+
+
+@app.command("scan")
+@friendly_errors
+def scan(
+    listings: Path = typer.Argument(..., help="Listing dump: CSV, JSONL or Parquet with listing_id, seller_id, title, price, currency, image (paths relative to its folder; several rows per listing for several photos), or a bare folder of images (visual evidence only)."),
+    index_dir: Path = typer.Option(..., "--index", help="INDEX_DIR made by `counterfeit index build`."),
+    out_dir: Path = typer.Option(..., "--out", help="OUT_DIR for decisions.jsonl, flagged.csv, summary.json and report.html. Rerunning into it resumes."),
+    authorized: Optional[Path] = typer.Option(None, "--authorized", help="brand, seller_id table; replaces the index's authorised sellers for the brands it names."),
+    policy_file: Optional[Path] = typer.Option(None, "--policy", help="Policy TOML overriding the defaults (see detector/default_policy.toml)."),
+    device: Device = typer.Option(Device.auto, "--device", help="Where the model runs."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, max=4096, help="Images per model batch (and per checkpoint)."),
+    workers: int = typer.Option(2, "--workers", min=1, max=64, help="Threads reading and decoding images while the model runs."),
+    top_k: int = typer.Option(5, "--top-k", min=1, max=100, help="Nearest references kept per photo."),
+    embedder: Optional[str] = typer.Option(None, "--embedder", help="Embedder; defaults to the one that built the index."),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="Embedding cache file (default: $COUNTERFEIT_CACHE_DIR or ~/.cache/counterfeit-detector/embeddings.sqlite)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Embed every photo; read and write no cache."),
+    allow_outside_paths: bool = typer.Option(False, "--allow-outside-paths", help="Trust image paths that are absolute or lead outside the listing table's folder."),
+    restart: bool = typer.Option(False, "--restart", help="Discard OUT_DIR's earlier progress instead of resuming it."),
+) -> None:
+    """Scan a night's listings: flag those whose photo matches a protected product and whose
+    price, seller or title is inconsistent with it. Every listing gets exactly one decision.
+
+    A killed scan resumes when the same command is run again.
+    """
+    from detector.cache import EmbeddingCache, default_cache_path
+    from detector.matches import open_index
+    from detector.policy import load_policy
+    from detector.scanner import ScanOptions, scan as run_scan
+    from detector.tables import read_authorized
+
+    policy = load_policy(policy_file)
+    override = read_authorized(authorized) if authorized else None
+    index, model = open_index(index_dir, embedder=embedder, device=device.value)
+    store = None if no_cache else EmbeddingCache(cache or default_cache_path(), model.fingerprint_id, model.dim)
+    options = ScanOptions(batch_size=batch_size, workers=workers, top_k=top_k,
+                          allow_outside=allow_outside_paths, restart=restart, cache=store)
+    try:
+        with progress_bar() as bar:
+            task = bar.add_task("scanning", total=None, rate="")
+
+            def advance(done: int, total: int | None) -> None:
+                if bar.tasks[task].total is None and total:
+                    bar.update(task, total=total)
+                bar.update(task, completed=done)
+                bar.update(task, rate=_rate(bar.tasks[task]))
+
+            result = run_scan(listings, index, model, policy, out_dir, options=options,
+                              authorized_override=override, on_progress=advance)
+    finally:
+        if store is not None:
+            store.close()
+    s = result.summary
+    v = s["verdicts"]
+    lo, hi = s["flagged_per_10k_ci95"]
+    out.print(
+        f"{s['listings']:,} listings: [bold red]{v['flagged']:,} flagged[/], {v['clear']:,} clear, "
+        f"[yellow]{v['error']:,} errors[/]  ({s['flagged_per_10k']:.1f} flagged per 10,000, 95% CI {lo:.1f}–{hi:.1f})"
+    )
+    run = s["this_run"]
+    out.print(
+        f"{run['rows_processed']:,} photos this run: {run['embedded']:,} embedded, {run['cache_hits']:,} from cache,"
+        f" {s['images_per_second'] or 0:.1f} img/s; {s['elapsed_seconds']:.1f} s in all"
+        + (" (resumed)" if s["resumed"] else "")
+    )
+    for name in ("decisions.jsonl", "flagged.csv", "summary.json"):
+        out.print(f"  {escape(str(out_dir / name))}")
+    out.print(f"Report: {escape(str(result.report))}")
+
+
+# --- demo -------------------------------------------------------------------------------------
+
+
+@app.command("demo")
+@friendly_errors
+def demo(
+    out_dir: Path = typer.Option(Path("counterfeit-demo"), "--out", help="Folder for the demo data, index and scan."),
+    device: Device = typer.Option(Device.auto, "--device", help="Where the model runs."),
+) -> None:
+    """Run the whole job on a built-in demo data set: draw a small brand catalogue and a listing
+    dump, build the index, scan the dump, and print where the report is."""
+    from detector.demo import make_demo_dataset
+
+    data = make_demo_dataset(out_dir / "data")
+    out.print(f"Demo data: {escape(str(data.catalog))}, {escape(str(data.listings))}")
+    index_dir, scan_dir = out_dir / "index", out_dir / "scan"
+    index_build(catalog=data.catalog, out_dir=index_dir, authorized=data.authorized, background=None,
+                embedder="lite0", weights=None, device=device, index_type=IndexKind.auto, skip_bad_rows=False,
+                allow_outside_paths=False, batch_size=32, workers=2)
+    scan(listings=data.listings, index_dir=index_dir, out_dir=scan_dir, authorized=None, policy_file=None,
+         device=device, batch_size=32, workers=2, top_k=5, embedder=None, cache=out_dir / "cache.sqlite",
+         no_cache=False, allow_outside_paths=False, restart=True)
+    out.print(
+        "\nNext: open the report in a browser, or try one photo:\n"
+        f"  counterfeit lookup {escape(str(data.folder / 'listings' / 'D000.jpg'))} --index {escape(str(index_dir))}"
+        " --price 20 --currency USD --seller shop-000"
+    )
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,97 @@
+"""Scan outputs in standard formats: decisions.jsonl, flagged.csv and summary.json.
+
+Each file is written under a temporary name and moved into place only when complete, so a
+reader never sees half a file. Strings in flagged.csv are neutralised against spreadsheet
+formula injection (a leading ``= + - @`` or control character gets a ``'`` prefix).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+
+from detector.policy import FLAGGED, Decision
+
+FLAGGED_COLUMNS = (
+    "listing_id", "score", "brand", "product_id", "similarity", "threshold", "price", "currency",
+    "catalogue_price", "catalogue_currency", "price_ratio", "seller_id", "seller_authorized", "title",
+    "image", "reference_image", "reasons",
+)
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+
+
+def csv_safe(value) -> str | float | int:
+    """A cell value a spreadsheet will show as text: strings that could start a formula get a ``'``."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (int, float)):
+        return value
+    text = str(value)
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (95% by default)."""
+    if trials <= 0:
+        return 0.0, 1.0
+    p = successes / trials
+    denom = 1 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / denom
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+class AtomicText:
+    def __init__(self, path: Path, newline: str | None = None):
+        self.path = path
+        self.tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        self.handle = open(self.tmp, "w", encoding="utf-8", newline=newline)
+
+    def commit(self) -> None:
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+        self.handle.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        self.handle.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+class DecisionWriter:
+    """Stream decisions into decisions.jsonl and flagged.csv; both appear only on ``commit``."""
+
+    def __init__(self, out_dir: Path):
+        self.jsonl = AtomicText(out_dir / "decisions.jsonl")
+        self.csv_file = AtomicText(out_dir / "flagged.csv", newline="")
+        self.csv = csv.writer(self.csv_file.handle)
+        self.csv.writerow(FLAGGED_COLUMNS)
+
+    def write(self, decision: Decision, extra: dict | None = None) -> None:
+        record = decision.as_record()
+        if extra:
+            record.update(extra)
+        self.jsonl.handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        if decision.verdict == FLAGGED:
+            row = {**record, "reasons": "; ".join(decision.reasons)}
+            self.csv.writerow([csv_safe(row.get(column)) for column in FLAGGED_COLUMNS])
+
+    def commit(self) -> None:
+        self.jsonl.commit()
+        self.csv_file.commit()
+
+    def abort(self) -> None:
+        self.jsonl.abort()
+        self.csv_file.abort()
+
+
+def write_json(path: Path, payload: dict) -> None:
+    """Write a JSON document atomically."""
+    target = AtomicText(path)
+    target.handle.write(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+    target.commit()

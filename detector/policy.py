@@ -1,0 +1,354 @@
+"""Risk policy: a listing is flagged when its photo matches a protected product *and* something
+about it is inconsistent (price far below catalogue, unauthorised seller, counterfeit cues in
+the title). Every decision carries a score and its reasons in plain words.
+
+Defaults live in ``default_policy.toml`` beside this file; a user's TOML file overrides any key.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+import unicodedata
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from detector.errors import UserError
+
+FLAGGED, CLEAR, ERROR = "flagged", "clear", "error"
+_LEET = str.maketrans({"0": "o", "1": "l", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s"})
+
+
+@dataclass(frozen=True)
+class Weights:
+    """How strongly each inconsistency counts towards the risk score (each in 0..1)."""
+
+    price: float = 0.6
+    seller: float = 0.8
+    title: float = 0.7
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Every knob of the decision; see ``default_policy.toml`` for what each means."""
+
+    threshold: float | None = None
+    min_similarity: float = 0.0
+    min_price_ratio: float = 0.5
+    rates: dict[str, float] = field(default_factory=dict)
+    check_seller: bool = True
+    cues: tuple[str, ...] = ()
+    weights: Weights = Weights()
+    brands: dict[str, dict] = field(default_factory=dict)
+
+    def brand_threshold(self, brand: str, calibrated: float | None) -> float:
+        """The similarity a photo needs to count as a match for ``brand``."""
+        override = self.brands.get(brand, {}).get("threshold")
+        value = override if override is not None else (self.threshold if self.threshold is not None else calibrated)
+        return max(self.min_similarity, 0.75 if value is None else float(value))
+
+    def brand_price_ratio(self, brand: str) -> float:
+        return float(self.brands.get(brand, {}).get("min_price_ratio", self.min_price_ratio))
+
+
+def _number(section: dict, key: str, default, where: str, low: float = 0.0, high: float = math.inf):
+    value = section.get(key, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise UserError(f"policy: {where}.{key} must be a number between {low:g} and {high:g}, not {value!r}")
+    return float(value)
+
+
+def load_policy(path: Path | None = None) -> Policy:
+    """Load the default policy, overridden by the TOML file at ``path`` when given."""
+    text = resources.files("detector").joinpath("default_policy.toml").read_text(encoding="utf-8")
+    base = tomllib.loads(text)
+    if path is not None:
+        try:
+            user = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise UserError(f"cannot read policy file {path}: {exc.strerror or exc}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise UserError(f"policy file {path} is not valid TOML: {exc}") from None
+        unknown = set(user) - set(base) - {"brands"}
+        if unknown:
+            raise UserError(f"policy file {path}: unknown section(s) {', '.join(sorted(unknown))}")
+        for section, values in user.items():
+            if not isinstance(values, dict):
+                raise UserError(f"policy file {path}: [{section}] must be a table")
+            base.setdefault(section, {}).update(values)
+    return _policy_from(base)
+
+
+def _policy_from(config: dict) -> Policy:
+    match, price, seller, title, score = (config.get(k, {}) for k in ("match", "price", "seller", "title", "score"))
+    threshold = match.get("threshold", "calibrated")
+    if threshold == "calibrated":
+        threshold = None
+    else:
+        threshold = _number(match, "threshold", None, "match", 0.0, 1.0)
+    rates = price.get("rates", {})
+    if not isinstance(rates, dict) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in rates.values()
+    ):
+        raise UserError("policy: price.rates must map currency codes to positive numbers")
+    cues = title.get("cues", [])
+    extra = title.get("extra_cues", [])
+    if not all(isinstance(c, str) and c.strip() for c in [*cues, *extra]):
+        raise UserError("policy: title.cues and title.extra_cues must be lists of non-empty strings")
+    brands = config.get("brands", {})
+    for brand, values in brands.items():
+        if not isinstance(values, dict):
+            raise UserError(f"policy: [brands.{brand!r}] must be a table")
+        for key in values:
+            if key not in {"threshold", "min_price_ratio"}:
+                raise UserError(f"policy: [brands.{brand!r}] knows threshold and min_price_ratio, not {key!r}")
+            _number(values, key, None, f"brands.{brand}", 0.0, 1.0 if key == "threshold" else 10.0)
+    return Policy(
+        threshold=threshold,
+        min_similarity=_number(match, "min_similarity", 0.0, "match", 0.0, 1.0),
+        min_price_ratio=_number(price, "min_price_ratio", 0.5, "price", 0.0, 10.0),
+        rates={str(k).upper(): float(v) for k, v in rates.items()},
+        check_seller=bool(seller.get("check", True)),
+        cues=tuple(dict.fromkeys(_normalise(c) for c in [*cues, *extra])),
+        weights=Weights(
+            price=_number(score, "price_weight", 0.6, "score", 0.0, 1.0),
+            seller=_number(score, "seller_weight", 0.8, "score", 0.0, 1.0),
+            title=_number(score, "title_weight", 0.7, "score", 0.0, 1.0),
+        ),
+        brands=brands,
+    )
+
+
+def _normalise(text: str) -> str:
+    text = unicodedata.normalize("NFKC", text).casefold()
+    text = "".join(ch for ch in text if unicodedata.category(ch)[0] != "C")
+    return re.sub(r"[^\w:]+", " ", text).strip()
+
+
+def find_cues(title: str, cues: tuple[str, ...]) -> list[str]:
+    """Counterfeit cues present in ``title``, matched as whole words, also through digit-for-letter swaps."""
+    if not title:
+        return []
+    plain = f" {_normalise(title)} "
+    variants = {plain, plain.translate(_LEET)}
+    return [cue for cue in cues if any(f" {cue} " in variant for variant in variants)]
+
+
+# --- decisions ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Listing:
+    """What the policy needs to know about one listing photo."""
+
+    listing_id: str
+    seller_id: str | None = None
+    title: str = ""
+    price: float | None = None
+    currency: str | None = None
+    image: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Candidate:
+    """A reference product the listing photo resembles, with the brand's calibrated threshold."""
+
+    brand: str
+    product_id: str
+    similarity: float
+    reference_image: str | None = None
+    reference_path: str | None = None
+    price: float | None = None
+    currency: str | None = None
+    title: str = ""
+    calibrated_threshold: float | None = None
+
+
+@dataclass
+class Decision:
+    """The verdict on a listing, with its evidence and reasons."""
+
+    listing_id: str
+    verdict: str
+    score: float = 0.0
+    brand: str | None = None
+    product_id: str | None = None
+    reference_image: str | None = None
+    image: str | None = None
+    similarity: float | None = None
+    threshold: float | None = None
+    price_ratio: float | None = None
+    seller_authorized: bool | None = None
+    reasons: list[str] = field(default_factory=list)
+    error: str | None = None
+    seller_id: str | None = None
+    title: str = ""
+    price: float | None = None
+    currency: str | None = None
+    catalogue_price: float | None = None
+    catalogue_currency: str | None = None
+    photos: int = 1
+    matches: list[dict] = field(default_factory=list)
+    reference_path: str | None = None  # local file of the reference photo, for the report only
+
+    def as_record(self) -> dict:
+        """The JSON-ready record written to decisions.jsonl (field order is stable)."""
+        record = dict(self.__dict__)
+        del record["reference_path"]
+        return record
+
+
+def error_decision(listing: Listing, message: str) -> Decision:
+    """A listing that could not be judged."""
+    return Decision(
+        listing_id=listing.listing_id,
+        verdict=ERROR,
+        image=listing.image,
+        reasons=[message, *listing.notes],
+        error=message,
+        seller_id=listing.seller_id,
+        title=listing.title,
+        price=listing.price,
+        currency=listing.currency,
+    )
+
+
+def _price_ratio(listing: Listing, cand: Candidate, policy: Policy) -> tuple[float | None, str | None]:
+    """The listing price over the catalogue price, or ``None`` with a note saying why not."""
+    if listing.price is None:
+        already = any(note.endswith("price not compared") for note in listing.notes)
+        return None, None if already else "no price given; price not compared"
+    if listing.currency is None:
+        return None, "listing gives no currency; price not compared"
+    if cand.price is None or cand.price <= 0:
+        return None, "catalogue has no price for this product; price not compared"
+    if listing.currency == cand.currency:
+        return listing.price / cand.price, None
+    rates = policy.rates
+    if listing.currency in rates and cand.currency in rates:
+        return (listing.price * rates[listing.currency]) / (cand.price * rates[cand.currency]), None
+    return None, (
+        f"price in {listing.currency} cannot be compared with the catalogue price in {cand.currency}"
+        " (no rate for it in the policy's [price.rates])"
+    )
+
+
+def _visual(similarity: float, threshold: float) -> float:
+    if similarity >= threshold:
+        return 0.5 + 0.5 * (similarity - threshold) / max(1e-6, 1.0 - threshold)
+    return 0.5 * max(0.0, similarity) / max(threshold, 1e-6)
+
+
+def decide(
+    listing: Listing,
+    candidates: list[Candidate],
+    authorized: dict[str, set[str]],
+    policy: Policy,
+) -> Decision:
+    """Decide one listing photo from its nearest references.
+
+    The candidate with the largest margin over its brand's threshold is the match. A listing
+    is flagged when that margin is non-negative and at least one inconsistency holds.
+    """
+    base = Decision(
+        listing_id=listing.listing_id,
+        verdict=CLEAR,
+        image=listing.image,
+        seller_id=listing.seller_id,
+        title=listing.title,
+        price=listing.price,
+        currency=listing.currency,
+    )
+    cues = find_cues(listing.title, policy.cues)
+    base.matches = [
+        {"brand": c.brand, "product_id": c.product_id, "similarity": round(c.similarity, 4)} for c in candidates
+    ]
+    if not candidates:
+        base.reasons = ["no reference product to compare with", *listing.notes]
+        return base
+    thresholds = [policy.brand_threshold(c.brand, c.calibrated_threshold) for c in candidates]
+    best_i = max(range(len(candidates)), key=lambda i: (candidates[i].similarity - thresholds[i], candidates[i].similarity))
+    cand, threshold = candidates[best_i], thresholds[best_i]
+    base.brand, base.product_id = cand.brand, cand.product_id
+    base.reference_image, base.reference_path = cand.reference_image, cand.reference_path
+    base.similarity, base.threshold = round(cand.similarity, 4), round(threshold, 4)
+    base.catalogue_price, base.catalogue_currency = cand.price, cand.currency
+    visual = _visual(cand.similarity, threshold)
+    product = f"{cand.brand} {cand.product_id}" + (f" ({cand.title})" if cand.title else "")
+
+    ratio, price_note = _price_ratio(listing, cand, policy)
+    base.price_ratio = None if ratio is None else round(ratio, 4)
+    sellers = authorized.get(cand.brand) or set()
+    if policy.check_seller and sellers and listing.seller_id is not None:
+        base.seller_authorized = listing.seller_id in sellers
+
+    signals, findings = [], []
+    min_ratio = policy.brand_price_ratio(cand.brand)
+    if ratio is not None and ratio < min_ratio:
+        signals.append(policy.weights.price * (0.6 + 0.4 * (1 - ratio / min_ratio)))
+        findings.append(
+            f"price {listing.price:,.2f} {listing.currency} is {ratio:.0%} of the catalogue price"
+            f" {cand.price:,.2f} {cand.currency} (below {min_ratio:.0%})"
+        )
+    if base.seller_authorized is False:
+        signals.append(policy.weights.seller)
+        findings.append(f"seller {listing.seller_id!r} is not authorised for {cand.brand}")
+    if cues:
+        signals.append(policy.weights.title)
+        findings.append("title has counterfeit cue(s): " + ", ".join(repr(c) for c in cues))
+    evidence = 1.0 - math.prod(1.0 - s for s in signals)
+    base.score = round(visual * evidence, 4)
+
+    notes = [n for n in [price_note] if n] + list(listing.notes)
+    if policy.check_seller and not sellers and listing.seller_id is not None:
+        notes.append(f"{cand.brand} declares no authorised sellers; seller not checked")
+    if cand.similarity < threshold:
+        base.reasons = [
+            f"no protected product close enough (best: {product} at similarity {cand.similarity:.2f}"
+            f" < threshold {threshold:.2f})",
+            *notes,
+        ]
+        return base
+    matched = f"photo matches {product} (similarity {cand.similarity:.2f} ≥ threshold {threshold:.2f})"
+    if findings:
+        base.verdict = FLAGGED
+        base.reasons = [matched, *findings, *notes]
+        return base
+    consistent = []
+    if ratio is not None:
+        consistent.append(f"price {ratio:.0%} of catalogue")
+    if base.seller_authorized:
+        consistent.append("seller authorised")
+    consistent.append("no counterfeit cues in title")
+    base.reasons = [matched, "nothing inconsistent: " + ", ".join(consistent), *notes]
+    return base
+
+
+_RANK = {FLAGGED: 2, ERROR: 1, CLEAR: 0}
+
+
+def combine(decisions: list[Decision]) -> Decision:
+    """One decision for a listing with several photos: any flagged photo flags it; otherwise any
+    unreadable photo makes it an error (a reviewer should look); otherwise it is clear."""
+    best = max(decisions, key=lambda d: (_RANK[d.verdict], d.score, d.similarity or 0.0))
+    if len(decisions) == 1:
+        return best
+    combined = Decision(**best.__dict__)
+    combined.reasons = list(best.reasons)
+    combined.photos = len(decisions)
+    failed = [d for d in decisions if d.verdict == ERROR]
+    if failed and best.verdict != ERROR:
+        combined.reasons.append(f"{len(failed)} of {len(decisions)} photos could not be read: {failed[0].error}")
+    elif best.verdict == ERROR and len(failed) > 1:
+        combined.reasons.append(f"{len(failed)} of {len(decisions)} photos could not be read")
+    if best.verdict != ERROR:
+        combined.reasons.append(f"decided on photo {best.image} (best of {len(decisions)})")
+    fields = {(d.seller_id, d.price, d.currency) for d in decisions if d.verdict != ERROR}
+    if len(fields) > 1:
+        combined.reasons.append("rows of this listing disagree on seller, price or currency; the riskiest row decides")
+    return combined

@@ -1,0 +1,56 @@
+"""report.html: a page a reviewer can work from, with thumbnails beside the matched references.
+
+Every string is escaped by Jinja2's autoescape (titles, seller ids and file names are written by
+attackers), and a Content-Security-Policy forbids scripts. Thumbnails are small JPEGs in
+``thumbs/`` beside the page, so the whole folder can be zipped and mailed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from detector.images import decode_image, read_image_bytes
+from detector.outputs import AtomicText
+
+THUMB_SIZE = 240
+REPORT_LIMIT = 2000
+
+
+def make_thumbnail(source: str | None, out_dir: Path) -> str | None:
+    """A small JPEG of ``source`` in ``out_dir/thumbs``; returns its relative path, or None."""
+    if not source:
+        return None
+    path = Path(source)
+    try:
+        stat = path.stat()
+        name = hashlib.sha256(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:24] + ".jpg"
+        target = out_dir / "thumbs" / name
+        if not target.exists():
+            image = decode_image(read_image_bytes(path), draft=THUMB_SIZE)
+            image.thumbnail((THUMB_SIZE, THUMB_SIZE))
+            target.parent.mkdir(exist_ok=True)
+            tmp = target.with_suffix(".tmp")
+            image.save(tmp, "JPEG", quality=80)
+            tmp.replace(target)
+        return f"thumbs/{name}"
+    except Exception:  # noqa: BLE001 - a missing preview must never stop the report
+        return None
+
+
+def write_report(out_dir: Path, summary: dict, flagged: list[dict]) -> Path:
+    """Render report.html for the flagged records (highest score first, at most REPORT_LIMIT)."""
+    ranked = sorted(flagged, key=lambda r: (-r["score"], r["listing_id"]))
+    shown = ranked[:REPORT_LIMIT]
+    rows = [
+        {**r, "thumb": make_thumbnail(r.get("image_path"), out_dir), "ref_thumb": make_thumbnail(r.get("reference_path"), out_dir)}
+        for r in shown
+    ]
+    env = Environment(loader=PackageLoader("detector", "templates"), autoescape=select_autoescape(["html"]))
+    html = env.get_template("report.html").render(summary=summary, rows=rows, shown=len(shown), total=len(ranked))
+    target = AtomicText(out_dir / "report.html")
+    target.handle.write(html)
+    target.commit()
+    return out_dir / "report.html"

@@ -1,0 +1,365 @@
+"""The local scan engine: stream listing rows → read and decode → embed (cache first) → search →
+decide → write outputs.
+
+Progress lives in ``OUT_DIR/.scan/state.sqlite``: every processed row with its nearest
+references, committed batch by batch. Rerunning the same command after a kill (SIGKILL
+included) continues after the last committed batch. Decisions are made from that state once
+every row is in, so a resumed scan writes exactly what an uninterrupted one would, and every
+input listing appears exactly once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import errno
+import fcntl
+import hashlib
+import heapq
+import json
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from detector.batching import Embedded, Prepared, embed_stream
+from detector.cache import EmbeddingCache
+from detector.embedders import Embedder
+from detector.errors import UserError
+from detector.images import ImageError, decode_image, read_image_bytes, resolve_image_path
+from detector.matches import authorized_sellers, candidates
+from detector.outputs import DecisionWriter, wilson_interval, write_json
+from detector.policy import CLEAR, ERROR, FLAGGED, Listing, Policy, combine, decide, error_decision
+from detector.report import REPORT_LIMIT, write_report
+from detector.tables import ListingRow, count_rows, iter_listings
+from index.search import Hit
+from index.store import ReferenceIndex
+
+STATE_DIR = ".scan"
+STATE_VERSION = 1
+
+
+@dataclass
+class ScanOptions:
+    """How to run a scan (none of these change its decisions except ``top_k`` and ``allow_outside``)."""
+
+    batch_size: int = 32
+    workers: int = 2
+    top_k: int = 5
+    allow_outside: bool = False
+    restart: bool = False
+    cache: EmbeddingCache | None = None
+
+
+@dataclass
+class ScanResult:
+    """Where the outputs are, and the summary written to summary.json."""
+
+    out_dir: Path
+    summary: dict
+    report: Path
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def _disk_full(exc: BaseException) -> bool:
+    return (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or (
+        isinstance(exc, sqlite3.OperationalError) and "full" in str(exc)
+    )
+
+
+def _identity(listings: Path, index: ReferenceIndex, embedder: Embedder, options: ScanOptions) -> dict:
+    """What must be equal for a rerun to continue an earlier scan's state."""
+    source = Path(listings).resolve()
+    stat = source.stat()
+    manifest_bytes = (index.path / "manifest.json").read_bytes()
+    return {
+        "state_version": STATE_VERSION,
+        "listings": str(source),
+        "listings_size": stat.st_size if source.is_file() else None,
+        "listings_mtime_ns": stat.st_mtime_ns if source.is_file() else None,
+        "index_manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest(),
+        "embedder_id": embedder.fingerprint_id,
+        "top_k": options.top_k,
+        "allow_outside": options.allow_outside,
+    }
+
+
+class ScanState:
+    """The per-OUT_DIR state database: identity, committed rows and their nearest references."""
+
+    def __init__(self, path: Path):
+        self.db = sqlite3.connect(path, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS rows (row INTEGER PRIMARY KEY, listing_id TEXT, line INTEGER,"
+            " seller_id TEXT, title TEXT, price REAL, currency TEXT, image TEXT, path TEXT, error TEXT,"
+            " notes TEXT, digest TEXT, hits TEXT)"
+        )
+        self.db.execute("CREATE INDEX IF NOT EXISTS rows_listing ON rows (listing_id, row)")
+
+    def get(self, key: str, default=None):
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return default if row is None else json.loads(row[0])
+
+    def put(self, key: str, value) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+
+    def commit_batch(self, records: list[tuple], next_row: int) -> None:
+        """Record a batch of rows and the resume point in one transaction."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.executemany("INSERT OR REPLACE INTO rows VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", records)
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('next_row', ?)", (json.dumps(next_row),))
+            self.db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("ROLLBACK")
+            raise
+
+    def listings(self) -> Iterator[tuple[str, list[sqlite3.Row]]]:
+        """Each listing's rows, listings in order of first appearance in the input."""
+        cursor = self.db.execute(
+            "SELECT r.* FROM rows r JOIN (SELECT listing_id, MIN(row) AS first FROM rows GROUP BY listing_id) f"
+            " USING (listing_id) ORDER BY f.first, r.row"
+        )
+        cursor.row_factory = sqlite3.Row
+        current, group = None, []
+        for row in cursor:
+            if row["listing_id"] != current and group:
+                yield current, group
+                group = []
+            current = row["listing_id"]
+            group.append(row)
+        if group:
+            yield current, group
+
+    def close(self) -> None:
+        self.db.close()
+
+
+@contextlib.contextmanager
+def _exclusive(out_dir: Path):
+    state_dir = out_dir / STATE_DIR
+    state_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(state_dir / "lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "?"
+        handle.close()
+        raise UserError(f"another scan (pid {holder}) is writing to {out_dir}; wait for it, or choose another --out") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    try:
+        yield state_dir
+    finally:
+        handle.close()
+
+
+def scan(
+    listings: Path,
+    index: ReferenceIndex,
+    embedder: Embedder,
+    policy: Policy,
+    out_dir: Path,
+    *,
+    options: ScanOptions = ScanOptions(),
+    authorized_override: dict[str, set[str]] | None = None,
+    on_progress: Callable[[int, int | None], None] | None = None,
+) -> ScanResult:
+    """Scan ``listings`` (a table or a folder of images) into ``out_dir``; resumable."""
+    listings, out_dir = Path(listings), Path(out_dir)
+    if not listings.exists():
+        raise UserError(f"listings not found: {listings}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with _exclusive(out_dir) as state_dir:
+        identity = _identity(listings, index, embedder, options)
+        state_path = state_dir / "state.sqlite"
+        if options.restart:
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{state_path}{suffix}").unlink(missing_ok=True)
+        state = ScanState(state_path)
+        try:
+            earlier = state.get("identity")
+            if earlier is not None and earlier != identity:
+                changed = ", ".join(sorted(k for k in identity if identity[k] != earlier.get(k)))
+                raise UserError(
+                    f"{out_dir} holds a scan of different input (changed: {changed}); "
+                    "pass --restart to discard it, or choose another --out"
+                )
+            resumed = earlier is not None and state.get("next_row", 0) > 0
+            state.put("identity", identity)
+            if state.get("started") is None:
+                state.put("started", _now())
+            stats = _embed_rows(listings, index, embedder, state, options, on_progress)
+            embed_seconds = time.monotonic() - started
+            return _finalise(listings, index, embedder, policy, out_dir, state, authorized_override,
+                             stats, embed_seconds, started, resumed)
+        except (OSError, sqlite3.OperationalError) as exc:
+            if _disk_full(exc):
+                raise UserError(
+                    f"disk full while writing {out_dir}; free some space and rerun the same command"
+                    " to resume from the last committed batch"
+                ) from None
+            raise
+        finally:
+            state.close()
+
+
+def _embed_rows(listings, index, embedder, state: ScanState, options: ScanOptions, on_progress) -> dict:
+    """Phase 1: every row not yet committed → nearest references in the state database."""
+    root = listings.resolve() if listings.is_dir() else listings.resolve().parent
+    next_row = state.get("next_row", 0)
+    total = None if listings.is_dir() else count_rows(listings)
+    cache = options.cache
+    recent: dict[str, np.ndarray] = {}
+    stats = {"rows": 0, "embedded": 0, "cache_hits": 0, "errors": 0}
+
+    def prepare(row: ListingRow) -> Prepared:
+        if row.error:
+            raise ImageError("bad_row", row.error)
+        path = resolve_image_path(row.image, root, allow_outside=options.allow_outside)
+        data = read_image_bytes(path)
+        digest = hashlib.sha256(data).hexdigest()
+        vector = recent.get(digest)
+        if vector is None and cache is not None:
+            vector = cache.get(digest)
+        if vector is not None:
+            return Prepared(vector=vector, info=(digest, str(path)))
+        image = decode_image(data, draft=2 * embedder.preprocess.size)
+        return Prepared(array=embedder.preprocess(image), info=(digest, str(path)))
+
+    def flush(batch: list[Embedded[ListingRow]]) -> None:
+        found = [r for r in batch if r.vector is not None]
+        hits = index.search(np.stack([r.vector for r in found]), k=options.top_k) if found else []
+        hits_of = {id(r): h for r, h in zip(found, hits)}
+        fresh = {r.info[0]: r.vector for r in found if r.computed}
+        if cache is not None:
+            cache.put_many(fresh)
+        if len(recent) > 50_000:
+            recent.clear()
+        recent.update(fresh)
+        records = []
+        for r in batch:
+            row = r.item
+            digest, path = r.info if r.info else (None, None)
+            error = str(r.error) if r.error else None
+            hit_list = [[h.brand, h.row, round(h.similarity, 6)] for h in hits_of.get(id(r), [])]
+            records.append((row.row, row.listing_id, row.line, row.seller_id, row.title, row.price, row.currency,
+                            row.image, path, error, json.dumps(row.notes), digest,
+                            None if error else json.dumps(hit_list)))
+        state.commit_batch(records, batch[-1].item.row + 1)
+        stats["rows"] += len(batch)
+        stats["embedded"] += sum(r.computed for r in batch)
+        stats["cache_hits"] += sum(1 for r in found if not r.computed)
+        stats["errors"] += sum(r.error is not None for r in batch)
+        if on_progress:
+            on_progress(batch[-1].item.row + 1, total)
+
+    rows = (row for row in iter_listings(listings) if row.row >= next_row)
+    if on_progress:
+        on_progress(next_row, total)
+    batch: list[Embedded[ListingRow]] = []
+    for result in embed_stream(embedder, rows, prepare, batch_size=options.batch_size, workers=options.workers):
+        batch.append(result)
+        if len(batch) >= options.batch_size:
+            flush(batch)
+            batch = []
+    if batch:
+        flush(batch)
+    return stats
+
+
+def _finalise(listings, index, embedder, policy, out_dir, state, authorized_override, stats, embed_seconds,
+              started, resumed) -> ScanResult:
+    """Phase 2: decide every listing from the committed state and write all outputs."""
+    authorized = authorized_sellers(index, authorized_override)
+    verdicts = {FLAGGED: 0, CLEAR: 0, ERROR: 0}
+    by_brand: dict[str, dict[str, int]] = {}
+    top: list[tuple] = []
+    n_listings = n_rows = n_images = 0
+    writer = DecisionWriter(out_dir)
+    try:
+        for listing_id, rows in state.listings():
+            decisions, paths = [], {}
+            for row in rows:
+                facts = Listing(listing_id=listing_id, seller_id=row["seller_id"], title=row["title"] or "",
+                                price=row["price"], currency=row["currency"], image=row["image"],
+                                notes=json.loads(row["notes"] or "[]"))
+                if row["error"]:
+                    decisions.append(error_decision(facts, row["error"]))
+                    continue
+                paths[row["image"]] = row["path"]
+                hits = [Hit(b, r, s) for b, r, s in json.loads(row["hits"])]
+                decisions.append(decide(facts, candidates(index, hits), authorized, policy))
+            decision = combine(decisions)
+            writer.write(decision)
+            n_listings += 1
+            n_rows += len(rows)
+            n_images += len(paths)
+            verdicts[decision.verdict] += 1
+            if decision.brand and decision.verdict != ERROR and decision.similarity >= decision.threshold:
+                counts = by_brand.setdefault(decision.brand, {FLAGGED: 0, CLEAR: 0})
+                counts[decision.verdict] += 1
+            if decision.verdict == FLAGGED:
+                record = {**decision.as_record(), "image_path": paths.get(decision.image),
+                          "reference_path": decision.reference_path}
+                item = (decision.score, listing_id, n_listings, record)
+                if len(top) < REPORT_LIMIT:
+                    heapq.heappush(top, item)
+                else:
+                    heapq.heappushpop(top, item)
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    judged = verdicts[FLAGGED] + verdicts[CLEAR]
+    low, high = wilson_interval(verdicts[FLAGGED], judged)
+    elapsed = time.monotonic() - started
+    finished = _now()
+    state.put("finished", finished)
+    summary = {
+        "listings_source": str(Path(listings).resolve()),
+        "index_path": str(index.path.resolve()),
+        "out_dir": str(out_dir.resolve()),
+        "started": state.get("started"),
+        "finished": finished,
+        "resumed": resumed,
+        "listings": n_listings,
+        "rows": n_rows,
+        "images": n_images,
+        "verdicts": verdicts,
+        "by_brand": dict(sorted(by_brand.items())),
+        "flagged_per_10k": 1e4 * verdicts[FLAGGED] / judged if judged else 0.0,
+        "flagged_per_10k_ci95": [round(1e4 * low, 2), round(1e4 * high, 2)],
+        "flagged_rate_denominator": "listings with a verdict other than error",
+        "this_run": {
+            "rows_processed": stats["rows"],
+            "embedded": stats["embedded"],
+            "cache_hits": stats["cache_hits"],
+            "row_errors": stats["errors"],
+            "embed_seconds": round(embed_seconds, 3),
+        },
+        "images_per_second": round(stats["rows"] / embed_seconds, 2) if embed_seconds > 0 else None,
+        "elapsed_seconds": round(elapsed, 3),
+        "embedder": embedder.fingerprint,
+        "embedder_id": embedder.fingerprint_id,
+        "index": index.manifest,
+    }
+    report = write_report(out_dir, summary, [item[3] for item in top])
+    summary["elapsed_seconds"] = round(time.monotonic() - started, 3)
+    write_json(out_dir / "summary.json", summary)
+    return ScanResult(out_dir=out_dir, summary=summary, report=report)

@@ -1,0 +1,1 @@
+"""Vector side of the counterfeit detector: per-brand FAISS indexes, their manifests, search and calibration."""

@@ -1,0 +1,283 @@
+"""INDEX_DIR on disk: per-brand FAISS indexes, vectors and product tables under one manifest.
+
+Layout::
+
+    INDEX_DIR/manifest.json        the single commit point: format, embedder, counts, checksums
+    INDEX_DIR/data/<sha>.faiss     one FAISS index per brand
+    INDEX_DIR/data/<sha>.npy       that brand's reference vectors (for incremental rebuilds)
+    INDEX_DIR/data/<sha>.json      that brand's products (one per vector) and authorised sellers
+
+Data files are content-addressed and written before the manifest; the manifest is replaced
+atomically last. A build killed at any point leaves the previous manifest, and every file it
+names, intact. Files no manifest names are removed after a successful commit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import hashlib
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from index.search import Hit, build_faiss_index, choose_index_kind, search_brands
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+DATA = "data"
+
+
+class IndexStoreError(Exception):
+    """An index that cannot be used as asked: missing, corrupt, locked, or built by another embedder."""
+
+
+@dataclass
+class BrandEntry:
+    """One brand's references: vectors row-aligned with products, plus sellers and threshold."""
+
+    brand: str
+    vectors: np.ndarray
+    products: list[dict]
+    authorized: list[str] = field(default_factory=list)
+    threshold: float | None = None
+    calibration: dict = field(default_factory=dict)
+    index_kind: str | None = None
+    index: faiss.Index | None = None
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never a part."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def build_lock(index_dir: Path):
+    """Hold the index directory's writer lock; a second concurrent build is refused."""
+    index_dir.mkdir(parents=True, exist_ok=True)
+    with open(index_dir / ".lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise IndexStoreError(f"another build is writing to {index_dir}; wait for it to finish") from None
+        yield
+
+
+def read_manifest(index_dir: Path) -> dict:
+    """Read and sanity-check ``manifest.json``, with messages that say what to do."""
+    path = Path(index_dir) / MANIFEST
+    if not path.is_file():
+        raise IndexStoreError(
+            f"no index at {index_dir} (no {MANIFEST}); build one with: counterfeit index build CATALOG.csv --out {index_dir}"
+        )
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise IndexStoreError(
+            f"{path} is unreadable ({exc}); rebuild with: counterfeit index build CATALOG.csv --out {index_dir}"
+        ) from None
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise IndexStoreError(
+            f"{path} has format version {manifest.get('format_version')!r}; this tool reads version {FORMAT_VERSION}."
+            f" Rebuild with: counterfeit index build CATALOG.csv --out {index_dir}"
+        )
+    return manifest
+
+
+def _put(data_dir: Path, payload: bytes, suffix: str) -> dict:
+    digest = _sha256(payload)
+    name = f"{digest[:24]}{suffix}"
+    target = data_dir / name
+    try:
+        intact = target.stat().st_size == len(payload) and _sha256(target.read_bytes()) == digest
+    except OSError:
+        intact = False
+    if not intact:
+        atomic_write(target, payload)
+    return {"name": name, "sha256": digest, "bytes": len(payload)}
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def write_index(
+    index_dir: Path,
+    brands: list[BrandEntry],
+    fingerprint: dict,
+    fingerprint_id: str,
+    *,
+    extra: dict | None = None,
+    index_kind: str | None = None,
+) -> dict:
+    """Write ``brands`` as a new version of ``index_dir`` and commit it by replacing the manifest.
+
+    The caller holds :func:`build_lock`. Returns the committed manifest.
+    """
+    index_dir = Path(index_dir)
+    data_dir = index_dir / DATA
+    data_dir.mkdir(parents=True, exist_ok=True)
+    previous = None
+    if (index_dir / MANIFEST).is_file():
+        with contextlib.suppress(IndexStoreError):
+            previous = read_manifest(index_dir)
+    dim = int(fingerprint["dim"])
+    entries = {}
+    for entry in sorted(brands, key=lambda b: b.brand):
+        vectors = np.ascontiguousarray(entry.vectors, dtype=np.float32).reshape(-1, dim)
+        kind = index_kind or choose_index_kind(len(vectors))
+        index = build_faiss_index(vectors, kind)
+        meta = {"brand": entry.brand, "products": entry.products, "authorized": sorted(set(entry.authorized))}
+        files = {
+            "index": _put(data_dir, faiss.serialize_index(index).tobytes(), ".faiss"),
+            "vectors": _put(data_dir, _npy_bytes(vectors), ".npy"),
+            "meta": _put(data_dir, json.dumps(meta, ensure_ascii=False, sort_keys=True).encode(), ".json"),
+        }
+        entries[entry.brand] = {
+            "vectors": len(vectors),
+            "products": len({p["product_id"] for p in entry.products}),
+            "authorized_sellers": len(meta["authorized"]),
+            "index_kind": kind,
+            "threshold": entry.threshold,
+            "calibration": entry.calibration,
+            "files": files,
+        }
+    now = _now()
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "created": (previous or {}).get("created", now),
+        "updated": now,
+        "embedder": fingerprint,
+        "embedder_id": fingerprint_id,
+        "dim": dim,
+        "counts": {
+            "brands": len(entries),
+            "products": sum(e["products"] for e in entries.values()),
+            "vectors": sum(e["vectors"] for e in entries.values()),
+            "authorized_sellers": sum(e["authorized_sellers"] for e in entries.values()),
+        },
+        "brands": entries,
+        **(extra or {}),
+    }
+    atomic_write(index_dir / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False).encode())
+    _collect_garbage(index_dir, manifest)
+    return manifest
+
+
+def _collect_garbage(index_dir: Path, manifest: dict) -> None:
+    keep = {f["name"] for entry in manifest["brands"].values() for f in entry["files"].values()}
+    for path in (index_dir / DATA).iterdir():
+        if path.name not in keep:
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
+def _read_checked(index_dir: Path, spec: dict, brand: str) -> bytes:
+    path = index_dir / DATA / spec["name"]
+    rebuild = f"rebuild with: counterfeit index build CATALOG.csv --out {index_dir}"
+    try:
+        payload = path.read_bytes()
+    except OSError as exc:
+        raise IndexStoreError(f"index file {path} for brand {brand!r} is missing ({exc.strerror}); {rebuild}") from None
+    if len(payload) != spec["bytes"] or _sha256(payload) != spec["sha256"]:
+        raise IndexStoreError(f"index file {path} for brand {brand!r} is corrupt (checksum mismatch); {rebuild}")
+    return payload
+
+
+def check_embedder(manifest: dict, fingerprint: dict, fingerprint_id: str, index_dir: Path) -> None:
+    """Refuse to mix vectors: the index's embedder must be the one in use."""
+    if manifest.get("embedder_id") != fingerprint_id:
+        built = manifest.get("embedder", {})
+        raise IndexStoreError(
+            f"the index at {index_dir} was built with embedder {built.get('name')!r} "
+            f"(fingerprint {manifest.get('embedder_id')}), but this run uses {fingerprint.get('name')!r} "
+            f"(fingerprint {fingerprint_id}); use --embedder {built.get('name')} or rebuild the index"
+        )
+
+
+@dataclass
+class ReferenceIndex:
+    """A loaded INDEX_DIR: the manifest and each brand's index, products and sellers."""
+
+    path: Path
+    manifest: dict
+    brands: dict[str, BrandEntry]
+
+    def search(self, queries: np.ndarray, k: int = 5) -> list[list[Hit]]:
+        """Top-``k`` references over all brands for each query vector."""
+        return search_brands({name: entry.index for name, entry in self.brands.items()}, queries, k)
+
+    def product(self, hit: Hit) -> dict:
+        """The product row a hit points at."""
+        return self.brands[hit.brand].products[hit.row]
+
+    def authorized(self, brand: str) -> set[str]:
+        """Sellers authorised for ``brand`` (empty when the brand declared none)."""
+        entry = self.brands.get(brand)
+        return set(entry.authorized) if entry else set()
+
+
+def load_index(
+    index_dir: Path,
+    *,
+    fingerprint: dict | None = None,
+    fingerprint_id: str | None = None,
+    load_indexes: bool = True,
+) -> ReferenceIndex:
+    """Load and verify INDEX_DIR. With a fingerprint, refuse an index built by another embedder."""
+    index_dir = Path(index_dir)
+    manifest = read_manifest(index_dir)
+    if fingerprint is not None:
+        check_embedder(manifest, fingerprint, fingerprint_id, index_dir)
+    brands = {}
+    for name, spec in manifest["brands"].items():
+        files = spec["files"]
+        meta = json.loads(_read_checked(index_dir, files["meta"], name))
+        vectors = np.load(io.BytesIO(_read_checked(index_dir, files["vectors"], name)), allow_pickle=False)
+        index = None
+        if load_indexes:
+            raw = _read_checked(index_dir, files["index"], name)
+            index = faiss.deserialize_index(np.frombuffer(raw, dtype=np.uint8))
+            if index.metric_type == faiss.METRIC_INNER_PRODUCT and hasattr(index, "hnsw"):
+                index.hnsw.efSearch = 128
+        brands[name] = BrandEntry(
+            brand=name,
+            vectors=vectors,
+            products=meta["products"],
+            authorized=meta["authorized"],
+            threshold=spec.get("threshold"),
+            calibration=spec.get("calibration", {}),
+            index_kind=spec.get("index_kind"),
+            index=index,
+        )
+    return ReferenceIndex(path=index_dir, manifest=manifest, brands=brands)

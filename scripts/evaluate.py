@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""Score the detector on a labelled benchmark folder (e.g. ../shared/eval-public).
+
+It builds the index from BENCH_DIR/catalog.csv and authorized.csv, scans listings.csv with the
+real `counterfeit` CLI, and compares decisions.jsonl with truth.csv (which the detector never
+reads). It prints a table and writes metrics.json into the work folder.
+
+    python scripts/evaluate.py ../shared/eval-public [--work eval-work] [--policy P.toml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+
+def precision_recall_f1(predicted: list[bool], actual: list[bool]) -> dict:
+    """Precision, recall and F1 of binary flags (0 where undefined)."""
+    tp = sum(p and a for p, a in zip(predicted, actual))
+    fp = sum(p and not a for p, a in zip(predicted, actual))
+    fn = sum(a and not p for p, a in zip(predicted, actual))
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1, "tp": tp, "fp": fp, "fn": fn}
+
+
+def recall_at_k(ranked: list[list[str]], truth: list[str], k: int) -> float:
+    """Share of queries whose true item is among their first ``k`` ranked items."""
+    if not truth:
+        return 0.0
+    return sum(t in r[:k] for r, t in zip(ranked, truth)) / len(truth)
+
+
+def micro_average_precision(predictions: list[tuple[str, str, float]], truth: dict[str, str]) -> float:
+    """µAP as in the Image Similarity Challenge: all (query, reference, score) predictions ranked
+    together by score; precision is averaged at each correct pair, divided by the number of
+    queries that have a true reference."""
+    positives = len(truth)
+    if positives == 0:
+        return 0.0
+    seen: set[tuple[str, str]] = set()
+    correct = 0
+    total = 0.0
+    for rank, (query, ref, _) in enumerate(sorted(predictions, key=lambda p: -p[2]), start=1):
+        if (query, ref) in seen:
+            continue
+        seen.add((query, ref))
+        if truth.get(query) == ref:
+            correct += 1
+            total += correct / rank
+    return total / positives
+
+
+def score(decisions: list[dict], truth_rows: list[dict]) -> dict:
+    """All benchmark metrics from decisions.jsonl records and truth.csv rows."""
+    by_id = {d["listing_id"]: d for d in decisions}
+    missing = [t["listing_id"] for t in truth_rows if t["listing_id"] not in by_id]
+    predicted = [by_id.get(t["listing_id"], {}).get("verdict") == "flagged" for t in truth_rows]
+    actual = [t["should_flag"] == "1" for t in truth_rows]
+    result = precision_recall_f1(predicted, actual)
+    derived = [t for t in truth_rows if t.get("product_id")]
+    ranked = [[m["product_id"] for m in by_id.get(t["listing_id"], {}).get("matches", [])] for t in derived]
+    product_truth = [t["product_id"] for t in derived]
+    result["recall_at_1"] = recall_at_k(ranked, product_truth, 1)
+    result["recall_at_5"] = recall_at_k(ranked, product_truth, 5)
+    predictions = [
+        (d["listing_id"], m["product_id"], m["similarity"]) for d in decisions for m in d.get("matches", [])
+    ]
+    result["micro_ap"] = micro_average_precision(predictions, {t["listing_id"]: t["product_id"] for t in derived})
+    kinds: dict[str, list[bool]] = defaultdict(list)
+    for p, a, t in zip(predicted, actual, truth_rows):
+        kinds[t["kind"]].append(p == a)
+    result["per_kind_accuracy"] = {k: sum(v) / len(v) for k, v in sorted(kinds.items())}
+    afp = [p for p, t in zip(predicted, truth_rows) if t["kind"] == "authorized_fullprice"]
+    result["false_flag_rate_authorized_fullprice"] = sum(afp) / len(afp) if afp else 0.0
+    result["listings"] = len(truth_rows)
+    result["missing_decisions"] = len(missing)
+    return result
+
+
+def _run(command: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(command, check=True)
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("bench", type=Path, help="folder with catalog.csv, authorized.csv, listings.csv, truth.csv")
+    parser.add_argument("--work", type=Path, default=Path("eval-work"), help="where the index and scan go")
+    parser.add_argument("--policy", type=Path, help="policy TOML passed to the scan")
+    parser.add_argument("--embedder", default="lite0")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--keep-cache", action="store_true", help="reuse the embedding cache of an earlier run")
+    args = parser.parse_args(argv)
+
+    bench, work = args.bench, args.work
+    for name in ("catalog.csv", "authorized.csv", "listings.csv", "truth.csv"):
+        if not (bench / name).is_file():
+            parser.error(f"{bench / name} not found")
+    index_dir, scan_dir, cache = work / "index", work / "scan", work / "cache.sqlite"
+    shutil.rmtree(scan_dir, ignore_errors=True)
+    if not args.keep_cache:
+        cache.unlink(missing_ok=True)
+    cli = [sys.executable, "-m", "detector"]
+    build_s = _run(cli + ["index", "build", str(bench / "catalog.csv"), "--out", str(index_dir),
+                          "--authorized", str(bench / "authorized.csv"), "--embedder", args.embedder,
+                          "--device", args.device])
+    scan_cmd = cli + ["scan", str(bench / "listings.csv"), "--index", str(index_dir), "--out", str(scan_dir),
+                      "--cache", str(cache), "--device", args.device]
+    if args.policy:
+        scan_cmd += ["--policy", str(args.policy)]
+    scan_s = _run(scan_cmd)
+
+    decisions = [json.loads(line) for line in (scan_dir / "decisions.jsonl").read_text().splitlines()]
+    with open(bench / "truth.csv", newline="", encoding="utf-8") as fh:
+        truth_rows = list(csv.DictReader(fh))
+    metrics = score(decisions, truth_rows)
+    summary = json.loads((scan_dir / "summary.json").read_text())
+    metrics.update(
+        images_per_second=summary["images_per_second"],
+        index_build_seconds=round(build_s, 2),
+        scan_seconds=round(scan_s, 2),
+        embedder=args.embedder,
+        policy=str(args.policy) if args.policy else "default",
+    )
+    (work / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+
+    print(f"\nBenchmark {bench} ({metrics['listings']} listings, {metrics['missing_decisions']} without a decision)")
+    for key in ("precision", "recall", "f1", "recall_at_1", "recall_at_5", "micro_ap",
+                "false_flag_rate_authorized_fullprice"):
+        print(f"  {key:<40} {metrics[key]:.4f}")
+    print("  per-kind accuracy:")
+    for kind, value in metrics["per_kind_accuracy"].items():
+        print(f"    {kind:<38} {value:.4f}")
+    print(f"  {'scan images/s':<40} {metrics['images_per_second']}")
+    print(f"  {'build s / scan s (wall, with start-up)':<40} {metrics['index_build_seconds']} / {metrics['scan_seconds']}")
+    print(f"metrics written to {work / 'metrics.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
