@@ -47,6 +47,11 @@ def resolve_image_path(ref: str | None, root: Path, *, allow_outside: bool = Fal
             f"absolute image path {ref!r} refused (pass --allow-outside-paths to trust it)",
         )
     root = root.resolve()
+    if not allow_outside and not Path(os.path.normpath(root / candidate)).is_relative_to(root):
+        raise ImageError(
+            "path_outside",
+            f"image path {ref!r} leads outside {root} (pass --allow-outside-paths to trust it)",
+        )
     try:
         resolved = (root / candidate).resolve(strict=True)
     except FileNotFoundError:

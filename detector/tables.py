@@ -209,7 +209,7 @@ def listing_from_record(row: int, line: int, record: dict) -> ListingRow:
     listing = ListingRow(
         row=row,
         line=line,
-        listing_id=listing_id or f"(row {line})",
+        listing_id=listing_id or f"(line {line})",
         seller_id=_text(record.get("seller_id")) or None,
         title=_text(record.get("title")),
         price=None,

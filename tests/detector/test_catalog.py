@@ -1,0 +1,135 @@
+"""Index builds: incremental re-embedding, removals, bad rows, and a failed build's safety."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import zlib
+
+import pytest
+from PIL import Image
+
+from detector.catalog import build_catalog_index
+from detector.demo import draw_product
+from detector.errors import UserError
+from index.store import load_index
+
+HEADER = ["brand", "product_id", "image", "price", "currency", "title"]
+
+
+def make_catalog(folder, rows):
+    folder.mkdir(parents=True, exist_ok=True)
+    for _, _, image, *_ in rows:
+        if not (folder / image).exists():
+            draw_product(zlib.crc32(image.encode()) % 10_000).save(folder / image)
+    with open(folder / "catalog.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([HEADER, *rows])
+    return folder / "catalog.csv"
+
+
+ROWS = [
+    ["Acme", "A-1", "a1.png", "100", "USD", "one"],
+    ["Acme", "A-2", "a2.png", "150", "USD", "two"],
+    ["Bolt", "B-1", "b1.png", "80", "EUR", "three"],
+]
+
+
+def test_incremental_build_embeds_only_new_photos_and_drops_removed_products(tmp_path, embedder):
+    catalog = make_catalog(tmp_path / "cat", ROWS)
+    out = tmp_path / "idx"
+    first = build_catalog_index(catalog, out, embedder)
+    assert (first.embedded, first.reused) == (3, 0)
+
+    again = build_catalog_index(catalog, out, embedder)
+    assert (again.embedded, again.reused) == (0, 3)
+
+    changed = [r for r in ROWS if r[1] != "A-2"] + [["Bolt", "B-2", "b2.png", "90", "EUR", "four"]]
+    catalog = make_catalog(tmp_path / "cat", changed)
+    third = build_catalog_index(catalog, out, embedder)
+    assert (third.embedded, third.reused) == (1, 2)
+    index = load_index(out)
+    ids = sorted(p["product_id"] for e in index.brands.values() for p in e.products)
+    assert ids == ["A-1", "B-1", "B-2"]
+    assert third.manifest["build"] == {"embedded": 1, "reused": 2, "skipped_rows": 0}
+
+
+def test_a_changed_photo_at_the_same_path_is_embedded_again(tmp_path, embedder):
+    catalog = make_catalog(tmp_path / "cat", ROWS)
+    build_catalog_index(catalog, tmp_path / "idx", embedder)
+    draw_product(4242).save(tmp_path / "cat" / "a1.png")
+    report = build_catalog_index(catalog, tmp_path / "idx", embedder)
+    assert (report.embedded, report.reused) == (1, 2)
+
+
+def test_bad_rows_are_all_listed_and_the_old_index_survives(tmp_path, embedder):
+    catalog = make_catalog(tmp_path / "cat", ROWS)
+    out = tmp_path / "idx"
+    build_catalog_index(catalog, out, embedder)
+    (tmp_path / "cat" / "broken.jpg").write_bytes(b"not a jpeg")
+    bad = ROWS + [
+        ["Acme", "A-3", "missing.png", "10", "USD", ""],
+        ["Acme", "A-4", "broken.jpg", "10", "USD", ""],
+        ["Acme", "A-5", "../outside.png", "10", "USD", ""],
+        ["Acme", "A-6", "a1.png", "lots", "USD", ""],
+    ]
+    make_catalog(tmp_path / "cat", ROWS)  # images only
+    with open(catalog, "w", newline="") as fh:
+        csv.writer(fh).writerows([HEADER, *bad])
+    with pytest.raises(UserError) as caught:
+        build_catalog_index(catalog, out, embedder)
+    message = str(caught.value)
+    assert "4 bad catalogue row(s)" in message and "--skip-bad-rows" in message
+    for fragment in ("line 5: image file not found: missing.png", "line 6: file is not a recognised image",
+                     "line 7: image path '../outside.png' leads outside", "line 8: price 'lots' is not a number"):
+        assert fragment in message
+    assert len(load_index(out).brands["Acme"].products) == 2  # untouched
+
+    report = build_catalog_index(catalog, out, embedder, skip_bad_rows=True)
+    assert len(report.skipped) == 4 and report.manifest["build"]["skipped_rows"] == 4
+
+
+def test_authorised_sellers_are_stored_and_kept_when_not_given(tmp_path, embedder):
+    catalog = make_catalog(tmp_path / "cat", ROWS)
+    sellers = tmp_path / "cat" / "sellers.csv"
+    sellers.write_text("brand,seller_id\nAcme,acme-shop\nAcme,acme-outlet\nGhost,g1\n")
+    report = build_catalog_index(catalog, tmp_path / "idx", embedder, authorized_path=sellers)
+    assert any("not in the catalogue: Ghost" in n for n in report.notes)
+    assert load_index(tmp_path / "idx").authorized("Acme") == {"acme-shop", "acme-outlet"}
+    again = build_catalog_index(catalog, tmp_path / "idx", embedder)
+    assert any("kept from the previous build" in n for n in again.notes)
+    assert load_index(tmp_path / "idx").authorized("Acme") == {"acme-shop", "acme-outlet"}
+
+
+def test_background_photos_join_the_impostors(tmp_path, embedder):
+    catalog = make_catalog(tmp_path / "cat", ROWS)
+    background = tmp_path / "bg"
+    background.mkdir()
+    for i in range(4):
+        draw_product(7000 + i).save(background / f"{i}.png")
+    (background / "junk.jpg").write_bytes(b"junk")
+    report = build_catalog_index(catalog, tmp_path / "idx", embedder, background_dir=background)
+    assert report.manifest["background_images"] == 4
+    assert report.manifest["brands"]["Acme"]["calibration"]["impostors"] >= 1
+
+
+def test_a_different_embedder_re_embeds_everything(tmp_path, embedder):
+    import dataclasses
+
+    catalog = make_catalog(tmp_path / "cat", ROWS)
+    build_catalog_index(catalog, tmp_path / "idx", embedder)
+    other = dataclasses.replace(embedder, pooling="avg")
+    report = build_catalog_index(catalog, tmp_path / "idx", other)
+    assert report.embedded == 3 and any("another embedder" in n for n in report.notes)
+
+
+def test_images_of_every_odd_kind_can_be_references(tmp_path, embedder):
+    folder = tmp_path / "cat"
+    folder.mkdir()
+    draw_product(1).convert("CMYK").save(folder / "cmyk.jpg")
+    draw_product(2).convert("P").save(folder / "palette.png", transparency=0)
+    draw_product(3).save(folder / "photo.webp")
+    rows = [["Acme", f"A-{i}", name, "10", "USD", ""] for i, name in enumerate(["cmyk.jpg", "palette.png", "photo.webp"])]
+    with open(folder / "catalog.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([HEADER, *rows])
+    assert build_catalog_index(folder / "catalog.csv", tmp_path / "idx", embedder).embedded == 3
+    shutil.rmtree(tmp_path / "idx")

@@ -1,0 +1,140 @@
+"""What the `counterfeit` command prints and writes, on good input and bad."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from detector.cli import app
+from tests.conftest import run_cli
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result
+
+
+def test_help_teaches_the_commands():
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for command in ("index", "lookup", "scan", "demo"):
+        assert command in result.output
+    build_help = invoke("index", "build", "--help").output
+    assert "--authorized" in build_help and "relative to its folder" in build_help
+
+
+def test_index_info_describes_the_index(demo_index):
+    result = invoke("index", "info", demo_index)
+    assert result.exit_code == 0, result.output
+    assert "lite0" in result.output and "3 brands, 12 products, 12 photos" in result.output
+    assert "Aurora" in result.output and "all files verified" in result.output
+    manifest = json.loads(invoke("index", "info", demo_index, "--json").output)
+    assert manifest["counts"]["brands"] == 3 and manifest["embedder"]["name"] == "lite0"
+
+
+def test_lookup_finds_the_product_and_judges_listing_facts(demo_index, demo_data):
+    photo = demo_data.folder / "listings" / "D000.jpg"  # a cropped copy of AUR-000
+    table = invoke("lookup", photo, "--index", demo_index)
+    assert table.exit_code == 0, table.output
+    first_row = next(line for line in table.output.splitlines() if line.strip().startswith("│ 1"))
+    assert "AUR-000" in first_row
+    assert "Verdict" not in table.output and "photo matches Aurora AUR-000" in table.output
+
+    judged = invoke("lookup", photo, "--index", demo_index, "--price", "20", "--currency", "usd",
+                    "--seller", "shop-000", "--title", "replica", "--json", "--top-k", "3")
+    payload = json.loads(judged.output)
+    assert payload["verdict"] == "flagged" and len(payload["matches"]) == 3
+    assert payload["matches"][0]["product_id"] == "AUR-000"
+    assert set(payload["matches"][0]) == {"brand", "product_id", "image", "similarity", "price", "currency"}
+    text = " ".join(payload["reasons"])
+    assert "not authorised for Aurora" in text and "below 50%" in text and "'replica'" in text
+
+    fine = json.loads(invoke("lookup", photo, "--index", demo_index, "--price", "1000", "--currency", "USD",
+                             "--seller", "aurora-official", "--json").output)
+    assert fine["verdict"] == "clear"
+    visual_only = json.loads(invoke("lookup", photo, "--index", demo_index, "--json").output)
+    assert visual_only["verdict"] is None and visual_only["reasons"][0].startswith("photo matches")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["lookup", "{photo}", "--index", "{index}", "--price", "5"], "--price needs --currency"),
+        (["lookup", "{missing}", "--index", "{index}"], "image file not found"),
+        (["lookup", "{text}", "--index", "{index}"], "not a recognised image format"),
+        (["lookup", "{photo}", "--index", "{missing}"], "no index at"),
+        (["lookup", "{photo}", "--index", "{index}", "--embedder", "lite2"], "built with embedder 'lite0'"),
+        (["lookup", "{photo}", "--index", "{index}", "--policy", "{text}"], "not valid TOML"),
+        (["index", "build", "{missing}", "--out", "{tmp}/x"], "catalogue not found"),
+        (["index", "build", "{text}", "--out", "{tmp}/x"], "is missing column(s) brand, product_id"),
+        (["index", "build", "{photo}", "--out", "{tmp}/x"], "unknown table format '.jpg'"),
+        (["index", "info", "{tmp}"], "no index at"),
+    ],
+)
+def test_bad_input_gives_one_clear_line_and_no_traceback(args, message, demo_index, demo_data, tmp_path):
+    (tmp_path / "note.txt").write_text("hello [bold]\n")
+    values = {"photo": demo_data.folder / "listings" / "D000.jpg", "index": demo_index, "tmp": tmp_path,
+              "missing": tmp_path / "absent.jpg", "text": tmp_path / "note.txt"}
+    result = invoke(*[a.format(**values) for a in args])
+    assert result.exit_code == 2, result.output
+    assert "error:" in result.output and message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_real_process_reports_errors_without_traceback(tmp_path):
+    result = run_cli("lookup", str(tmp_path / "nope.jpg"), "--index", str(tmp_path))
+    assert result.returncode == 2
+    assert "error: no index at" in result.stderr and "Traceback" not in result.stderr + result.stdout
+
+
+def _big_catalogue(folder, n):
+    from detector.demo import draw_product
+
+    folder.mkdir(parents=True)
+    lines = ["brand,product_id,image,price,currency,title"]
+    for i in range(n):
+        draw_product(3000 + i, size=256).save(folder / f"p{i}.jpg", quality=90)
+        lines.append(f"Big,P{i},p{i}.jpg,10,USD,")
+    (folder / "catalog.csv").write_text("\n".join(lines) + "\n")
+    return folder / "catalog.csv"
+
+
+def test_a_killed_build_leaves_the_old_index_loadable(tmp_path, demo_index):
+    index_dir = tmp_path / "idx"
+    shutil.copytree(demo_index, index_dir)
+    before = json.loads(invoke("index", "info", index_dir, "--json").output)
+    catalog = _big_catalogue(tmp_path / "big", 240)
+    env = {**os.environ, "COLUMNS": "200"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "detector", "index", "build", str(catalog), "--out", str(index_dir), "--batch-size", "8"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )
+    time.sleep(random.uniform(5.0, 8.0))  # start-up takes about 4 s; embedding 240 photos several more
+    assert process.poll() is None, "the build finished before it could be killed; make it bigger"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    after = invoke("index", "info", index_dir, "--json")
+    assert after.exit_code == 0, after.output
+    assert json.loads(after.output) == before
+
+
+def test_demo_runs_the_whole_job(tmp_path):
+    result = run_cli("demo", "--out", str(tmp_path / "demo"))
+    assert result.returncode == 0, result.stderr
+    assert "38 listings:" in result.stdout and "Report:" in result.stdout
+    assert (tmp_path / "demo" / "scan" / "report.html").exists()
+    flagged = sum(1 for line in (tmp_path / "demo" / "scan" / "decisions.jsonl").read_text().splitlines()
+                  if '"verdict": "flagged"' in line)
+    assert flagged > 0

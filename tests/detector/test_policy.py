@@ -1,0 +1,168 @@
+"""The risk policy: flag = visual match AND at least one inconsistency; reasons say why."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from detector.errors import UserError
+from detector.policy import (
+    CLEAR, ERROR, FLAGGED, Candidate, Decision, Listing, combine, decide, error_decision, find_cues, load_policy,
+)
+
+POLICY = load_policy()
+SELLERS = {"Aurelio": {"auth-1"}}
+
+
+def cand(similarity=0.9, threshold=0.7, price=100.0, currency="USD", brand="Aurelio", product="AUR-1"):
+    return Candidate(brand=brand, product_id=product, similarity=similarity, price=price, currency=currency,
+                     calibrated_threshold=threshold, reference_image="refs/a.jpg")
+
+
+def listing(price=95.0, seller="auth-1", title="Aurelio bag", currency="USD"):
+    return Listing(listing_id="L1", seller_id=seller, title=title, price=price, currency=currency, image="x.jpg")
+
+
+@pytest.mark.parametrize(
+    "visual, cheap, rogue, cue",
+    list(itertools.product([True, False], repeat=4)),
+)
+def test_every_combination_of_rules(visual, cheap, rogue, cue):
+    facts = listing(price=20.0 if cheap else 95.0, seller="rogue" if rogue else "auth-1",
+                    title="Aurelio bag replica" if cue else "Aurelio bag")
+    decision = decide(facts, [cand(similarity=0.9 if visual else 0.5)], SELLERS, POLICY)
+    should_flag = visual and (cheap or rogue or cue)
+    assert decision.verdict == (FLAGGED if should_flag else CLEAR)
+    text = " | ".join(decision.reasons)
+    if visual:
+        assert text.startswith("photo matches Aurelio AUR-1")
+        assert ("below 50%" in text) == cheap
+        assert ("not authorised for Aurelio" in text) == rogue
+        assert ("title has counterfeit cue" in text) == cue
+    else:
+        assert text.startswith("no protected product close enough")
+    assert decision.seller_authorized is (not rogue)
+    assert decision.price_ratio == pytest.approx(0.2 if cheap else 0.95)
+    assert 0.0 <= decision.score <= 1.0
+    if should_flag:
+        assert decision.score >= 0.3
+
+
+def test_score_grows_with_evidence():
+    one = decide(listing(seller="rogue"), [cand()], SELLERS, POLICY).score
+    two = decide(listing(seller="rogue", price=10.0), [cand()], SELLERS, POLICY).score
+    three = decide(listing(seller="rogue", price=10.0, title="replica"), [cand()], SELLERS, POLICY).score
+    closer = decide(listing(seller="rogue", price=10.0, title="replica"), [cand(similarity=0.99)], SELLERS, POLICY).score
+    assert one < two < three < closer
+
+
+def test_threshold_is_per_brand_and_the_largest_margin_wins():
+    candidates = [cand(similarity=0.80, threshold=0.85, brand="Aurelio"),
+                  cand(similarity=0.78, threshold=0.60, brand="Brightwell", product="BRI-1")]
+    decision = decide(listing(price=10.0), candidates, SELLERS, POLICY)
+    assert decision.brand == "Brightwell" and decision.verdict == FLAGGED
+    assert decision.threshold == 0.6
+
+
+def test_policy_file_overrides_thresholds(tmp_path):
+    path = tmp_path / "p.toml"
+    path.write_text('[match]\nthreshold = 0.95\n[brands."Aurelio"]\nmin_price_ratio = 0.1\n')
+    strict = load_policy(path)
+    assert decide(listing(price=10.0), [cand(similarity=0.9)], SELLERS, strict).verdict == CLEAR
+    path.write_text('[brands."Aurelio"]\nthreshold = 0.5\nmin_price_ratio = 0.1\n')
+    loose = load_policy(path)
+    decision = decide(listing(price=20.0), [cand(similarity=0.6)], SELLERS, loose)
+    assert decision.verdict == CLEAR  # 20% is above this brand's 10% ratio
+    assert decision.similarity >= decision.threshold
+
+
+def test_currency_mismatch_is_reported_not_guessed(tmp_path):
+    decision = decide(listing(price=10.0, currency="EUR"), [cand()], SELLERS, POLICY)
+    assert decision.verdict == CLEAR and decision.price_ratio is None
+    assert any("cannot be compared" in r and "EUR" in r for r in decision.reasons)
+    path = tmp_path / "rates.toml"
+    path.write_text("[price]\nrates = { USD = 1.0, EUR = 1.1 }\n")
+    with_rates = decide(listing(price=10.0, currency="EUR"), [cand()], SELLERS, load_policy(path))
+    assert with_rates.verdict == FLAGGED and with_rates.price_ratio == pytest.approx(0.11)
+
+
+def test_missing_facts_are_noted_and_never_count_as_inconsistent():
+    facts = Listing(listing_id="L", seller_id=None, title="", price=None, currency=None, image="x.jpg")
+    decision = decide(facts, [cand()], SELLERS, POLICY)
+    assert decision.verdict == CLEAR and decision.seller_authorized is None
+    assert any("no price given" in r for r in decision.reasons)
+    unknown_brand = decide(listing(seller="anyone"), [cand(brand="Nobody")], SELLERS, POLICY)
+    assert unknown_brand.verdict == CLEAR and unknown_brand.seller_authorized is None
+    assert any("declares no authorised sellers" in r for r in unknown_brand.reasons)
+
+
+def test_no_candidates_is_clear():
+    decision = decide(listing(), [], SELLERS, POLICY)
+    assert decision.verdict == CLEAR and decision.brand is None
+
+
+@pytest.mark.parametrize(
+    "title, expected",
+    [
+        ("Aurelio bag REPLICA", ["replica"]),
+        ("AAA quality 1:1 mirror quality", ["aaa", "1:1", "mirror quality"]),
+        ("super-copy handbag", ["super copy", "copy"]),
+        ("rep1ica watch", ["replica"]),
+        ("ＲＥＰＬＩＣＡ", ["replica"]),
+        ("Replicated design? no: genuine leather", []),
+        ("like Aurelio, great value", []),
+        ("", []),
+    ],
+)
+def test_title_cues(title, expected):
+    assert find_cues(title, POLICY.cues) == expected
+
+
+def test_extra_cues_extend_the_defaults(tmp_path):
+    path = tmp_path / "p.toml"
+    path.write_text('[title]\nextra_cues = ["vintage style"]\n')
+    cues = load_policy(path).cues
+    assert find_cues("Vintage Style bag", cues) == ["vintage style"] and "replica" in cues
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[match]\nthreshold = 2\n", "match.threshold must be a number between 0 and 1"),
+        ("[price]\nmin_price_ratio = 'half'\n", "price.min_price_ratio"),
+        ("[price]\nrates = { USD = -1 }\n", "price.rates"),
+        ("[title]\ncues = [1]\n", "title.cues"),
+        ("[nonsense]\nx = 1\n", "unknown section"),
+        ('[brands."B"]\ncolour = 1\n', "knows threshold and min_price_ratio"),
+        ("not = [toml", "not valid TOML"),
+    ],
+)
+def test_bad_policy_files_are_clear_errors(tmp_path, text, message):
+    path = tmp_path / "p.toml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=message.replace("(", r"\(")):
+        load_policy(path)
+
+
+def test_missing_policy_file_is_clear(tmp_path):
+    with pytest.raises(UserError, match="cannot read policy file"):
+        load_policy(tmp_path / "absent.toml")
+
+
+def test_combine_prefers_flagged_then_error_then_clear():
+    flagged = Decision(listing_id="L", verdict=FLAGGED, score=0.5, image="a.jpg", similarity=0.9)
+    clear = Decision(listing_id="L", verdict=CLEAR, score=0.1, image="b.jpg", similarity=0.4)
+    broken = error_decision(Listing(listing_id="L", image="c.jpg"), "image file not found: c.jpg")
+    assert combine([clear, broken, flagged]).verdict == FLAGGED
+    both = combine([clear, broken])
+    assert both.verdict == ERROR and both.photos == 2
+    mixed = combine([clear, flagged, broken])
+    assert any("1 of 3 photos could not be read" in r for r in mixed.reasons)
+    assert combine([clear]).verdict == CLEAR
+
+
+def test_conflicting_rows_are_noted():
+    a = Decision(listing_id="L", verdict=CLEAR, seller_id="s1", price=10.0, currency="USD", image="a.jpg")
+    b = Decision(listing_id="L", verdict=CLEAR, seller_id="s2", price=10.0, currency="USD", image="b.jpg")
+    assert any("disagree" in r for r in combine([a, b]).reasons)

@@ -1,0 +1,283 @@
+"""The nightly scan: every listing exactly once, errors as data, resume after SIGKILL, warm cache,
+inert attacker strings, and one writer per OUT_DIR."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+from PIL import Image
+
+from detector.cache import EmbeddingCache
+from detector.errors import UserError
+from detector.matches import open_index
+from detector.policy import load_policy
+from detector.scanner import STATE_DIR, ScanOptions, _exclusive, scan
+from tests.conftest import run_cli
+
+HEADER = ["listing_id", "seller_id", "title", "price", "currency", "image"]
+
+
+@pytest.fixture(scope="module")
+def loaded(demo_index):
+    return open_index(demo_index, device="cpu")
+
+
+def run_scan(listings, out, loaded, cache=None, **options):
+    index, embedder = loaded
+    return scan(listings, index, embedder, load_policy(), out, options=ScanOptions(cache=cache, **options))
+
+
+def decisions(out):
+    return [json.loads(line) for line in (out / "decisions.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def hostile_dump(tmp_path, demo_data):
+    """The demo listings plus rows and files that must end as specific errors or notes."""
+    folder = tmp_path / "dump"
+    shutil.copytree(demo_data.folder / "listings", folder / "listings")
+    with open(demo_data.listings, newline="") as fh:
+        rows = list(csv.reader(fh))[1:]
+    (folder / "listings" / "empty.jpg").write_bytes(b"")
+    (folder / "listings" / "text.jpg").write_text("hello")
+    Image.new("RGB", (8, 8)).save(folder / "listings" / "tiny.png")
+    rows += [
+        ["X1", "s", "missing file", "10", "USD", "listings/absent.jpg"],
+        ["X2", "s", "empty file", "10", "USD", "listings/empty.jpg"],
+        ["X3", "s", "text as jpg", "10", "USD", "listings/text.jpg"],
+        ["X4", "s", "escape", "10", "USD", "../../etc/passwd"],
+        ["X5", "s", "absolute", "10", "USD", "/etc/hostname"],
+        ["", "s", "no id", "10", "USD", "listings/tiny.png"],
+        ["X7", "s", "bad price", "abc", "USD", "listings/tiny.png"],
+        ["X8", "", "no seller", "10", "USD", "listings/tiny.png"],
+        # a listing with two photos, one broken and one a cheap copy: the copy flags it
+        ["X9", "rogue", "two photos", "5", "USD", "listings/absent.jpg"],
+        ["X9", "rogue", "two photos", "5", "USD", "listings/D000.jpg"],
+    ]
+    with open(folder / "listings.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([HEADER, *rows])
+    return folder / "listings.csv", len({r[0] or "(row)" for r in rows})
+
+
+def test_every_listing_appears_exactly_once_with_errors_as_data(tmp_path, demo_data, loaded):
+    listings, expected = hostile_dump(tmp_path, demo_data)
+    result = run_scan(listings, tmp_path / "out", loaded)
+    got = decisions(tmp_path / "out")
+    ids = [d["listing_id"] for d in got]
+    assert len(ids) == len(set(ids)) == expected == result.summary["listings"]
+    by_id = {d["listing_id"]: d for d in got}
+    fields = {"listing_id", "verdict", "score", "brand", "product_id", "reference_image", "image", "similarity",
+              "price_ratio", "seller_authorized", "reasons", "error"}
+    assert all(fields <= set(d) for d in got)
+    expected_errors = {
+        "X1": "image file not found", "X2": "empty", "X3": "not a recognised image format",
+        "X4": "leads outside", "X5": "absolute image path", "(line 45)": "missing listing_id",
+    }
+    for listing_id, fragment in expected_errors.items():
+        assert by_id[listing_id]["verdict"] == "error", listing_id
+        assert fragment in by_id[listing_id]["error"], (listing_id, by_id[listing_id]["error"])
+    assert by_id["X7"]["verdict"] != "error" and any("not a number" in r for r in by_id["X7"]["reasons"])
+    assert by_id["X8"]["seller_authorized"] is None
+    assert by_id["X9"]["verdict"] == "flagged" and by_id["X9"]["photos"] == 2
+    assert any("1 of 2 photos could not be read" in r for r in by_id["X9"]["reasons"])
+    # the demo's own listings are unaffected by their hostile neighbours
+    truth = {r["listing_id"]: r for r in csv.DictReader(open(demo_data.truth))}
+    for listing_id, row in truth.items():
+        assert (by_id[listing_id]["verdict"] == "flagged") == (row["should_flag"] == "1"), listing_id
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["verdicts"]["error"] == 6 and sum(summary["verdicts"].values()) == expected
+    lo, hi = summary["flagged_per_10k_ci95"]
+    assert lo <= summary["flagged_per_10k"] <= hi
+    assert summary["embedder"]["name"] == "lite0" and summary["index"]["counts"]["brands"] == 3
+
+
+def test_flagged_csv_holds_the_flagged_listings(tmp_path, demo_data, loaded):
+    run_scan(demo_data.listings, tmp_path / "out", loaded)
+    flagged = {d["listing_id"] for d in decisions(tmp_path / "out") if d["verdict"] == "flagged"}
+    with open(tmp_path / "out" / "flagged.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {r["listing_id"] for r in rows} == flagged and flagged
+    assert all(r["reasons"] and r["brand"] for r in rows)
+
+
+def test_attacker_strings_are_inert_in_report_and_csv(tmp_path, demo_data, loaded):
+    folder = tmp_path / "dump"
+    folder.mkdir()
+    evil_name = "<img src=x onerror=alert(1)>.jpg"
+    shutil.copy(demo_data.folder / "listings" / "D000.jpg", folder / evil_name)
+    rows = [["=HYPERLINK(\"http://evil\",\"x\")", "<script>alert('seller')</script>",
+             "<script>alert(1)</script> replica =1+1", "5", "USD", evil_name],
+            ["L2", "@SUM(A1)", "-2+3", "5", "USD", evil_name]]
+    with open(folder / "listings.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([HEADER, *rows])
+    run_scan(folder / "listings.csv", tmp_path / "out", loaded)
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "<script>" not in html and "<img src=x" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "script-src" not in html and "default-src 'none'" in html  # CSP forbids scripts
+    with open(tmp_path / "out" / "flagged.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 2
+    for row in rows:
+        for value in row.values():
+            assert not value.startswith(("=", "+", "-", "@")), value
+    assert rows[0]["listing_id"].startswith("'=HYPERLINK")
+    thumbs = list((tmp_path / "out" / "thumbs").iterdir())
+    assert thumbs and all(t.suffix == ".jpg" for t in thumbs)
+
+
+def test_warm_cache_rescan_embeds_nothing(tmp_path, demo_data, loaded):
+    index, embedder = loaded
+    cache = EmbeddingCache(tmp_path / "cache.sqlite", embedder.fingerprint_id, embedder.dim)
+    cold = run_scan(demo_data.listings, tmp_path / "cold", loaded, cache=cache)
+    warm = run_scan(demo_data.listings, tmp_path / "warm", loaded, cache=cache)
+    assert cold.summary["this_run"]["embedded"] == 38 and cold.summary["this_run"]["cache_hits"] == 0
+    assert warm.summary["this_run"]["embedded"] == 0 and warm.summary["this_run"]["cache_hits"] == 38
+    assert decisions(tmp_path / "cold") == decisions(tmp_path / "warm")
+    cache.close()
+
+
+def test_damaged_cache_entries_are_recomputed_not_used(tmp_path, demo_data, loaded):
+    index, embedder = loaded
+    path = tmp_path / "cache.sqlite"
+    cache = EmbeddingCache(path, embedder.fingerprint_id, embedder.dim)
+    run_scan(demo_data.listings, tmp_path / "a", loaded, cache=cache)
+    cache.close()
+    db = sqlite3.connect(path)
+    db.execute("UPDATE vectors SET vector = zeroblob(length(vector))")
+    db.commit()
+    db.close()
+    cache = EmbeddingCache(path, embedder.fingerprint_id, embedder.dim)
+    again = run_scan(demo_data.listings, tmp_path / "b", loaded, cache=cache)
+    assert again.summary["this_run"]["embedded"] == 38 and cache.corrupt == 38
+    assert decisions(tmp_path / "a") == decisions(tmp_path / "b")
+
+
+def test_cache_is_bounded(tmp_path):
+    import numpy as np
+
+    cache = EmbeddingCache(tmp_path / "c.sqlite", "fp", 4, max_bytes=10 * (16 + 96))
+    for i in range(30):
+        cache.put_many({f"d{i}": np.full(4, i, np.float32)})
+    count = sqlite3.connect(tmp_path / "c.sqlite").execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
+    assert count == 10 and cache.get("d29") is not None and cache.get("d0") is None
+
+
+def test_a_second_scan_into_the_same_out_dir_is_refused(tmp_path, demo_data, loaded):
+    out = tmp_path / "out"
+    with _exclusive(out):
+        with pytest.raises(UserError, match=r"another scan \(pid \d+\) is writing"):
+            run_scan(demo_data.listings, out, loaded)
+
+
+def test_out_dir_of_another_input_is_refused_unless_restarted(tmp_path, demo_data, loaded):
+    out = tmp_path / "out"
+    run_scan(demo_data.listings, out, loaded)
+    other = tmp_path / "other.csv"
+    other.write_text(",".join(HEADER) + "\nA,s,t,1,USD," + str(demo_data.folder / "listings" / "D001.jpg") + "\n")
+    with pytest.raises(UserError, match="holds a scan of different input.*--restart"):
+        run_scan(other, out, loaded, allow_outside=True)
+    result = run_scan(other, out, loaded, allow_outside=True, restart=True)
+    assert result.summary["listings"] == 1 and len(decisions(out)) == 1
+
+
+def test_rerunning_a_finished_scan_rewrites_the_same_outputs(tmp_path, demo_data, loaded):
+    out = tmp_path / "out"
+    run_scan(demo_data.listings, out, loaded)
+    first = (out / "decisions.jsonl").read_bytes()
+    again = run_scan(demo_data.listings, out, loaded)
+    assert again.summary["this_run"]["rows_processed"] == 0
+    assert (out / "decisions.jsonl").read_bytes() == first
+
+
+def test_a_bare_folder_is_scanned_on_visual_evidence(tmp_path, demo_data, loaded):
+    result = run_scan(demo_data.folder / "listings", tmp_path / "out", loaded)
+    got = decisions(tmp_path / "out")
+    assert len(got) == 38 and got[0]["listing_id"] == "D000.jpg"
+    assert result.summary["verdicts"]["flagged"] == 0  # no price, seller or title: nothing inconsistent
+    assert any(d["similarity"] and d["similarity"] >= d["threshold"] for d in got)
+
+
+def test_jsonl_and_parquet_dumps_give_the_same_decisions(tmp_path, demo_data, loaded):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with open(demo_data.listings, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    jsonl = demo_data.folder / "listings.jsonl"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    parquet = demo_data.folder / "listings.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), parquet)
+    for source, name in ((demo_data.listings, "csv"), (jsonl, "jsonl"), (parquet, "parquet")):
+        run_scan(source, tmp_path / name, loaded)
+    assert decisions(tmp_path / "csv") == decisions(tmp_path / "jsonl") == decisions(tmp_path / "parquet")
+
+
+def _next_row(out):
+    try:
+        db = sqlite3.connect(f"file:{out / STATE_DIR / 'state.sqlite'}?mode=ro", uri=True, timeout=0.1)
+        row = db.execute("SELECT value FROM meta WHERE key='next_row'").fetchone()
+        db.close()
+        return json.loads(row[0]) if row else 0
+    except sqlite3.Error:
+        return 0
+
+
+def test_kill_and_resume_gives_the_same_decisions_as_a_clean_run(tmp_path, demo_data):
+    args = [str(demo_data.listings), "--index", str(tmp_path / "idx"), "--batch-size", "2", "--no-cache",
+            "--device", "cpu"]
+    built = run_cli("index", "build", str(demo_data.catalog), "--out", str(tmp_path / "idx"),
+                    "--authorized", str(demo_data.authorized))
+    assert built.returncode == 0, built.stderr
+    clean = run_cli("scan", *args, "--out", str(tmp_path / "clean"))
+    assert clean.returncode == 0, clean.stderr
+
+    out = tmp_path / "killed"
+    rng = random.Random(7)
+    kills = 0
+    for attempt in range(3):
+        target = _next_row(out) + rng.randint(2, 8)
+        process = subprocess.Popen([sys.executable, "-m", "detector", "scan", *args, "--out", str(out)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 60
+        while process.poll() is None and _next_row(out) < target and time.time() < deadline:
+            time.sleep(0.02)
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            kills += 1
+        process.wait()
+    assert kills >= 2, "the scan finished before it could be killed"
+    assert not (out / "decisions.jsonl").exists() or kills < 3
+    resumed = run_cli("scan", *args, "--out", str(out))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "(resumed)" in resumed.stdout
+    assert decisions(out) == decisions(tmp_path / "clean")
+    assert len(decisions(out)) == 38
+
+
+def test_scan_cli_prints_counts_and_where_the_report_is(tmp_path, demo_data, demo_index):
+    result = run_cli("scan", str(demo_data.listings), "--index", str(demo_index), "--out", str(tmp_path / "o"),
+                     "--cache", str(tmp_path / "c.sqlite"))
+    assert result.returncode == 0, result.stderr
+    assert "38 listings:" in result.stdout and "flagged" in result.stdout
+    assert "Report:" in result.stdout and (tmp_path / "o" / "report.html").exists()
+    assert os.path.exists(tmp_path / "c.sqlite")
+
+
+def test_report_shows_the_summary_counts(tmp_path, demo_data, loaded):
+    result = run_scan(demo_data.listings, tmp_path / "out", loaded)
+    html = (tmp_path / "out" / "report.html").read_text()
+    verdicts = result.summary["verdicts"]
+    for verdict in ("flagged", "clear", "error"):
+        assert f"<b>{verdicts[verdict]}</b>{verdict if verdict != 'error' else 'errors'}" in html
+    assert "built-in method" not in html
+    assert html.count('alt="listing photo"') == verdicts["flagged"]

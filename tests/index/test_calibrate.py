@@ -1,0 +1,53 @@
+"""Per-brand thresholds follow each brand's impostor distribution."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from index.calibrate import CalibrationRule, calibrate_thresholds
+
+
+def unit(v):
+    v = np.asarray(v, np.float32)
+    return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+
+def test_crowded_brand_gets_a_higher_threshold():
+    rng = np.random.default_rng(0)
+    base = unit(rng.standard_normal((1, 64)))
+    crowded = unit(base + 0.05 * rng.standard_normal((30, 64)))   # near the others
+    lonely = unit(rng.standard_normal((30, 64)))
+    neighbours = unit(base + 0.05 * rng.standard_normal((30, 64)))
+    result = calibrate_thresholds({"crowded": crowded, "lonely": lonely, "neighbours": neighbours})
+    assert result["crowded"]["threshold"] > result["lonely"]["threshold"]
+    assert result["crowded"]["source"] == "brand" and result["crowded"]["impostors"] == 60
+
+
+def test_threshold_is_quantile_plus_margin_within_bounds():
+    rule = CalibrationRule(quantile=0.5, margin=0.1, floor=0.0, ceiling=1.0, min_impostors=1)
+    a = unit([[1.0, 0.0]])
+    others = unit([[0.6, 0.8], [0.8, 0.6], [0.0, 1.0]])  # similarities to a: 0.6, 0.8, 0.0
+    result = calibrate_thresholds({"a": a, "b": others}, rule=rule)
+    assert result["a"]["threshold"] == 0.7  # median 0.6 + 0.1
+
+
+def test_floor_ceiling_and_fallbacks():
+    a = unit([[1.0, 0.0]])
+    alone = calibrate_thresholds({"a": a})
+    assert alone["a"] == {"threshold": 0.75, "source": "default", "impostors": 0}
+    background = unit(np.tile([[1.0, 0.01]], (25, 1)))  # near-copies of a: would push over the ceiling
+    capped = calibrate_thresholds({"a": a}, background)
+    assert capped["a"]["threshold"] == 0.9 and capped["a"]["source"] == "brand"
+    far = unit(np.tile([[-1.0, 0.0]], (25, 1)))
+    assert calibrate_thresholds({"a": a}, far)["a"]["threshold"] == 0.55
+
+
+def test_small_brands_borrow_the_pooled_distribution():
+    rng = np.random.default_rng(3)
+    big = {f"b{i}": unit(rng.standard_normal((10, 16))) for i in range(3)}
+    small = unit(rng.standard_normal((1, 16)))
+    rule = CalibrationRule(min_impostors=25)
+    result = calibrate_thresholds({**big, "small": small}, rule=rule)
+    assert result["small"]["source"] == "brand"  # 30 impostors from the big brands
+    tiny = calibrate_thresholds({"x": unit(rng.standard_normal((1, 16))), "y": unit(rng.standard_normal((30, 16)))}, rule=rule)
+    assert tiny["x"]["source"] == "brand" and tiny["y"]["source"] == "pooled"

@@ -1,0 +1,55 @@
+"""The benchmark metrics, on tiny cases checked by hand."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+spec = importlib.util.spec_from_file_location("evaluate", Path(__file__).resolve().parents[2] / "scripts" / "evaluate.py")
+evaluate = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(evaluate)
+
+
+def test_precision_recall_f1():
+    result = evaluate.precision_recall_f1([True, True, False, False], [True, False, True, False])
+    assert (result["tp"], result["fp"], result["fn"]) == (1, 1, 1)
+    assert result["precision"] == 0.5 and result["recall"] == 0.5 and result["f1"] == 0.5
+    assert evaluate.precision_recall_f1([False], [False])["f1"] == 0.0
+
+
+def test_recall_at_k():
+    ranked = [["a", "b"], ["c", "a"], ["x", "y"]]
+    assert evaluate.recall_at_k(ranked, ["a", "a", "a"], 1) == pytest.approx(1 / 3)
+    assert evaluate.recall_at_k(ranked, ["a", "a", "a"], 2) == pytest.approx(2 / 3)
+
+
+def test_micro_average_precision():
+    truth = {"q1": "r1", "q2": "r2"}
+    # ranked: (q1,r1) correct, (q2,r9) wrong, (q2,r2) correct → AP = (1/1 + 2/3) / 2
+    predictions = [("q1", "r1", 0.9), ("q2", "r9", 0.8), ("q2", "r2", 0.7)]
+    assert evaluate.micro_average_precision(predictions, truth) == pytest.approx((1 + 2 / 3) / 2)
+    # a query with no true reference only adds false positives
+    assert evaluate.micro_average_precision([("q3", "r1", 0.95)] + predictions, truth) == pytest.approx((1 / 2 + 2 / 4) / 2)
+    assert evaluate.micro_average_precision([], {}) == 0.0
+
+
+def test_score_combines_everything():
+    decisions = [
+        {"listing_id": "A", "verdict": "flagged", "matches": [{"product_id": "P1", "similarity": 0.9}]},
+        {"listing_id": "B", "verdict": "flagged", "matches": [{"product_id": "P2", "similarity": 0.8}]},
+        {"listing_id": "C", "verdict": "clear", "matches": [{"product_id": "P9", "similarity": 0.3}]},
+    ]
+    truth = [
+        {"listing_id": "A", "should_flag": "1", "kind": "copy_cheap_rogue", "product_id": "P1"},
+        {"listing_id": "B", "should_flag": "0", "kind": "authorized_fullprice", "product_id": "P2"},
+        {"listing_id": "C", "should_flag": "0", "kind": "unrelated_cheap", "product_id": ""},
+        {"listing_id": "D", "should_flag": "1", "kind": "copy_cheap_rogue", "product_id": "P4"},
+    ]
+    result = evaluate.score(decisions, truth)
+    assert result["precision"] == 0.5 and result["recall"] == 0.5
+    assert result["recall_at_1"] == pytest.approx(2 / 3)
+    assert result["false_flag_rate_authorized_fullprice"] == 1.0
+    assert result["per_kind_accuracy"] == {"authorized_fullprice": 0.0, "copy_cheap_rogue": 0.5, "unrelated_cheap": 1.0}
+    assert result["missing_decisions"] == 1
