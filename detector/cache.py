@@ -1,5 +1,7 @@
 """Embedding cache: vectors keyed by image content hash + embedder fingerprint, in one bounded
-SQLite file, so tomorrow's scan embeds only photos it has not seen.
+SQLite file, so tomorrow's scan embeds only photos it has not seen. Geometric-verification
+outcomes (matching keypoints of a photo against a reference photo) are kept beside them, so a
+warm rescan neither decodes nor verifies again.
 
 Each vector carries a CRC32; a damaged entry is dropped and recomputed, never used. When the
 file holds more than ``max_entries`` vectors, the least recently used ones are evicted.
@@ -51,6 +53,10 @@ class EmbeddingCache:
                 " used INTEGER, PRIMARY KEY (fingerprint, digest)) WITHOUT ROWID"
             )
             self._db.execute("CREATE INDEX IF NOT EXISTS vectors_used ON vectors (used)")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS verifications (verifier TEXT, digest TEXT, reference TEXT,"
+                " inliers INTEGER, PRIMARY KEY (verifier, digest, reference)) WITHOUT ROWID"
+            )
             (self._count,) = self._db.execute("SELECT COUNT(*) FROM vectors").fetchone()
         except sqlite3.DatabaseError as exc:
             raise UserError(
@@ -111,7 +117,30 @@ class EmbeddingCache:
                 " (SELECT fingerprint, digest FROM vectors ORDER BY used LIMIT ?)",
                 (excess,),
             )
+            self._db.execute("DELETE FROM verifications WHERE digest NOT IN (SELECT digest FROM vectors)")
         self._count = count - max(0, excess)
+
+    def get_inliers(self, verifier: str, digest: str, reference: str) -> int | None:
+        """A cached verification outcome, or ``None``."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT inliers FROM verifications WHERE verifier=? AND digest=? AND reference=?",
+                (verifier, digest, reference),
+            ).fetchone()
+        return None if row is None else int(row[0])
+
+    def put_inliers(self, verifier: str, outcomes: dict[tuple[str, str], int]) -> None:
+        """Store verification outcomes keyed by (photo hash, reference photo hash)."""
+        if not outcomes:
+            return
+        with self._lock:
+            try:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO verifications VALUES (?, ?, ?, ?)",
+                    [(verifier, d, r, n) for (d, r), n in outcomes.items()],
+                )
+            except sqlite3.OperationalError as exc:
+                raise UserError(f"cannot write the embedding cache {self.path}: {exc}") from None
 
     def close(self) -> None:
         with self._lock:

@@ -14,6 +14,7 @@ from detector.embedders import Embedder, file_sha256
 from detector.errors import UserError
 from detector.images import decode_image, read_image_bytes, resolve_image_path
 from detector.tables import IMAGE_SUFFIXES, CatalogRow, read_authorized, read_catalog
+from detector.verify import LocalFeatures, extract, pack, unpack
 from index.calibrate import CalibrationRule, calibrate_thresholds
 from index.store import BrandEntry, IndexStoreError, build_lock, load_index, write_index
 
@@ -31,8 +32,11 @@ class BuildReport:
     notes: list[str] = field(default_factory=list)
 
 
-def _previous_vectors(out_dir: Path, embedder: Embedder, notes: list[str]) -> tuple[dict[str, np.ndarray], dict]:
-    """Vectors of the current index keyed by image hash, when it was built by this embedder."""
+def _previous_vectors(
+    out_dir: Path, embedder: Embedder, notes: list[str]
+) -> tuple[dict[str, tuple[np.ndarray, LocalFeatures]], dict]:
+    """Vectors and local features of the current index keyed by image hash, when it was built by
+    this embedder (photos without stored local features are not reused)."""
     try:
         previous = load_index(out_dir, load_indexes=False)
     except IndexStoreError as exc:
@@ -44,8 +48,10 @@ def _previous_vectors(out_dir: Path, embedder: Embedder, notes: list[str]) -> tu
         return {}, {}
     known = {}
     for entry in previous.brands.values():
-        for product, vector in zip(entry.products, entry.vectors):
-            known[product["image_sha256"]] = vector
+        if entry.local is None:
+            continue
+        for product, vector, local in zip(entry.products, entry.vectors, unpack(entry.local)):
+            known[product["image_sha256"]] = (vector, local)
     sellers = {name: entry.authorized for name, entry in previous.brands.items()}
     return known, sellers
 
@@ -92,12 +98,14 @@ def build_catalog_index(
             data = read_image_bytes(item[1])
             digest = hashlib.sha256(data).hexdigest()
             if digest in known:
-                return Prepared(vector=known[digest], info=digest)
+                vector, local = known[digest]
+                return Prepared(vector=vector, info=(digest, local))
             image = decode_image(data, draft=2 * embedder.preprocess.size)
-            return Prepared(array=embedder.preprocess(image), info=digest)
+            return Prepared(array=embedder.preprocess(image), info=(digest, extract(image)))
 
         products: dict[str, list[dict]] = {}
         vectors: dict[str, list[np.ndarray]] = {}
+        local: dict[str, list[LocalFeatures]] = {}
         done = 0
         for result in embed_stream(embedder, located, prepare, batch_size=batch_size, workers=workers):
             row, path = result.item
@@ -114,13 +122,14 @@ def build_catalog_index(
                     "product_id": row.product_id,
                     "image": row.image,
                     "image_path": str(path),
-                    "image_sha256": result.info,
+                    "image_sha256": result.info[0],
                     "price": row.price,
                     "currency": row.currency,
                     "title": row.title,
                 }
             )
             vectors.setdefault(row.brand, []).append(result.vector)
+            local.setdefault(row.brand, []).append(result.info[1])
 
         if errors and not skip_bad_rows:
             raise UserError(_format_errors(errors))
@@ -145,6 +154,7 @@ def build_catalog_index(
                 authorized=sorted(sellers.get(brand, ())),
                 threshold=calibration[brand]["threshold"],
                 calibration=calibration[brand],
+                local=pack(local[brand]),
             )
             for brand in products
         ]

@@ -228,13 +228,14 @@ def lookup(
     if as_json:
         sys.stdout.write(json.dumps(result.as_json(), ensure_ascii=False) + "\n")
         return
-    table = Table("#", "brand", "product", "similarity", "threshold", "price", "reference photo", title=f"Closest protected products to {escape(str(photo))}")
+    table = Table("#", "brand", "product", "similarity", "threshold", "keypoints", "price", "reference photo", title=f"Closest protected products to {escape(str(photo))}")
     for rank, match in enumerate(result.matches, start=1):
         threshold = policy.brand_threshold(match.brand, match.calibrated_threshold)
         style = "bold" if match.similarity >= threshold else "dim"
         table.add_row(
             str(rank), escape(match.brand), escape(match.product_id), f"[{style}]{match.similarity:.3f}[/]",
-            f"{threshold:.3f}", f"{match.price:,.2f} {escape(match.currency or '')}", escape(match.reference_image or ""),
+            f"{threshold:.3f}", "" if match.inliers is None else str(match.inliers),
+            f"{match.price:,.2f} {escape(match.currency or '')}", escape(match.reference_image or ""),
         )
     out.print(table)
     decision = result.decision
@@ -263,6 +264,7 @@ def scan(
     embedder: Optional[str] = typer.Option(None, "--embedder", help="Embedder; defaults to the one that built the index."),
     cache: Optional[Path] = typer.Option(None, "--cache", help="Embedding cache file (default: $COUNTERFEIT_CACHE_DIR or ~/.cache/counterfeit-detector/embeddings.sqlite)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Embed every photo; read and write no cache."),
+    no_verify: bool = typer.Option(False, "--no-verify", help="Skip geometric verification (similarity alone decides the visual match)."),
     allow_outside_paths: bool = typer.Option(False, "--allow-outside-paths", help="Trust image paths that are absolute or lead outside the listing table's folder."),
     restart: bool = typer.Option(False, "--restart", help="Discard OUT_DIR's earlier progress instead of resuming it."),
 ) -> None:
@@ -281,7 +283,7 @@ def scan(
     override = read_authorized(authorized) if authorized else None
     index, model = open_index(index_dir, embedder=embedder, device=device.value)
     store = None if no_cache else EmbeddingCache(cache or default_cache_path(), model.fingerprint_id, model.dim)
-    options = ScanOptions(batch_size=batch_size, workers=workers, top_k=top_k,
+    options = ScanOptions(batch_size=batch_size, workers=workers, top_k=top_k, verify=not no_verify,
                           allow_outside=allow_outside_paths, restart=restart, cache=store)
     try:
         with progress_bar() as bar:
@@ -337,7 +339,7 @@ def demo(
                 allow_outside_paths=False, batch_size=32, workers=2)
     scan(listings=data.listings, index_dir=index_dir, out_dir=scan_dir, authorized=None, policy_file=None,
          device=device, batch_size=32, workers=2, top_k=5, embedder=None, cache=out_dir / "cache.sqlite",
-         no_cache=False, allow_outside_paths=False, restart=True)
+         no_cache=False, no_verify=False, allow_outside_paths=False, restart=True)
     out.print(
         "\nNext: open the report in a browser, or try one photo:\n"
         f"  counterfeit lookup {escape(str(data.folder / 'listings' / 'D000.jpg'))} --index {escape(str(index_dir))}"

@@ -8,8 +8,9 @@ from pathlib import Path
 
 from detector.embedders import Embedder
 from detector.images import decode_image, read_image_bytes, resolve_image_path
-from detector.matches import authorized_sellers, candidates
+from detector.matches import ReferenceFeatures, authorized_sellers, candidates, to_verify, verify_hits
 from detector.policy import Candidate, Decision, Listing, Policy, decide
+from detector.verify import extract
 from index.store import ReferenceIndex
 
 
@@ -34,6 +35,8 @@ class LookupResult:
                 "product_id": self.decision.product_id,
                 "similarity": self.decision.similarity,
                 "threshold": self.decision.threshold,
+                "inliers": self.decision.inliers,
+                "visual_match": self.decision.visual_match,
                 "price_ratio": self.decision.price_ratio,
                 "seller_authorized": self.decision.seller_authorized,
             },
@@ -43,6 +46,7 @@ class LookupResult:
                     "product_id": m.product_id,
                     "image": m.reference_image,
                     "similarity": round(m.similarity, 4),
+                    "inliers": m.inliers,
                     "price": m.price,
                     "currency": m.currency,
                 }
@@ -66,8 +70,10 @@ def lookup_photo(
     Without ``listing`` facts the decision only says whether the photo matches a protected product.
     """
     path = resolve_image_path(str(photo), Path.cwd(), allow_outside=True)
-    vector = embedder.embed([decode_image(read_image_bytes(path), draft=2 * embedder.preprocess.size)])
-    found = candidates(index, index.search(vector, k=top_k)[0])
+    image = decode_image(read_image_bytes(path), draft=2 * embedder.preprocess.size)
+    hits = index.search(embedder.embed([image]), k=top_k)[0]
+    inliers = verify_hits(extract(image), to_verify(hits), ReferenceFeatures(index))
+    found = candidates(index, hits, inliers)
     judged = listing is not None
     facts = listing or Listing(listing_id=str(photo))
     facts.image = str(photo)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from detector.embedders import Embedder, create_embedder
 from detector.policy import Candidate
+from detector.verify import LocalFeatures, count_inliers, unpack
 from index.search import Hit
 from index.store import ReferenceIndex, load_index, read_manifest
 
@@ -21,8 +22,44 @@ def open_index(
     return index, model
 
 
-def candidates(index: ReferenceIndex, hits: list[Hit]) -> list[Candidate]:
-    """One policy candidate per hit, carrying the product's catalogue facts and brand threshold."""
+VERIFY_TOP = 3
+VERIFY_MIN_SIMILARITY = 0.3
+
+
+class ReferenceFeatures:
+    """Local features of an index's reference photos, unpacked per brand on first use."""
+
+    def __init__(self, index: ReferenceIndex):
+        self.index = index
+        self._brands: dict[str, list[LocalFeatures] | None] = {}
+
+    def get(self, hit: Hit) -> LocalFeatures | None:
+        if hit.brand not in self._brands:
+            blob = self.index.brands[hit.brand].local
+            self._brands[hit.brand] = unpack(blob) if blob is not None else None
+        features = self._brands[hit.brand]
+        return None if features is None else features[hit.row]
+
+
+def to_verify(hits: list[Hit], top: int = VERIFY_TOP, min_similarity: float = VERIFY_MIN_SIMILARITY) -> list[Hit]:
+    """The hits worth a geometric check: the closest few that are not plainly unrelated."""
+    return [hit for hit in hits[:top] if hit.similarity >= min_similarity]
+
+
+def verify_hits(features: LocalFeatures, hits: list[Hit], references: ReferenceFeatures) -> dict[Hit, int]:
+    """Matching keypoints between a photo and each hit's reference (hits without features are skipped)."""
+    result = {}
+    for hit in hits:
+        reference = references.get(hit)
+        if reference is not None:
+            result[hit] = count_inliers(features, reference)
+    return result
+
+
+def candidates(index: ReferenceIndex, hits: list[Hit], inliers: dict[Hit, int] | None = None) -> list[Candidate]:
+    """One policy candidate per hit, carrying the product's catalogue facts, brand threshold and
+    (where verified) the number of matching keypoints."""
+    inliers = inliers or {}
     found = []
     for hit in hits:
         product = index.product(hit)
@@ -37,6 +74,7 @@ def candidates(index: ReferenceIndex, hits: list[Hit]) -> list[Candidate]:
                 currency=product.get("currency"),
                 title=product.get("title", ""),
                 calibrated_threshold=index.brands[hit.brand].threshold,
+                inliers=inliers.get(hit),
             )
         )
     return found

@@ -31,6 +31,15 @@ class Weights:
 
 
 @dataclass(frozen=True)
+class Verification:
+    """How geometric evidence (matching keypoints) confirms or vetoes a visual match."""
+
+    confirm_inliers: int = 8
+    veto_below: int = 3
+    strong_similarity: float = 0.85
+
+
+@dataclass(frozen=True)
 class Policy:
     """Every knob of the decision; see ``default_policy.toml`` for what each means."""
 
@@ -41,6 +50,7 @@ class Policy:
     check_seller: bool = True
     cues: tuple[str, ...] = ()
     weights: Weights = Weights()
+    verification: Verification = Verification()
     brands: dict[str, dict] = field(default_factory=dict)
 
     def brand_threshold(self, brand: str, calibrated: float | None) -> float:
@@ -84,7 +94,9 @@ def load_policy(path: Path | None = None) -> Policy:
 
 
 def _policy_from(config: dict) -> Policy:
-    match, price, seller, title, score = (config.get(k, {}) for k in ("match", "price", "seller", "title", "score"))
+    match, price, seller, title, score, verify = (
+        config.get(k, {}) for k in ("match", "price", "seller", "title", "score", "verify")
+    )
     threshold = match.get("threshold", "calibrated")
     if threshold == "calibrated":
         threshold = None
@@ -118,6 +130,11 @@ def _policy_from(config: dict) -> Policy:
             price=_number(score, "price_weight", 0.6, "score", 0.0, 1.0),
             seller=_number(score, "seller_weight", 0.8, "score", 0.0, 1.0),
             title=_number(score, "title_weight", 0.7, "score", 0.0, 1.0),
+        ),
+        verification=Verification(
+            confirm_inliers=int(_number(verify, "confirm_inliers", 8, "verify", 1, 10_000)),
+            veto_below=int(_number(verify, "veto_below", 3, "verify", 0, 10_000)),
+            strong_similarity=_number(verify, "strong_similarity", 0.85, "verify", 0.0, 1.01),
         ),
         brands=brands,
     )
@@ -167,6 +184,7 @@ class Candidate:
     currency: str | None = None
     title: str = ""
     calibrated_threshold: float | None = None
+    inliers: int | None = None  # matching keypoints from geometric verification; None if not verified
 
 
 @dataclass
@@ -182,6 +200,8 @@ class Decision:
     image: str | None = None
     similarity: float | None = None
     threshold: float | None = None
+    inliers: int | None = None
+    visual_match: bool = False
     price_ratio: float | None = None
     seller_authorized: bool | None = None
     reasons: list[str] = field(default_factory=list)
@@ -238,6 +258,18 @@ def _price_ratio(listing: Listing, cand: Candidate, policy: Policy) -> tuple[flo
     )
 
 
+def _visual_state(cand: Candidate, threshold: float, verification: Verification) -> str:
+    """``confirmed`` (enough matching keypoints), ``matched`` (similar enough, not contradicted),
+    ``vetoed`` (similar, but the geometry disagrees) or ``none``."""
+    if cand.inliers is not None and cand.inliers >= verification.confirm_inliers:
+        return "confirmed"
+    if cand.similarity < threshold:
+        return "none"
+    if cand.inliers is not None and cand.inliers < verification.veto_below and cand.similarity < verification.strong_similarity:
+        return "vetoed"
+    return "matched"
+
+
 def _visual(similarity: float, threshold: float) -> float:
     if similarity >= threshold:
         return 0.5 + 0.5 * (similarity - threshold) / max(1e-6, 1.0 - threshold)
@@ -252,8 +284,10 @@ def decide(
 ) -> Decision:
     """Decide one listing photo from its nearest references.
 
-    The candidate with the largest margin over its brand's threshold is the match. A listing
-    is flagged when that margin is non-negative and at least one inconsistency holds.
+    A candidate is a visual match when enough keypoints confirm it geometrically, or when its
+    similarity reaches its brand's threshold and the geometry does not contradict it. Among
+    matches, confirmed ones come first, then the largest margin over the threshold. A listing is
+    flagged when it has a visual match and at least one inconsistency holds.
     """
     base = Decision(
         listing_id=listing.listing_id,
@@ -272,13 +306,23 @@ def decide(
         base.reasons = ["no reference product to compare with", *listing.notes]
         return base
     thresholds = [policy.brand_threshold(c.brand, c.calibrated_threshold) for c in candidates]
-    best_i = max(range(len(candidates)), key=lambda i: (candidates[i].similarity - thresholds[i], candidates[i].similarity))
-    cand, threshold = candidates[best_i], thresholds[best_i]
+    states = [_visual_state(c, t, policy.verification) for c, t in zip(candidates, thresholds)]
+    best_i = max(
+        range(len(candidates)),
+        key=lambda i: (states[i] != "none" and states[i] != "vetoed", states[i] == "confirmed",
+                       candidates[i].similarity - thresholds[i], candidates[i].similarity),
+    )
+    cand, threshold, state = candidates[best_i], thresholds[best_i], states[best_i]
+    base.visual_match = state in ("matched", "confirmed")
     base.brand, base.product_id = cand.brand, cand.product_id
     base.reference_image, base.reference_path = cand.reference_image, cand.reference_path
-    base.similarity, base.threshold = round(cand.similarity, 4), round(threshold, 4)
+    base.similarity, base.threshold, base.inliers = round(cand.similarity, 4), round(threshold, 4), cand.inliers
     base.catalogue_price, base.catalogue_currency = cand.price, cand.currency
     visual = _visual(cand.similarity, threshold)
+    if state == "confirmed":
+        visual = max(visual, 0.5 + 0.5 * min(1.0, cand.inliers / (4.0 * policy.verification.confirm_inliers)))
+    elif state == "vetoed":
+        visual = min(visual, 0.49)
     product = f"{cand.brand} {cand.product_id}" + (f" ({cand.title})" if cand.title else "")
 
     ratio, price_note = _price_ratio(listing, cand, policy)
@@ -307,14 +351,27 @@ def decide(
     notes = [n for n in [price_note] if n] + list(listing.notes)
     if policy.check_seller and not sellers and listing.seller_id is not None:
         notes.append(f"{cand.brand} declares no authorised sellers; seller not checked")
-    if cand.similarity < threshold:
+    keypoints = "" if cand.inliers is None else f"; {cand.inliers} matching keypoints"
+    if state == "none":
         base.reasons = [
             f"no protected product close enough (best: {product} at similarity {cand.similarity:.2f}"
-            f" < threshold {threshold:.2f})",
+            f" < threshold {threshold:.2f}{keypoints})",
             *notes,
         ]
         return base
-    matched = f"photo matches {product} (similarity {cand.similarity:.2f} ≥ threshold {threshold:.2f})"
+    if state == "vetoed":
+        v = policy.verification
+        base.reasons = [
+            f"closest: {product} at similarity {cand.similarity:.2f} ≥ threshold {threshold:.2f}, but only"
+            f" {cand.inliers} matching keypoints (a match needs {v.veto_below}, or similarity ≥ {v.strong_similarity:.2f})",
+            *notes,
+        ]
+        return base
+    if state == "confirmed":
+        matched = (f"photo matches {product}: {cand.inliers} matching keypoints in one geometric layout"
+                   f" (similarity {cand.similarity:.2f}, threshold {threshold:.2f})")
+    else:
+        matched = f"photo matches {product} (similarity {cand.similarity:.2f} ≥ threshold {threshold:.2f}{keypoints})"
     if findings:
         base.verdict = FLAGGED
         base.reasons = [matched, *findings, *notes]

@@ -20,6 +20,7 @@ import json
 import os
 import sqlite3
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -31,16 +32,17 @@ from detector.cache import EmbeddingCache
 from detector.embedders import Embedder
 from detector.errors import UserError
 from detector.images import ImageError, decode_image, read_image_bytes, resolve_image_path
-from detector.matches import authorized_sellers, candidates
+from detector.matches import ReferenceFeatures, authorized_sellers, candidates, to_verify, verify_hits
 from detector.outputs import DecisionWriter, wilson_interval, write_json
 from detector.policy import CLEAR, ERROR, FLAGGED, Listing, Policy, combine, decide, error_decision
 from detector.report import REPORT_LIMIT, write_report
 from detector.tables import ListingRow, count_rows, iter_listings
+from detector.verify import VERIFIER_ID, extract
 from index.search import Hit
 from index.store import ReferenceIndex
 
 STATE_DIR = ".scan"
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 
 @dataclass
@@ -50,6 +52,7 @@ class ScanOptions:
     batch_size: int = 32
     workers: int = 2
     top_k: int = 5
+    verify: bool = True
     allow_outside: bool = False
     restart: bool = False
     cache: EmbeddingCache | None = None
@@ -87,6 +90,7 @@ def _identity(listings: Path, index: ReferenceIndex, embedder: Embedder, options
         "index_manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest(),
         "embedder_id": embedder.fingerprint_id,
         "top_k": options.top_k,
+        "verifier": VERIFIER_ID if options.verify else None,
         "allow_outside": options.allow_outside,
     }
 
@@ -238,14 +242,44 @@ def _embed_rows(listings, index, embedder, state: ScanState, options: ScanOption
         if vector is None and cache is not None:
             vector = cache.get(digest)
         if vector is not None:
-            return Prepared(vector=vector, info=(digest, str(path)))
+            return Prepared(vector=vector, info=(digest, str(path), None))
         image = decode_image(data, draft=2 * embedder.preprocess.size)
-        return Prepared(array=embedder.preprocess(image), info=(digest, str(path)))
+        local = extract(image) if options.verify else None
+        return Prepared(array=embedder.preprocess(image), info=(digest, str(path), local))
+
+    references = ReferenceFeatures(index)
+
+    def verify(result: Embedded[ListingRow], hits: list[Hit]) -> dict[Hit, int]:
+        """Matching keypoints against the closest references, from the cache where known."""
+        digest, path, local = result.info
+        wanted = to_verify(hits)
+        known, missing = {}, []
+        for hit in wanted:
+            ref = index.product(hit)["image_sha256"]
+            cached = cache.get_inliers(VERIFIER_ID, digest, ref) if cache is not None else None
+            if cached is None:
+                missing.append(hit)
+            else:
+                known[hit] = cached
+        if missing:
+            try:
+                if local is None:  # an embedding-cache hit: decode once more for its keypoints
+                    local = extract(decode_image(read_image_bytes(Path(path)), draft=2 * embedder.preprocess.size))
+                fresh = verify_hits(local, missing, references)
+            except ImageError:
+                fresh = {}
+            known.update(fresh)
+            if cache is not None:
+                cache.put_inliers(VERIFIER_ID, {(digest, index.product(h)["image_sha256"]): n for h, n in fresh.items()})
+        return known
 
     def flush(batch: list[Embedded[ListingRow]]) -> None:
         found = [r for r in batch if r.vector is not None]
         hits = index.search(np.stack([r.vector for r in found]), k=options.top_k) if found else []
         hits_of = {id(r): h for r, h in zip(found, hits)}
+        inliers_of = {}
+        if options.verify and found:
+            inliers_of = dict(zip((id(r) for r in found), verify_pool.map(verify, found, hits)))
         fresh = {r.info[0]: r.vector for r in found if r.computed}
         if cache is not None:
             cache.put_many(fresh)
@@ -255,9 +289,10 @@ def _embed_rows(listings, index, embedder, state: ScanState, options: ScanOption
         records = []
         for r in batch:
             row = r.item
-            digest, path = r.info if r.info else (None, None)
+            digest, path, _ = r.info if r.info else (None, None, None)
             error = str(r.error) if r.error else None
-            hit_list = [[h.brand, h.row, round(h.similarity, 6)] for h in hits_of.get(id(r), [])]
+            verified = inliers_of.get(id(r), {})
+            hit_list = [[h.brand, h.row, round(h.similarity, 6), verified.get(h)] for h in hits_of.get(id(r), [])]
             records.append((row.row, row.listing_id, row.line, row.seller_id, row.title, row.price, row.currency,
                             row.image, path, error, json.dumps(row.notes), digest,
                             None if error else json.dumps(hit_list)))
@@ -273,13 +308,14 @@ def _embed_rows(listings, index, embedder, state: ScanState, options: ScanOption
     if on_progress:
         on_progress(next_row, total)
     batch: list[Embedded[ListingRow]] = []
-    for result in embed_stream(embedder, rows, prepare, batch_size=options.batch_size, workers=options.workers):
-        batch.append(result)
-        if len(batch) >= options.batch_size:
+    with ThreadPoolExecutor(max_workers=max(1, options.workers), thread_name_prefix="verify") as verify_pool:
+        for result in embed_stream(embedder, rows, prepare, batch_size=options.batch_size, workers=options.workers):
+            batch.append(result)
+            if len(batch) >= options.batch_size:
+                flush(batch)
+                batch = []
+        if batch:
             flush(batch)
-            batch = []
-    if batch:
-        flush(batch)
     return stats
 
 
@@ -303,15 +339,17 @@ def _finalise(listings, index, embedder, policy, out_dir, state, authorized_over
                     decisions.append(error_decision(facts, row["error"]))
                     continue
                 paths[row["image"]] = row["path"]
-                hits = [Hit(b, r, s) for b, r, s in json.loads(row["hits"])]
-                decisions.append(decide(facts, candidates(index, hits), authorized, policy))
+                stored = json.loads(row["hits"])
+                hits = [Hit(b, r, s) for b, r, s, _ in stored]
+                inliers = {hit: n for hit, (*_, n) in zip(hits, stored) if n is not None}
+                decisions.append(decide(facts, candidates(index, hits, inliers), authorized, policy))
             decision = combine(decisions)
             writer.write(decision)
             n_listings += 1
             n_rows += len(rows)
             n_images += len(paths)
             verdicts[decision.verdict] += 1
-            if decision.brand and decision.verdict != ERROR and decision.similarity >= decision.threshold:
+            if decision.visual_match:
                 counts = by_brand.setdefault(decision.brand, {FLAGGED: 0, CLEAR: 0})
                 counts[decision.verdict] += 1
             if decision.verdict == FLAGGED:

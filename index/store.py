@@ -6,6 +6,7 @@ Layout::
     INDEX_DIR/data/<sha>.faiss     one FAISS index per brand
     INDEX_DIR/data/<sha>.npy       that brand's reference vectors (for incremental rebuilds)
     INDEX_DIR/data/<sha>.json      that brand's products (one per vector) and authorised sellers
+    INDEX_DIR/data/<sha>.npz       that brand's local features for geometric verification (optional)
 
 Data files are content-addressed and written before the manifest; the manifest is replaced
 atomically last. A build killed at any point leaves the previous manifest, and every file it
@@ -50,6 +51,7 @@ class BrandEntry:
     calibration: dict = field(default_factory=dict)
     index_kind: str | None = None
     index: faiss.Index | None = None
+    local: bytes | None = None  # the image side's local features for verification, opaque here
 
 
 def _now() -> str:
@@ -163,6 +165,8 @@ def write_index(
             "vectors": _put(data_dir, _npy_bytes(vectors), ".npy"),
             "meta": _put(data_dir, json.dumps(meta, ensure_ascii=False, sort_keys=True).encode(), ".json"),
         }
+        if entry.local is not None:
+            files["local"] = _put(data_dir, entry.local, ".npz")
         entries[entry.brand] = {
             "vectors": len(vectors),
             "products": len({p["product_id"] for p in entry.products}),
@@ -264,6 +268,7 @@ def load_index(
         files = spec["files"]
         meta = json.loads(_read_checked(index_dir, files["meta"], name))
         vectors = np.load(io.BytesIO(_read_checked(index_dir, files["vectors"], name)), allow_pickle=False)
+        local = _read_checked(index_dir, files["local"], name) if "local" in files else None
         index = None
         if load_indexes:
             raw = _read_checked(index_dir, files["index"], name)
@@ -279,5 +284,6 @@ def load_index(
             calibration=spec.get("calibration", {}),
             index_kind=spec.get("index_kind"),
             index=index,
+            local=local,
         )
     return ReferenceIndex(path=index_dir, manifest=manifest, brands=brands)

@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--embedder", default="lite0")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--keep-cache", action="store_true", help="reuse the embedding cache of an earlier run")
+    parser.add_argument("--no-verify", action="store_true", help="scan without geometric verification")
     args = parser.parse_args(argv)
 
     bench, work = args.bench, args.work
@@ -118,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
                       "--cache", str(cache), "--device", args.device]
     if args.policy:
         scan_cmd += ["--policy", str(args.policy)]
+    if args.no_verify:
+        scan_cmd += ["--no-verify"]
     scan_s = _run(scan_cmd)
 
     decisions = [json.loads(line) for line in (scan_dir / "decisions.jsonl").read_text().splitlines()]

@@ -166,3 +166,30 @@ def test_conflicting_rows_are_noted():
     a = Decision(listing_id="L", verdict=CLEAR, seller_id="s1", price=10.0, currency="USD", image="a.jpg")
     b = Decision(listing_id="L", verdict=CLEAR, seller_id="s2", price=10.0, currency="USD", image="b.jpg")
     assert any("disagree" in r for r in combine([a, b]).reasons)
+
+
+def test_geometry_confirms_a_match_the_similarity_missed():
+    decision = decide(listing(price=10.0), [Candidate(brand="Aurelio", product_id="AUR-1", similarity=0.45,
+                      price=100.0, currency="USD", calibrated_threshold=0.7, inliers=12)], SELLERS, POLICY)
+    assert decision.verdict == FLAGGED and decision.visual_match and decision.inliers == 12
+    assert "12 matching keypoints in one geometric layout" in decision.reasons[0]
+
+
+def test_geometry_vetoes_a_look_alike_unless_the_similarity_is_strong():
+    def with_inliers(similarity, inliers):
+        return [Candidate(brand="Aurelio", product_id="AUR-1", similarity=similarity, price=100.0,
+                          currency="USD", calibrated_threshold=0.7, inliers=inliers)]
+
+    vetoed = decide(listing(price=10.0), with_inliers(0.75, 1), SELLERS, POLICY)
+    assert vetoed.verdict == CLEAR and not vetoed.visual_match
+    assert "only 1 matching keypoints" in vetoed.reasons[0]
+    assert decide(listing(price=10.0), with_inliers(0.9, 1), SELLERS, POLICY).verdict == FLAGGED
+    assert decide(listing(price=10.0), with_inliers(0.75, 3), SELLERS, POLICY).verdict == FLAGGED
+    assert decide(listing(price=10.0), with_inliers(0.75, None), SELLERS, POLICY).verdict == FLAGGED
+
+
+def test_a_confirmed_candidate_beats_a_higher_similarity():
+    candidates = [cand(similarity=0.80, threshold=0.7, product="AUR-1"),
+                  Candidate(brand="Aurelio", product_id="AUR-2", similarity=0.72, price=100.0, currency="USD",
+                            calibrated_threshold=0.7, inliers=30)]
+    assert decide(listing(price=10.0), candidates, SELLERS, POLICY).product_id == "AUR-2"

@@ -146,6 +146,24 @@ def test_warm_cache_rescan_embeds_nothing(tmp_path, demo_data, loaded):
     cache.close()
 
 
+def test_warm_rescan_decodes_nothing(tmp_path, demo_data, loaded, monkeypatch):
+    """Embeddings and verification outcomes both come from the cache: no photo is decoded."""
+    import detector.scanner as scanner
+
+    index, embedder = loaded
+    cache = EmbeddingCache(tmp_path / "cache.sqlite", embedder.fingerprint_id, embedder.dim)
+    run_scan(demo_data.listings, tmp_path / "cold", loaded, cache=cache)
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("a warm rescan decoded a photo")
+
+    monkeypatch.setattr(scanner, "decode_image", no_decoding)
+    run_scan(demo_data.listings, tmp_path / "warm", loaded, cache=cache)
+    assert decisions(tmp_path / "cold") == decisions(tmp_path / "warm")
+    assert any(d["inliers"] for d in decisions(tmp_path / "warm"))
+    cache.close()
+
+
 def test_damaged_cache_entries_are_recomputed_not_used(tmp_path, demo_data, loaded):
     index, embedder = loaded
     path = tmp_path / "cache.sqlite"

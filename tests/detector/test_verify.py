@@ -1,0 +1,59 @@
+"""Geometric verification: copies keep a rigid layout of keypoints, other products do not."""
+
+from __future__ import annotations
+
+import io
+
+from PIL import Image, ImageOps
+
+from detector.demo import draw_product
+from detector.verify import EMPTY, count_inliers, extract, pack, unpack
+
+
+def recompress(image, quality=40):
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=quality)
+    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+
+
+def staged(image):
+    """The product shrunk and pasted onto another picture, as sellers stage photos."""
+    scene = draw_product(777, size=480)
+    scene.paste(image.resize((220, 220)), (150, 120))
+    return scene
+
+
+def test_edited_copies_keep_many_matching_keypoints():
+    original = draw_product(11)
+    reference = extract(original)
+    assert len(reference) > 20
+    for edit in (lambda im: im.crop((30, 30, 290, 290)), lambda im: im.resize((200, 200)),
+                 lambda im: im.rotate(12, expand=True, fillcolor="white"), recompress, staged):
+        assert count_inliers(extract(edit(original)), reference) >= 8
+
+
+def test_other_products_and_mirror_images_keep_few():
+    reference = extract(draw_product(11))
+    for seed in (12, 13, 14, 15):
+        assert count_inliers(extract(draw_product(seed)), reference) < 3
+    # a similarity transform cannot map a mirror image, so flips need the CNN's similarity
+    assert count_inliers(extract(ImageOps.mirror(draw_product(11))), reference) < 8
+
+
+def test_deterministic():
+    a, b = extract(recompress(draw_product(5))), extract(draw_product(5))
+    assert count_inliers(a, b) == count_inliers(a, b)
+
+
+def test_featureless_and_tiny_pictures_give_nothing():
+    assert len(extract(Image.new("RGB", (300, 300), "white"))) == 0
+    assert extract(Image.new("RGB", (8, 8))) is EMPTY
+    assert count_inliers(EMPTY, extract(draw_product(1))) == 0
+
+
+def test_pack_round_trip():
+    sets = [extract(draw_product(1)), EMPTY, extract(draw_product(2))]
+    back = unpack(pack(sets))
+    assert [len(f) for f in back] == [len(f) for f in sets]
+    assert (back[2].descriptors == sets[2].descriptors).all() and (back[0].points == sets[0].points).all()
+    assert unpack(pack([])) == []
