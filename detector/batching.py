@@ -23,7 +23,8 @@ T = TypeVar("T")
 
 @dataclass
 class Prepared:
-    """What a worker made of one item: a known vector, or an array for the model, plus extras."""
+    """What a worker made of one item: a known vector (or [views, d] vectors), or an array for the
+    model ([3, s, s] for one picture, [views, 3, s, s] for several views), plus extras."""
 
     vector: np.ndarray | None = None
     array: np.ndarray | None = None
@@ -79,7 +80,8 @@ def embed_stream(
             fill()  # the next batch decodes while this one runs through the model
             outcomes = [(item, future.result()) for item, future in batch]
             arrays = [o.array for _, o in outcomes if isinstance(o, Prepared) and o.vector is None]
-            vectors = iter(embedder.embed_arrays(np.stack(arrays)) if arrays else ())
+            vectors = iter(_split(embedder.embed_arrays(np.concatenate([_views(a) for a in arrays])), arrays)
+                           if arrays else ())
             for item, outcome in outcomes:
                 if isinstance(outcome, ImageError):
                     yield Embedded(item, None, False, error=outcome)
@@ -87,3 +89,20 @@ def embed_stream(
                     yield Embedded(item, outcome.vector, False, info=outcome.info)
                 else:
                     yield Embedded(item, next(vectors), True, info=outcome.info)
+
+
+def _views(array: np.ndarray) -> np.ndarray:
+    return array if array.ndim == 4 else array[None]
+
+
+def _split(vectors: np.ndarray, arrays: list[np.ndarray]) -> list[np.ndarray]:
+    """Give each item back its own vectors: [d] for a single picture, [views, d] for several."""
+    out, start = [], 0
+    for array in arrays:
+        if array.ndim == 4:
+            out.append(vectors[start : start + len(array)])
+            start += len(array)
+        else:
+            out.append(vectors[start])
+            start += 1
+    return out

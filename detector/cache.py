@@ -33,13 +33,14 @@ def default_cache_path() -> Path:
 
 
 class EmbeddingCache:
-    """A thread-safe get/put store of float32 vectors for one embedder fingerprint."""
+    """A thread-safe get/put store of float32 vectors ([d], or [views, d]) for one embedder
+    fingerprint (and view set: the key is whatever the caller names)."""
 
     def __init__(self, path: Path, fingerprint_id: str, dim: int, *, max_bytes: int = DEFAULT_MAX_BYTES):
         self.path = Path(path)
         self.fingerprint_id = fingerprint_id
         self.dim = dim
-        self.max_entries = max(1, max_bytes // (dim * 4 + 96))
+        self.max_entries = max(1, max_bytes // (dim * 4 * 6 + 96))
         self.hits = self.misses = self.corrupt = 0
         self._lock = threading.Lock()
         self._used: set[str] = set()
@@ -73,14 +74,15 @@ class EmbeddingCache:
                 self.misses += 1
                 return None
             blob, crc = row
-            if len(blob) != self.dim * 4 or zlib.crc32(blob) != crc:
+            if not blob or len(blob) % (self.dim * 4) or zlib.crc32(blob) != crc:
                 self.corrupt += 1
                 self.misses += 1
                 self._db.execute("DELETE FROM vectors WHERE fingerprint=? AND digest=?", (self.fingerprint_id, digest))
                 return None
             self.hits += 1
             self._used.add(digest)
-            return np.frombuffer(blob, dtype=np.float32).copy()
+            vectors = np.frombuffer(blob, dtype=np.float32).reshape(-1, self.dim).copy()
+            return vectors[0] if len(vectors) == 1 else vectors
 
     def put_many(self, items: dict[str, np.ndarray]) -> None:
         """Store vectors (one transaction), then evict the least recently used beyond the bound."""
@@ -120,16 +122,19 @@ class EmbeddingCache:
             self._db.execute("DELETE FROM verifications WHERE digest NOT IN (SELECT digest FROM vectors)")
         self._count = count - max(0, excess)
 
-    def get_inliers(self, verifier: str, digest: str, reference: str) -> int | None:
-        """A cached verification outcome, or ``None``."""
+    def get_inliers(self, verifier: str, digest: str, reference: str) -> tuple[bool, int | None]:
+        """``(found, inliers)`` for a cached verification; ``inliers`` is ``None`` for an
+        unverifiable pair."""
         with self._lock:
             row = self._db.execute(
                 "SELECT inliers FROM verifications WHERE verifier=? AND digest=? AND reference=?",
                 (verifier, digest, reference),
             ).fetchone()
-        return None if row is None else int(row[0])
+        if row is None:
+            return False, None
+        return True, (None if row[0] is None else int(row[0]))
 
-    def put_inliers(self, verifier: str, outcomes: dict[tuple[str, str], int]) -> None:
+    def put_inliers(self, verifier: str, outcomes: dict[tuple[str, str], int | None]) -> None:
         """Store verification outcomes keyed by (photo hash, reference photo hash)."""
         if not outcomes:
             return

@@ -15,10 +15,14 @@ from detector.errors import UserError
 from detector.images import decode_image, read_image_bytes, resolve_image_path
 from detector.tables import IMAGE_SUFFIXES, CatalogRow, read_authorized, read_catalog
 from detector.verify import LocalFeatures, extract, pack, unpack
+from detector.views import listing_views
 from index.calibrate import CalibrationRule, calibrate_thresholds
 from index.store import BrandEntry, IndexStoreError, build_lock, load_index, write_index
 
 MAX_LISTED_ERRORS = 20
+MAX_CALIBRATION_PHOTOS = 1000
+"""At most this many reference photos (a fixed pseudo-random sample, by content hash) are seen
+through the scanner's views to calibrate thresholds."""
 
 
 @dataclass
@@ -139,7 +143,8 @@ def build_catalog_index(
 
         background = _embed_background(background_dir, embedder, batch_size, workers) if background_dir else None
         stacked = {brand: np.stack(vs).astype(np.float32) for brand, vs in vectors.items()}
-        calibration = calibrate_thresholds(stacked, background, rule)
+        queries = _calibration_queries(products, embedder, batch_size, workers)
+        calibration = calibrate_thresholds(stacked, background, rule, queries)
         if authorized is None and previous_sellers:
             report.notes.append("no --authorized given: authorised sellers kept from the previous build")
         sellers = authorized if authorized is not None else previous_sellers
@@ -170,18 +175,36 @@ def build_catalog_index(
     return report
 
 
+def _views_of(path: Path, embedder: Embedder) -> Prepared:
+    image = decode_image(read_image_bytes(path), draft=2 * embedder.preprocess.size)
+    return Prepared(array=embedder.preprocess_views(listing_views(image)))
+
+
+def _calibration_queries(
+    products: dict[str, list[dict]], embedder: Embedder, batch_size: int, workers: int
+) -> dict[str, np.ndarray]:
+    """A sample of reference photos seen as the scanner sees listings ([n, views, d] per brand)."""
+    every = sorted(((p["image_sha256"], brand, p["image_path"]) for brand, ps in products.items() for p in ps))
+    sample = every[:MAX_CALIBRATION_PHOTOS]
+    found: dict[str, list[np.ndarray]] = {}
+    paths = [(brand, Path(path)) for _, brand, path in sample]
+    for result in embed_stream(embedder, paths, lambda item: _views_of(item[1], embedder),
+                               batch_size=max(1, batch_size // 4), workers=workers):
+        if result.error is None:
+            found.setdefault(result.item[0], []).append(result.vector)
+    return {brand: np.stack(views) for brand, views in found.items()}
+
+
 def _embed_background(folder: Path, embedder: Embedder, batch_size: int, workers: int) -> np.ndarray:
-    """Embed a folder of unrelated photos (impostors for calibration); unreadable files are skipped."""
+    """Embed a folder of unrelated photos through the scanner's views (impostors for calibration);
+    unreadable files are skipped."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"--background {folder} is not a folder")
     paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
-    def prepare(path: Path) -> Prepared:
-        image = decode_image(read_image_bytes(path), draft=2 * embedder.preprocess.size)
-        return Prepared(array=embedder.preprocess(image))
-
-    found = [r.vector for r in embed_stream(embedder, paths, prepare, batch_size=batch_size, workers=workers) if r.error is None]
+    found = [r.vector for r in embed_stream(embedder, paths, lambda p: _views_of(p, embedder),
+                                            batch_size=max(1, batch_size // 4), workers=workers) if r.error is None]
     if not found:
         raise UserError(f"--background {folder} holds no readable images")
     return np.stack(found).astype(np.float32)

@@ -276,13 +276,13 @@ def scan(
     from detector.cache import EmbeddingCache, default_cache_path
     from detector.matches import open_index
     from detector.policy import load_policy
-    from detector.scanner import ScanOptions, scan as run_scan
+    from detector.scanner import ScanOptions, cache_key, scan as run_scan
     from detector.tables import read_authorized
 
     policy = load_policy(policy_file)
     override = read_authorized(authorized) if authorized else None
     index, model = open_index(index_dir, embedder=embedder, device=device.value)
-    store = None if no_cache else EmbeddingCache(cache or default_cache_path(), model.fingerprint_id, model.dim)
+    store = None if no_cache else EmbeddingCache(cache or default_cache_path(), cache_key(model), model.dim)
     options = ScanOptions(batch_size=batch_size, workers=workers, top_k=top_k, verify=not no_verify,
                           allow_outside=allow_outside_paths, restart=restart, cache=store)
     try:

@@ -28,7 +28,7 @@ class Preprocess:
     """How a decoded RGB picture becomes the network's input tensor."""
 
     size: int = 224
-    resize: str = "center_crop"  # "center_crop": short side to size, then crop; "squash": whole picture
+    resize: str = "squash"  # "squash": the whole picture to size x size; "center_crop": short side, then crop
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
 
@@ -92,6 +92,10 @@ class Embedder:
         if not images:
             return np.zeros((0, self.dim), np.float32)
         return self.embed_arrays(np.stack([self.preprocess(image) for image in images]))
+
+    def preprocess_views(self, views: Sequence[Image.Image]) -> np.ndarray:
+        """Preprocess several views of one photo into a [v, 3, s, s] array."""
+        return np.stack([self.preprocess(view) for view in views])
 
     def embed_arrays(self, batch: np.ndarray) -> np.ndarray:
         """Embed a preprocessed [n, 3, s, s] batch into an [n, dim] float32 array of unit vectors."""

@@ -8,9 +8,10 @@ from pathlib import Path
 
 from detector.embedders import Embedder
 from detector.images import decode_image, read_image_bytes, resolve_image_path
-from detector.matches import ReferenceFeatures, authorized_sellers, candidates, to_verify, verify_hits
+from detector.matches import ReferenceFeatures, authorized_sellers, candidates, search_views, to_verify, verify_hits
 from detector.policy import Candidate, Decision, Listing, Policy, decide
-from detector.verify import extract
+from detector.verify import extract_query
+from detector.views import listing_views
 from index.store import ReferenceIndex
 
 
@@ -71,8 +72,8 @@ def lookup_photo(
     """
     path = resolve_image_path(str(photo), Path.cwd(), allow_outside=True)
     image = decode_image(read_image_bytes(path), draft=2 * embedder.preprocess.size)
-    hits = index.search(embedder.embed([image]), k=top_k)[0]
-    inliers = verify_hits(extract(image), to_verify(hits), ReferenceFeatures(index))
+    hits = search_views(index, [embedder.embed(listing_views(image))], top_k)[0]
+    inliers = verify_hits(extract_query(image), to_verify(hits), ReferenceFeatures(index))
     found = candidates(index, hits, inliers)
     judged = listing is not None
     facts = listing or Listing(listing_id=str(photo))

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from detector.embedders import Embedder, create_embedder
 from detector.policy import Candidate
-from detector.verify import LocalFeatures, count_inliers, unpack
+from detector.verify import LocalFeatures, QueryFeatures, unpack, verify_pair
 from index.search import Hit
 from index.store import ReferenceIndex, load_index, read_manifest
 
@@ -41,18 +43,39 @@ class ReferenceFeatures:
         return None if features is None else features[hit.row]
 
 
+def search_views(index: ReferenceIndex, vectors: list[np.ndarray], k: int) -> list[list[Hit]]:
+    """Top-``k`` references per photo, where a photo is one vector [d] or several views [v, d] and
+    its similarity to a reference is the best over its views."""
+    if not vectors:
+        return []
+    counts = [1 if v.ndim == 1 else len(v) for v in vectors]
+    flat = index.search(np.concatenate([v.reshape(-1, v.shape[-1]) for v in vectors]), k=k)
+    merged, start = [], 0
+    for count in counts:
+        best: dict[tuple[str, int], Hit] = {}
+        for hits in flat[start : start + count]:
+            for hit in hits:
+                key = (hit.brand, hit.row)
+                if key not in best or hit.similarity > best[key].similarity:
+                    best[key] = hit
+        start += count
+        merged.append(sorted(best.values(), key=lambda h: (-h.similarity, h.brand, h.row))[:k])
+    return merged
+
+
 def to_verify(hits: list[Hit], top: int = VERIFY_TOP, min_similarity: float = VERIFY_MIN_SIMILARITY) -> list[Hit]:
     """The hits worth a geometric check: the closest few that are not plainly unrelated."""
     return [hit for hit in hits[:top] if hit.similarity >= min_similarity]
 
 
-def verify_hits(features: LocalFeatures, hits: list[Hit], references: ReferenceFeatures) -> dict[Hit, int]:
-    """Matching keypoints between a photo and each hit's reference (hits without features are skipped)."""
+def verify_hits(features: QueryFeatures, hits: list[Hit], references: ReferenceFeatures) -> dict[Hit, int | None]:
+    """Matching keypoints between a photo and each hit's reference; ``None`` where the pair has too
+    few keypoints to tell (hits whose index holds no features are left out)."""
     result = {}
     for hit in hits:
         reference = references.get(hit)
         if reference is not None:
-            result[hit] = count_inliers(features, reference)
+            result[hit] = verify_pair(features, reference)
     return result
 
 

@@ -44,6 +44,7 @@ class Policy:
     """Every knob of the decision; see ``default_policy.toml`` for what each means."""
 
     threshold: float | None = None
+    threshold_offset: float = 0.0
     min_similarity: float = 0.0
     min_price_ratio: float = 0.5
     rates: dict[str, float] = field(default_factory=dict)
@@ -57,7 +58,7 @@ class Policy:
         """The similarity a photo needs to count as a match for ``brand``."""
         override = self.brands.get(brand, {}).get("threshold")
         value = override if override is not None else (self.threshold if self.threshold is not None else calibrated)
-        return max(self.min_similarity, 0.75 if value is None else float(value))
+        return max(self.min_similarity, (0.75 if value is None else float(value)) + self.threshold_offset)
 
     def brand_price_ratio(self, brand: str) -> float:
         return float(self.brands.get(brand, {}).get("min_price_ratio", self.min_price_ratio))
@@ -121,6 +122,7 @@ def _policy_from(config: dict) -> Policy:
             _number(values, key, None, f"brands.{brand}", 0.0, 1.0 if key == "threshold" else 10.0)
     return Policy(
         threshold=threshold,
+        threshold_offset=_number(match, "threshold_offset", 0.0, "match", -1.0, 1.0),
         min_similarity=_number(match, "min_similarity", 0.0, "match", 0.0, 1.0),
         min_price_ratio=_number(price, "min_price_ratio", 0.5, "price", 0.0, 10.0),
         rates={str(k).upper(): float(v) for k, v in rates.items()},

@@ -32,12 +32,13 @@ from detector.cache import EmbeddingCache
 from detector.embedders import Embedder
 from detector.errors import UserError
 from detector.images import ImageError, decode_image, read_image_bytes, resolve_image_path
-from detector.matches import ReferenceFeatures, authorized_sellers, candidates, to_verify, verify_hits
+from detector.matches import ReferenceFeatures, authorized_sellers, candidates, search_views, to_verify, verify_hits
 from detector.outputs import DecisionWriter, wilson_interval, write_json
 from detector.policy import CLEAR, ERROR, FLAGGED, Listing, Policy, combine, decide, error_decision
 from detector.report import REPORT_LIMIT, write_report
 from detector.tables import ListingRow, count_rows, iter_listings
-from detector.verify import VERIFIER_ID, extract
+from detector.verify import VERIFIER_ID, extract_query
+from detector.views import VIEWS_ID, listing_views
 from index.search import Hit
 from index.store import ReferenceIndex
 
@@ -67,6 +68,11 @@ class ScanResult:
     report: Path
 
 
+def cache_key(embedder: Embedder) -> str:
+    """What the embedding cache keys listing vectors by: the embedder and the view set."""
+    return f"{embedder.fingerprint_id}/{VIEWS_ID}"
+
+
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
 
@@ -89,6 +95,7 @@ def _identity(listings: Path, index: ReferenceIndex, embedder: Embedder, options
         "listings_mtime_ns": stat.st_mtime_ns if source.is_file() else None,
         "index_manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest(),
         "embedder_id": embedder.fingerprint_id,
+        "views": VIEWS_ID,
         "top_k": options.top_k,
         "verifier": VERIFIER_ID if options.verify else None,
         "allow_outside": options.allow_outside,
@@ -244,27 +251,26 @@ def _embed_rows(listings, index, embedder, state: ScanState, options: ScanOption
         if vector is not None:
             return Prepared(vector=vector, info=(digest, str(path), None))
         image = decode_image(data, draft=2 * embedder.preprocess.size)
-        local = extract(image) if options.verify else None
-        return Prepared(array=embedder.preprocess(image), info=(digest, str(path), local))
+        local = extract_query(image) if options.verify else None
+        return Prepared(array=embedder.preprocess_views(listing_views(image)), info=(digest, str(path), local))
 
     references = ReferenceFeatures(index)
 
-    def verify(result: Embedded[ListingRow], hits: list[Hit]) -> dict[Hit, int]:
+    def verify(result: Embedded[ListingRow], hits: list[Hit]) -> dict[Hit, int | None]:
         """Matching keypoints against the closest references, from the cache where known."""
         digest, path, local = result.info
-        wanted = to_verify(hits)
         known, missing = {}, []
-        for hit in wanted:
+        for hit in to_verify(hits):
             ref = index.product(hit)["image_sha256"]
-            cached = cache.get_inliers(VERIFIER_ID, digest, ref) if cache is not None else None
-            if cached is None:
-                missing.append(hit)
+            found, inliers = cache.get_inliers(VERIFIER_ID, digest, ref) if cache is not None else (False, None)
+            if found:
+                known[hit] = inliers
             else:
-                known[hit] = cached
+                missing.append(hit)
         if missing:
             try:
                 if local is None:  # an embedding-cache hit: decode once more for its keypoints
-                    local = extract(decode_image(read_image_bytes(Path(path)), draft=2 * embedder.preprocess.size))
+                    local = extract_query(decode_image(read_image_bytes(Path(path)), draft=2 * embedder.preprocess.size))
                 fresh = verify_hits(local, missing, references)
             except ImageError:
                 fresh = {}
@@ -275,7 +281,7 @@ def _embed_rows(listings, index, embedder, state: ScanState, options: ScanOption
 
     def flush(batch: list[Embedded[ListingRow]]) -> None:
         found = [r for r in batch if r.vector is not None]
-        hits = index.search(np.stack([r.vector for r in found]), k=options.top_k) if found else []
+        hits = search_views(index, [r.vector for r in found], options.top_k)
         hits_of = {id(r): h for r, h in zip(found, hits)}
         inliers_of = {}
         if options.verify and found:

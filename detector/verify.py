@@ -2,6 +2,9 @@
 features? SIFT keypoints, Lowe's ratio test, one-to-one matches, then a RANSAC similarity
 transform (rotation, uniform scale, translation). The number of distinct inlier keypoints is the
 evidence: copies, crops, pastes and re-compressions keep many; look-alike products keep few.
+A listing is also checked mirrored (sellers flip photos, and no rotation maps a mirror image).
+A pair where either photo has fewer than MIN_KEYPOINTS keypoints cannot be verified: flat
+artwork gives no geometric evidence either way.
 """
 
 from __future__ import annotations
@@ -12,11 +15,12 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-VERIFIER_ID = "sift500-ratio0.75-similarity-ransac4-v1"
+VERIFIER_ID = "sift500-ratio0.75-similarity-ransac4-mirror-v2"
 MAX_SIDE = 512
 MAX_FEATURES = 500
 RATIO = 0.75
 RANSAC_PIXELS = 4.0
+MIN_KEYPOINTS = 4
 
 
 @dataclass
@@ -31,6 +35,29 @@ class LocalFeatures:
 
 
 EMPTY = LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8))
+
+
+@dataclass
+class QueryFeatures:
+    """A listing photo's features, as taken and mirrored."""
+
+    plain: LocalFeatures
+    mirrored: LocalFeatures
+
+
+def extract_query(image: Image.Image) -> QueryFeatures:
+    """Features of a listing photo and of its mirror image."""
+    from PIL import ImageOps
+
+    return QueryFeatures(extract(image), extract(ImageOps.mirror(image)))
+
+
+def verify_pair(query: QueryFeatures, reference: LocalFeatures) -> int | None:
+    """Matching keypoints between a listing photo (either way round) and a reference photo, or
+    ``None`` when either has too few keypoints for the count to mean anything."""
+    if len(query.plain) < MIN_KEYPOINTS or len(reference) < MIN_KEYPOINTS:
+        return None
+    return max(count_inliers(query.plain, reference), count_inliers(query.mirrored, reference))
 
 
 def _cv2():

@@ -2,7 +2,8 @@
 
 An impostor score for brand B is the best similarity that an image known *not* to be one of
 B's products reaches against B's references: every other brand's reference photo, plus any
-unrelated background photos the user supplies. B's threshold sits a margin above a high
+unrelated background photos the user supplies. Impostors may be given as several views each
+([n, views, d]); an impostor's score is then its best view, as the scanner scores listings. B's threshold sits a margin above a high
 quantile of those scores, so it follows how crowded B's neighbourhood is instead of one
 global constant. Brands with too few impostors borrow the pooled distribution.
 """
@@ -27,29 +28,38 @@ class CalibrationRule:
 
 
 def _impostor_scores(brand_vectors: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """Best similarity of each impostor ([n, d] or [n, views, d]) to any of the brand's vectors."""
     if len(others) == 0 or len(brand_vectors) == 0:
         return np.zeros(0, np.float32)
-    best = np.full(len(others), -1.0, np.float32)
+    views = others.reshape(len(others), -1, others.shape[-1])
+    flat = views.reshape(-1, views.shape[-1])
+    best = np.full(len(flat), -1.0, np.float32)
     for start in range(0, len(brand_vectors), 4096):
-        block = others @ brand_vectors[start : start + 4096].T
+        block = flat @ brand_vectors[start : start + 4096].T
         np.maximum(best, block.max(axis=1), out=best)
-    return best
+    return best.reshape(len(views), -1).max(axis=1)
 
 
 def calibrate_thresholds(
     vectors_by_brand: dict[str, np.ndarray],
     background: np.ndarray | None = None,
     rule: CalibrationRule = CalibrationRule(),
+    queries_by_brand: dict[str, np.ndarray] | None = None,
 ) -> dict[str, dict]:
-    """Return ``{brand: {"threshold": t, ...evidence}}`` for every brand."""
-    background = np.zeros((0, 0), np.float32) if background is None else background
+    """Return ``{brand: {"threshold": t, ...evidence}}`` for every brand.
+
+    ``vectors_by_brand`` are the indexed reference vectors. ``queries_by_brand`` are the same
+    brands' photos as the scanner would see them (several views each); they default to the
+    reference vectors themselves. ``background`` holds unrelated photos, in either form.
+    """
+    queries_by_brand = queries_by_brand or vectors_by_brand
     scores: dict[str, np.ndarray] = {}
     for brand, vectors in vectors_by_brand.items():
-        others = [v for b, v in vectors_by_brand.items() if b != brand and len(v)]
-        if len(background):
+        others = [q for b, q in queries_by_brand.items() if b != brand and len(q)]
+        if background is not None and len(background):
             others.append(background)
-        pool = np.concatenate(others) if others else np.zeros((0, vectors.shape[1] if vectors.ndim == 2 else 0))
-        scores[brand] = _impostor_scores(vectors, pool.astype(np.float32, copy=False))
+        scores[brand] = np.concatenate([_impostor_scores(vectors, q.astype(np.float32, copy=False)) for q in others]) \
+            if others else np.zeros(0, np.float32)
     pooled = np.concatenate(list(scores.values())) if scores else np.zeros(0)
     result = {}
     for brand, own in scores.items():

@@ -86,6 +86,34 @@ def score(decisions: list[dict], truth_rows: list[dict]) -> dict:
     return result
 
 
+OFFSETS = (-0.10, -0.05, -0.02, 0.0, 0.02, 0.05, 0.10)
+
+
+def sweep(scan_cmd: list[str], scan_dir: Path, work: Path, policy: Path | None, truth_rows: list[dict]) -> dict:
+    """F1 with every threshold shifted; the scan state is reused, so only the decisions are redone."""
+    base = policy.read_text() if policy else ""
+    results = {}
+    command = list(scan_cmd)
+    if "--policy" in command:
+        at = command.index("--policy")
+        del command[at : at + 2]
+    for offset in OFFSETS:
+        shifted = work / "sweep-policy.toml"
+        shifted.write_text(_with_offset(base, offset))
+        _run(command + ["--policy", str(shifted)])
+        decisions = [json.loads(line) for line in (scan_dir / "decisions.jsonl").read_text().splitlines()]
+        result = score(decisions, truth_rows)
+        results[f"{offset:+.2f}"] = {k: result[k] for k in ("precision", "recall", "f1")}
+    _run(scan_cmd)  # leave the scan's outputs as the unshifted policy made them
+    return results
+
+
+def _with_offset(policy_text: str, offset: float) -> str:
+    if "[match]" in policy_text:
+        return policy_text.replace("[match]", f"[match]\nthreshold_offset = {offset}", 1)
+    return policy_text + f"\n[match]\nthreshold_offset = {offset}\n"
+
+
 def _run(command: list[str]) -> float:
     start = time.perf_counter()
     subprocess.run(command, check=True)
@@ -101,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--keep-cache", action="store_true", help="reuse the embedding cache of an earlier run")
     parser.add_argument("--no-verify", action="store_true", help="scan without geometric verification")
+    parser.add_argument("--sweep", action="store_true",
+                        help="also re-decide the same scan with every threshold shifted by -0.10..+0.10 (no re-embedding)")
     args = parser.parse_args(argv)
 
     bench, work = args.bench, args.work
@@ -135,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         embedder=args.embedder,
         policy=str(args.policy) if args.policy else "default",
     )
+    if args.sweep:
+        metrics["threshold_sweep"] = sweep(scan_cmd, scan_dir, work, args.policy, truth_rows)
     (work / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
     print(f"\nBenchmark {bench} ({metrics['listings']} listings, {metrics['missing_decisions']} without a decision)")
@@ -146,6 +178,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    {kind:<38} {value:.4f}")
     print(f"  {'scan images/s':<40} {metrics['images_per_second']}")
     print(f"  {'build s / scan s (wall, with start-up)':<40} {metrics['index_build_seconds']} / {metrics['scan_seconds']}")
+    if args.sweep:
+        print("  F1 when every calibrated threshold is shifted by:")
+        for offset, values in metrics["threshold_sweep"].items():
+            print(f"    {float(offset):+.2f}  F1 {values['f1']:.4f}  precision {values['precision']:.4f}  recall {values['recall']:.4f}")
     print(f"metrics written to {work / 'metrics.json'}")
     return 0
 

@@ -21,7 +21,7 @@ from detector.cache import EmbeddingCache
 from detector.errors import UserError
 from detector.matches import open_index
 from detector.policy import load_policy
-from detector.scanner import STATE_DIR, ScanOptions, _exclusive, scan
+from detector.scanner import STATE_DIR, ScanOptions, _exclusive, cache_key, scan
 from tests.conftest import run_cli
 
 HEADER = ["listing_id", "seller_id", "title", "price", "currency", "image"]
@@ -137,7 +137,7 @@ def test_attacker_strings_are_inert_in_report_and_csv(tmp_path, demo_data, loade
 
 def test_warm_cache_rescan_embeds_nothing(tmp_path, demo_data, loaded):
     index, embedder = loaded
-    cache = EmbeddingCache(tmp_path / "cache.sqlite", embedder.fingerprint_id, embedder.dim)
+    cache = EmbeddingCache(tmp_path / "cache.sqlite", cache_key(embedder), embedder.dim)
     cold = run_scan(demo_data.listings, tmp_path / "cold", loaded, cache=cache)
     warm = run_scan(demo_data.listings, tmp_path / "warm", loaded, cache=cache)
     assert cold.summary["this_run"]["embedded"] == 38 and cold.summary["this_run"]["cache_hits"] == 0
@@ -151,7 +151,7 @@ def test_warm_rescan_decodes_nothing(tmp_path, demo_data, loaded, monkeypatch):
     import detector.scanner as scanner
 
     index, embedder = loaded
-    cache = EmbeddingCache(tmp_path / "cache.sqlite", embedder.fingerprint_id, embedder.dim)
+    cache = EmbeddingCache(tmp_path / "cache.sqlite", cache_key(embedder), embedder.dim)
     run_scan(demo_data.listings, tmp_path / "cold", loaded, cache=cache)
 
     def no_decoding(*args, **kwargs):
@@ -167,14 +167,14 @@ def test_warm_rescan_decodes_nothing(tmp_path, demo_data, loaded, monkeypatch):
 def test_damaged_cache_entries_are_recomputed_not_used(tmp_path, demo_data, loaded):
     index, embedder = loaded
     path = tmp_path / "cache.sqlite"
-    cache = EmbeddingCache(path, embedder.fingerprint_id, embedder.dim)
+    cache = EmbeddingCache(path, cache_key(embedder), embedder.dim)
     run_scan(demo_data.listings, tmp_path / "a", loaded, cache=cache)
     cache.close()
     db = sqlite3.connect(path)
     db.execute("UPDATE vectors SET vector = zeroblob(length(vector))")
     db.commit()
     db.close()
-    cache = EmbeddingCache(path, embedder.fingerprint_id, embedder.dim)
+    cache = EmbeddingCache(path, cache_key(embedder), embedder.dim)
     again = run_scan(demo_data.listings, tmp_path / "b", loaded, cache=cache)
     assert again.summary["this_run"]["embedded"] == 38 and cache.corrupt == 38
     assert decisions(tmp_path / "a") == decisions(tmp_path / "b")
@@ -183,7 +183,7 @@ def test_damaged_cache_entries_are_recomputed_not_used(tmp_path, demo_data, load
 def test_cache_is_bounded(tmp_path):
     import numpy as np
 
-    cache = EmbeddingCache(tmp_path / "c.sqlite", "fp", 4, max_bytes=10 * (16 + 96))
+    cache = EmbeddingCache(tmp_path / "c.sqlite", "fp", 4, max_bytes=10 * (4 * 4 * 6 + 96))
     for i in range(30):
         cache.put_many({f"d{i}": np.full(4, i, np.float32)})
     count = sqlite3.connect(tmp_path / "c.sqlite").execute("SELECT COUNT(*) FROM vectors").fetchone()[0]

@@ -7,7 +7,7 @@ import io
 from PIL import Image, ImageOps
 
 from detector.demo import draw_product
-from detector.verify import EMPTY, count_inliers, extract, pack, unpack
+from detector.verify import EMPTY, count_inliers, extract, extract_query, pack, unpack, verify_pair
 
 
 def recompress(image, quality=40):
@@ -57,3 +57,10 @@ def test_pack_round_trip():
     assert [len(f) for f in back] == [len(f) for f in sets]
     assert (back[2].descriptors == sets[2].descriptors).all() and (back[0].points == sets[0].points).all()
     assert unpack(pack([])) == []
+
+
+def test_mirrored_listings_are_verified_through_their_mirror_image():
+    reference = extract(draw_product(11))
+    assert verify_pair(extract_query(ImageOps.mirror(draw_product(11))), reference) >= 8
+    assert verify_pair(extract_query(draw_product(12)), reference) < 3
+    assert verify_pair(extract_query(Image.new("RGB", (300, 300), "white")), reference) is None

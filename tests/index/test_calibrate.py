@@ -51,3 +51,13 @@ def test_small_brands_borrow_the_pooled_distribution():
     assert result["small"]["source"] == "brand"  # 30 impostors from the big brands
     tiny = calibrate_thresholds({"x": unit(rng.standard_normal((1, 16))), "y": unit(rng.standard_normal((30, 16)))}, rule=rule)
     assert tiny["x"]["source"] == "brand" and tiny["y"]["source"] == "pooled"
+
+
+def test_impostors_seen_through_several_views_score_their_best_view():
+    rule = CalibrationRule(quantile=1.0, margin=0.0, floor=0.0, ceiling=1.0, min_impostors=1)
+    a = unit([[1.0, 0.0]])
+    b_single = unit([[0.0, 1.0]])
+    b_views = unit(np.array([[[0.0, 1.0], [0.8, 0.6]]]))  # its second view looks like a
+    plain = calibrate_thresholds({"a": a, "b": b_single}, rule=rule)
+    viewed = calibrate_thresholds({"a": a, "b": b_single}, rule=rule, queries_by_brand={"a": a[:, None], "b": b_views})
+    assert plain["a"]["threshold"] == 0.0 and viewed["a"]["threshold"] == 0.8
