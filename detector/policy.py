@@ -301,19 +301,25 @@ def decide(
         currency=listing.currency,
     )
     cues = find_cues(listing.title, policy.cues)
-    base.matches = [
-        {"brand": c.brand, "product_id": c.product_id, "similarity": round(c.similarity, 4)} for c in candidates
-    ]
     if not candidates:
         base.reasons = ["no reference product to compare with", *listing.notes]
         return base
     thresholds = [policy.brand_threshold(c.brand, c.calibrated_threshold) for c in candidates]
     states = [_visual_state(c, t, policy.verification) for c, t in zip(candidates, thresholds)]
-    best_i = max(
+    # Preference: visual matches first, geometrically confirmed ones first among them, then
+    # the margin over the brand's threshold. matches[0] is the candidate the decision is about.
+    order = sorted(
         range(len(candidates)),
-        key=lambda i: (states[i] != "none" and states[i] != "vetoed", states[i] == "confirmed",
+        key=lambda i: (states[i] in ("matched", "confirmed"), states[i] == "confirmed",
                        candidates[i].similarity - thresholds[i], candidates[i].similarity),
+        reverse=True,
     )
+    base.matches = [
+        {"brand": candidates[i].brand, "product_id": candidates[i].product_id,
+         "similarity": round(candidates[i].similarity, 4), "inliers": candidates[i].inliers}
+        for i in order
+    ]
+    best_i = order[0]
     cand, threshold, state = candidates[best_i], thresholds[best_i], states[best_i]
     base.visual_match = state in ("matched", "confirmed")
     base.brand, base.product_id = cand.brand, cand.product_id

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from detector.embedders import Preprocess, create_embedder
+from detector.embedders import create_embedder
 from detector.images import load_image
 from detector.views import listing_views
 
@@ -41,6 +41,8 @@ def measure(scores, ref_ids, truth_ids):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("bench", type=Path)
+    parser.add_argument("--embedder", default="lite0", help="registered embedder to ablate (lite0, lite2, …)")
+    parser.add_argument("--views-only", action="store_true", help="measure only the default descriptor")
     args = parser.parse_args()
     catalog = list(csv.DictReader(open(args.bench / "catalog.csv", newline="")))
     listings = list(csv.DictReader(open(args.bench / "listings.csv", newline="")))
@@ -49,14 +51,14 @@ def main() -> None:
     truth_ids = [truth[r["listing_id"]] for r in listings]
     refs = [load_image(r["image"], args.bench) for r in catalog]
     photos = [load_image(r["image"], args.bench) for r in listings]
-    base = create_embedder("lite0", device="auto")
-    print(f"{'variant':<52} recall@1 recall@5 separation")
-    for resize in ("center_crop", "squash"):
+    base = create_embedder(args.embedder, device="auto")
+    print(f"{args.embedder}: {'variant':<44} recall@1 recall@5 separation")
+    for resize in () if args.views_only else ("center_crop", "squash"):
         for pooling in ("avg", "gem"):
-            model = dataclasses.replace(base, preprocess=Preprocess(resize=resize), pooling=pooling)
+            model = dataclasses.replace(base, preprocess=dataclasses.replace(base.preprocess, resize=resize), pooling=pooling)
             scores = embed_all(model, photos) @ embed_all(model, refs).T
             print(f"{f'whole photo, {resize}, {pooling} pooling':<52} %.3f    %.3f    %.3f" % measure(scores, ref_ids, truth_ids))
-    model = dataclasses.replace(base, preprocess=Preprocess(resize="squash"), pooling="gem")
+    model = dataclasses.replace(base, preprocess=dataclasses.replace(base.preprocess, resize="squash"), pooling="gem")
     ref_vectors = embed_all(model, refs)
     views = embed_all(model, [v for p in photos for v in listing_views(p)]).reshape(len(photos), -1, model.dim)
     scores = np.einsum("nvd,md->nvm", views, ref_vectors).max(axis=1)

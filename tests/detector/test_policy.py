@@ -192,4 +192,14 @@ def test_a_confirmed_candidate_beats_a_higher_similarity():
     candidates = [cand(similarity=0.80, threshold=0.7, product="AUR-1"),
                   Candidate(brand="Aurelio", product_id="AUR-2", similarity=0.72, price=100.0, currency="USD",
                             calibrated_threshold=0.7, inliers=30)]
-    assert decide(listing(price=10.0), candidates, SELLERS, POLICY).product_id == "AUR-2"
+    decision = decide(listing(price=10.0), candidates, SELLERS, POLICY)
+    assert decision.product_id == "AUR-2"
+    assert [m["product_id"] for m in decision.matches] == ["AUR-2", "AUR-1"]  # ranked as the policy prefers
+    assert decision.matches[0]["inliers"] == 30 and decision.matches[1]["inliers"] is None
+
+
+def test_matches_put_visual_matches_before_higher_raw_similarity():
+    candidates = [cand(similarity=0.80, threshold=0.85, product="AUR-1"),
+                  cand(similarity=0.78, threshold=0.60, brand="Brightwell", product="BRI-1")]
+    decision = decide(listing(), candidates, SELLERS, POLICY)
+    assert [m["product_id"] for m in decision.matches] == ["BRI-1", "AUR-1"]
