@@ -9,7 +9,6 @@ file holds more than ``max_entries`` vectors, the least recently used ones are e
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import threading
 import time
@@ -19,17 +18,14 @@ from pathlib import Path
 import numpy as np
 
 from detector.errors import UserError
+from detector.paths import cache_dir
 
 DEFAULT_MAX_BYTES = 4 << 30
 
 
 def default_cache_path() -> Path:
-    """``$COUNTERFEIT_CACHE_DIR/embeddings.sqlite``, else under ``$XDG_CACHE_HOME`` or ``~/.cache``."""
-    base = os.environ.get("COUNTERFEIT_CACHE_DIR")
-    if base:
-        return Path(base) / "embeddings.sqlite"
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg) / "counterfeit-detector" / "embeddings.sqlite"
+    """``embeddings.sqlite`` in the tool's cache folder (see :func:`detector.paths.cache_dir`)."""
+    return cache_dir() / "embeddings.sqlite"
 
 
 class EmbeddingCache:
@@ -59,9 +55,10 @@ class EmbeddingCache:
                 " inliers INTEGER, PRIMARY KEY (verifier, digest, reference)) WITHOUT ROWID"
             )
             (self._count,) = self._db.execute("SELECT COUNT(*) FROM vectors").fetchone()
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, OSError) as exc:
             raise UserError(
-                f"embedding cache {self.path} is unusable ({exc}); delete it (it is rebuilt automatically) or pass --no-cache"
+                f"embedding cache {self.path} is unusable ({exc}); choose another --cache, delete it"
+                " (it is rebuilt automatically), or pass --no-cache"
             ) from None
 
     def get(self, digest: str) -> np.ndarray | None:

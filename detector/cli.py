@@ -47,6 +47,15 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
+class Backend(str, Enum):
+    auto = "auto"
+    torch = "torch"
+    onnx = "onnx"
+
+
+BACKEND_HELP = "How the network runs: auto = ONNX Runtime on CPU when it matches torch to 1e-4, else torch."
+
+
 class IndexKind(str, Enum):
     auto = "auto"
     flat = "flat"
@@ -112,6 +121,7 @@ def index_build(
     embedder: str = typer.Option("lite0", "--embedder", help="Embedder: lite0 (default), lite2 or resnet50."),
     weights: Optional[str] = typer.Option(None, "--weights", help="Weights file for the embedder (resnet50: or 'torchvision' to download when online)."),
     device: Device = typer.Option(Device.auto, "--device", help="Where the model runs."),
+    backend: Backend = typer.Option(Backend.auto, "--backend", help=BACKEND_HELP),
     index_type: IndexKind = typer.Option(IndexKind.auto, "--index-type", help="FAISS index per brand; auto = exact Flat up to 20,000 vectors, HNSW above."),
     skip_bad_rows: bool = typer.Option(False, "--skip-bad-rows", help="Build from the good rows when some rows are bad (they are listed)."),
     allow_outside_paths: bool = typer.Option(False, "--allow-outside-paths", help="Trust image paths that are absolute or lead outside the catalogue's folder."),
@@ -126,7 +136,7 @@ def index_build(
     from detector.catalog import build_catalog_index
     from detector.embedders import create_embedder
 
-    model = create_embedder(embedder, device=device.value, weights=weights)
+    model = create_embedder(embedder, device=device.value, weights=weights, backend=backend.value)
     with progress_bar() as bar:
         task = bar.add_task("embedding catalogue", total=None, rate="")
 
@@ -258,7 +268,8 @@ def scan(
     authorized: Optional[Path] = typer.Option(None, "--authorized", help="brand, seller_id table; replaces the index's authorised sellers for the brands it names."),
     policy_file: Optional[Path] = typer.Option(None, "--policy", help="Policy TOML overriding the defaults (see detector/default_policy.toml)."),
     device: Device = typer.Option(Device.auto, "--device", help="Where the model runs."),
-    batch_size: int = typer.Option(32, "--batch-size", min=1, max=4096, help="Images per model batch (and per checkpoint)."),
+    backend: Backend = typer.Option(Backend.auto, "--backend", help=BACKEND_HELP),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, max=4096, help="Photos per batch (and per checkpoint); each photo is six views."),
     workers: int = typer.Option(2, "--workers", min=1, max=64, help="Threads reading and decoding images while the model runs."),
     top_k: int = typer.Option(5, "--top-k", min=1, max=100, help="Nearest references kept per photo."),
     embedder: Optional[str] = typer.Option(None, "--embedder", help="Embedder; defaults to the one that built the index."),
@@ -281,7 +292,7 @@ def scan(
 
     policy = load_policy(policy_file)
     override = read_authorized(authorized) if authorized else None
-    index, model = open_index(index_dir, embedder=embedder, device=device.value)
+    index, model = open_index(index_dir, embedder=embedder, device=device.value, backend=backend.value)
     store = None if no_cache else EmbeddingCache(cache or default_cache_path(), cache_key(model), model.dim)
     options = ScanOptions(batch_size=batch_size, workers=workers, top_k=top_k, verify=not no_verify,
                           allow_outside=allow_outside_paths, restart=restart, cache=store)
@@ -335,10 +346,11 @@ def demo(
     out.print(f"Demo data: {escape(str(data.catalog))}, {escape(str(data.listings))}")
     index_dir, scan_dir = out_dir / "index", out_dir / "scan"
     index_build(catalog=data.catalog, out_dir=index_dir, authorized=data.authorized, background=None,
-                embedder="lite0", weights=None, device=device, index_type=IndexKind.auto, skip_bad_rows=False,
+                embedder="lite0", weights=None, device=device, backend=Backend.auto, index_type=IndexKind.auto,
+                skip_bad_rows=False,
                 allow_outside_paths=False, batch_size=32, workers=2)
     scan(listings=data.listings, index_dir=index_dir, out_dir=scan_dir, authorized=None, policy_file=None,
-         device=device, batch_size=32, workers=2, top_k=5, embedder=None, cache=out_dir / "cache.sqlite",
+         device=device, backend=Backend.auto, batch_size=32, workers=2, top_k=5, embedder=None, cache=out_dir / "cache.sqlite",
          no_cache=False, no_verify=False, allow_outside_paths=False, restart=True)
     out.print(
         "\nNext: open the report in a browser, or try one photo:\n"

@@ -2,6 +2,11 @@
 
 Every embedder has a fingerprint (architecture, weight-file hash, preprocessing, pooling,
 dimension). Indexes and caches store it, so vectors from different embedders never mix.
+
+On CPU the network runs through ONNX Runtime when it is installed: the model (with its pooling
+and normalisation) is exported once into the cache folder, and used only if its vectors agree
+with torch's to within 1e-4 in cosine on a fixed probe batch; otherwise torch runs it
+(channels_last, inference mode). On CUDA, torch runs it with fp16 autocast.
 """
 
 from __future__ import annotations
@@ -19,6 +24,10 @@ import numpy as np
 from PIL import Image
 
 from detector.errors import UserError
+from detector.paths import cache_dir
+
+ONNX_TOLERANCE = 1e-4
+"""Largest allowed 1 - cosine between ONNX Runtime and torch vectors on the probe batch."""
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
@@ -68,7 +77,10 @@ class Embedder:
     weights_sha256: str
     device: str = "cpu"
     pooling: str = "gem"  # generalised-mean (p=3) pooling; "avg" for plain average pooling
+    backend: str = "torch"  # "torch" or "onnx" (set by use_onnx)
     _torch: object = field(default=None, repr=False)
+    _session: object = field(default=None, repr=False)
+    _session_for: str | None = field(default=None, repr=False)  # the fingerprint the session was verified for
 
     @property
     def fingerprint(self) -> dict:
@@ -99,9 +111,14 @@ class Embedder:
 
     def embed_arrays(self, batch: np.ndarray) -> np.ndarray:
         """Embed a preprocessed [n, 3, s, s] batch into an [n, dim] float32 array of unit vectors."""
-        torch = self._torch
         if len(batch) == 0:
             return np.zeros((0, self.dim), np.float32)
+        if self._session is not None and self._session_for == self.fingerprint_id:
+            return self._session.run(None, {"images": np.ascontiguousarray(batch, dtype=np.float32)})[0]
+        return self._embed_torch(batch)
+
+    def _embed_torch(self, batch: np.ndarray) -> np.ndarray:
+        torch = self._torch
         with torch.inference_mode():
             x = torch.from_numpy(batch).to(self.device, non_blocking=True)
             x = x.contiguous(memory_format=torch.channels_last)
@@ -110,13 +127,71 @@ class Embedder:
                     features = self.model(x)
             else:
                 features = self.model(x)
-            features = features.float()
-            if self.pooling == "gem":
-                pooled = features.clamp(min=1e-6).pow(3).mean(dim=(2, 3)).pow(1.0 / 3)
-            else:
-                pooled = features.mean(dim=(2, 3))
-            pooled = torch.nn.functional.normalize(pooled, dim=1)
+            pooled = torch.nn.functional.normalize(_pool(features.float(), self.pooling), dim=1)
             return pooled.cpu().numpy().astype(np.float32, copy=False)
+
+    def use_onnx(self, folder: Path | None = None) -> bool:
+        """Switch to ONNX Runtime (CPU only). Exports once into ``folder`` (the cache folder by
+        default) and keeps torch if the export is unavailable or disagrees with it."""
+        if self.device != "cpu":
+            return False
+        try:
+            import onnxruntime
+        except ImportError:
+            return False
+        folder = Path(folder) if folder else cache_dir() / "onnx"
+        path = folder / f"{self.fingerprint_id}-torch{self._torch.__version__}.onnx"
+        try:
+            if not path.is_file():
+                _export_onnx(self, path)
+            session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception:  # noqa: BLE001 - any export or load failure just means: stay on torch
+            return False
+        probe = _probe_batch(self.preprocess.size)
+        agreement = float(np.min(np.sum(self._embed_torch(probe) * session.run(None, {"images": probe})[0], axis=1)))
+        if 1.0 - agreement > ONNX_TOLERANCE:
+            return False
+        self._session, self._session_for, self.backend = session, self.fingerprint_id, "onnx"
+        return True
+
+
+def _pool(features, pooling: str):
+    """GeM (p = 3) or average pooling of an [n, c, h, w] feature map."""
+    if pooling == "gem":
+        return features.clamp(min=1e-6).pow(3).mean(dim=(2, 3)).pow(1.0 / 3)
+    return features.mean(dim=(2, 3))
+
+
+def _probe_batch(size: int) -> np.ndarray:
+    """A fixed batch of smooth random pictures, normalised like real inputs."""
+    rng = np.random.default_rng(0)
+    coarse = rng.uniform(-1, 1, (4, 3, 8, 8)).astype(np.float32)
+    return np.ascontiguousarray(np.kron(coarse, np.ones((1, 1, size // 8 + 1, size // 8 + 1), np.float32))[..., :size, :size])
+
+
+def _export_onnx(embedder: Embedder, path: Path) -> None:
+    """Export backbone + pooling + normalisation to ONNX, atomically."""
+    import os
+    import warnings
+
+    torch = embedder._torch
+
+    class Whole(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = embedder.model
+
+        def forward(self, images):
+            return torch.nn.functional.normalize(_pool(self.model(images).float(), embedder.pooling), dim=1)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    example = torch.from_numpy(_probe_batch(embedder.preprocess.size))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Whole().eval(), example, str(tmp), input_names=["images"], output_names=["vectors"],
+                          dynamic_axes={"images": {0: "n"}, "vectors": {0: "n"}}, opset_version=17, dynamo=False)
+    os.replace(tmp, path)
 
 
 def fingerprint_id(fingerprint: dict) -> str:
@@ -173,12 +248,23 @@ def available_embedders() -> dict[str, str]:
     return {name: summary for name, (_, summary) in sorted(_REGISTRY.items())}
 
 
-def create_embedder(name: str = "lite0", *, device: str = "auto", weights: str | Path | None = None) -> Embedder:
-    """Build a registered embedder on ``device`` (``auto|cpu|cuda``), optionally from a weights file."""
+def create_embedder(
+    name: str = "lite0", *, device: str = "auto", weights: str | Path | None = None, backend: str = "auto"
+) -> Embedder:
+    """Build a registered embedder on ``device`` (``auto|cpu|cuda``), optionally from a weights file.
+
+    ``backend``: ``auto`` uses ONNX Runtime on CPU where it verifies against torch, ``torch``
+    always runs torch, ``onnx`` insists on ONNX Runtime.
+    """
     if name not in _REGISTRY:
         raise UserError(f"unknown embedder {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+    if backend not in {"auto", "torch", "onnx"}:
+        raise UserError(f"unknown backend {backend!r}: use auto, torch or onnx")
     factory, _ = _REGISTRY[name]
-    return factory(device=resolve_device(device), weights=weights)
+    embedder = factory(device=resolve_device(device), weights=weights)
+    if backend != "torch" and not embedder.use_onnx() and backend == "onnx":
+        raise UserError("the ONNX Runtime backend is unavailable here (CPU only, needs onnxruntime); use --backend torch")
+    return embedder
 
 
 def _finish(name: str, arch: str, model, preprocess: Preprocess, dim: int, weights_path: Path, device: str) -> Embedder:

@@ -15,11 +15,16 @@ from index.store import ReferenceIndex, load_index, read_manifest
 
 
 def open_index(
-    index_dir: Path, *, embedder: str | None = None, device: str = "auto", weights: str | None = None
+    index_dir: Path,
+    *,
+    embedder: str | None = None,
+    device: str = "auto",
+    weights: str | None = None,
+    backend: str = "auto",
 ) -> tuple[ReferenceIndex, Embedder]:
     """Load INDEX_DIR and the embedder it was built with (or ``embedder``, which must match)."""
     manifest = read_manifest(Path(index_dir))
-    model = create_embedder(embedder or manifest["embedder"]["name"], device=device, weights=weights)
+    model = create_embedder(embedder or manifest["embedder"]["name"], device=device, weights=weights, backend=backend)
     index = load_index(Path(index_dir), fingerprint=model.fingerprint, fingerprint_id=model.fingerprint_id)
     return index, model
 

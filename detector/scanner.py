@@ -36,7 +36,7 @@ from detector.matches import ReferenceFeatures, authorized_sellers, candidates, 
 from detector.outputs import DecisionWriter, wilson_interval, write_json
 from detector.policy import CLEAR, ERROR, FLAGGED, Listing, Policy, combine, decide, error_decision
 from detector.report import REPORT_LIMIT, write_report
-from detector.tables import ListingRow, count_rows, iter_listings
+from detector.tables import LISTING_REQUIRED, ListingRow, count_rows, iter_listings, require_columns, table_columns
 from detector.verify import VERIFIER_ID, extract_query
 from detector.views import VIEWS_ID, listing_views
 from index.search import Hit
@@ -197,7 +197,12 @@ def scan(
     listings, out_dir = Path(listings), Path(out_dir)
     if not listings.exists():
         raise UserError(f"listings not found: {listings}")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if listings.is_file():
+        require_columns(listings, LISTING_REQUIRED, table_columns(listings))
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot use {out_dir} as the output folder: {exc.strerror or exc}") from None
     started = time.monotonic()
     with _exclusive(out_dir) as state_dir:
         identity = _identity(listings, index, embedder, options)

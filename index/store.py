@@ -84,8 +84,12 @@ def atomic_write(path: Path, data: bytes) -> None:
 @contextlib.contextmanager
 def build_lock(index_dir: Path):
     """Hold the index directory's writer lock; a second concurrent build is refused."""
-    index_dir.mkdir(parents=True, exist_ok=True)
-    with open(index_dir / ".lock", "w") as fh:
+    try:
+        index_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(index_dir / ".lock", "w")
+    except OSError as exc:
+        raise IndexStoreError(f"cannot use {index_dir} as an index folder: {exc.strerror or exc}") from None
+    with handle as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -51,7 +51,7 @@ def main() -> None:
     truth_ids = [truth[r["listing_id"]] for r in listings]
     refs = [load_image(r["image"], args.bench) for r in catalog]
     photos = [load_image(r["image"], args.bench) for r in listings]
-    base = create_embedder(args.embedder, device="auto")
+    base = create_embedder(args.embedder, device="auto", backend="torch")  # variants change pooling/resize
     print(f"{args.embedder}: {'variant':<44} recall@1 recall@5 separation")
     for resize in () if args.views_only else ("center_crop", "squash"):
         for pooling in ("avg", "gem"):

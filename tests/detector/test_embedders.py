@@ -137,3 +137,29 @@ def test_cuda_path_matches_cpu(embedder):
     cpu_vectors, gpu_vectors = embedder.embed(images), gpu.embed(images)
     assert gpu.fingerprint_id == embedder.fingerprint_id
     assert (np.sum(cpu_vectors * gpu_vectors, axis=1) > 0.999).all()
+
+
+def test_onnx_backend_matches_torch_within_tolerance(tmp_path):
+    images = [draw_product(s) for s in range(6)]
+    reference = create_embedder("lite0", device="cpu", backend="torch")
+    fast = create_embedder("lite0", device="cpu", backend="onnx")
+    assert reference.backend == "torch" and fast.backend == "onnx"
+    assert fast.fingerprint_id == reference.fingerprint_id  # same vectors, so same caches and indexes
+    cosines = np.sum(reference.embed(images) * fast.embed(images), axis=1)
+    assert (1.0 - cosines).max() <= 1e-4
+
+
+def test_a_changed_embedder_does_not_reuse_a_stale_onnx_session():
+    import dataclasses
+
+    fast = create_embedder("lite0", device="cpu", backend="onnx")
+    changed = dataclasses.replace(fast, pooling="avg")
+    torch_avg = dataclasses.replace(create_embedder("lite0", device="cpu", backend="torch"), pooling="avg")
+    image = [draw_product(3)]
+    assert float(changed.embed(image)[0] @ torch_avg.embed(image)[0]) > 0.9999
+    assert float(changed.embed(image)[0] @ fast.embed(image)[0]) < 0.9999
+
+
+def test_unknown_backend_is_a_clear_error():
+    with pytest.raises(UserError, match="unknown backend 'tpu'"):
+        create_embedder("lite0", backend="tpu")

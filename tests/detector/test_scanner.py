@@ -299,3 +299,14 @@ def test_report_shows_the_summary_counts(tmp_path, demo_data, loaded):
         assert f"<b>{verdicts[verdict]}</b>{verdict if verdict != 'error' else 'errors'}" in html
     assert "built-in method" not in html
     assert html.count('alt="listing photo"') == verdicts["flagged"]
+
+
+def test_unusable_output_and_cache_paths_are_clear_errors(tmp_path, demo_data, loaded):
+    index, embedder = loaded
+    with pytest.raises(UserError, match="cannot use .* as the output folder"):
+        run_scan(demo_data.listings, demo_data.catalog, loaded)
+    with pytest.raises(UserError, match="embedding cache .* is unusable"):
+        EmbeddingCache(demo_data.catalog / "cache.sqlite", "fp", 4)
+    with pytest.raises(UserError, match="missing column"):
+        run_scan(demo_data.catalog, tmp_path / "out", loaded)
+    assert not (tmp_path / "out").exists()  # nothing is written for a table that cannot be scanned

@@ -96,3 +96,11 @@ def test_concurrent_builds_are_refused(tmp_path):
         with pytest.raises(IndexStoreError, match="another build"):
             with store.build_lock(tmp_path):
                 pass
+
+
+def test_an_index_folder_that_is_a_file_is_a_clear_error(tmp_path):
+    target = tmp_path / "file"
+    target.write_text("x")
+    with pytest.raises(IndexStoreError, match="cannot use .* as an index folder"):
+        with store.build_lock(target):
+            pass
