@@ -90,7 +90,7 @@ def friendly_errors(command):
     return wrapper
 
 
-def progress_bar(unit: str = "images") -> Progress:
+def progress_bar() -> Progress:
     """A progress bar on stderr with rate and ETA."""
     return Progress(
         TextColumn("{task.description}"),

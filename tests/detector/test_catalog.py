@@ -7,7 +7,6 @@ import shutil
 import zlib
 
 import pytest
-from PIL import Image
 
 from detector.catalog import build_catalog_index
 from detector.demo import draw_product

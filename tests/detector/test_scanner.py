@@ -262,7 +262,7 @@ def test_kill_and_resume_gives_the_same_decisions_as_a_clean_run(tmp_path, demo_
     out = tmp_path / "killed"
     rng = random.Random(7)
     kills = 0
-    for attempt in range(3):
+    for _attempt in range(3):
         target = _next_row(out) + rng.randint(2, 8)
         process = subprocess.Popen([sys.executable, "-m", "detector", "scan", *args, "--out", str(out)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -274,7 +274,8 @@ def test_kill_and_resume_gives_the_same_decisions_as_a_clean_run(tmp_path, demo_
             kills += 1
         process.wait()
     assert kills >= 2, "the scan finished before it could be killed"
-    assert not (out / "decisions.jsonl").exists() or kills < 3
+    if kills == 3:  # outputs appear only once every row is in: a killed scan leaves none half-written
+        assert not (out / "decisions.jsonl").exists()
     resumed = run_cli("scan", *args, "--out", str(out))
     assert resumed.returncode == 0, resumed.stderr
     assert "(resumed)" in resumed.stdout
