@@ -19,6 +19,7 @@ import numpy as np
 
 from detector.errors import UserError
 from detector.paths import cache_dir
+from detector.views import LISTING_VIEWS
 
 DEFAULT_MAX_BYTES = 4 << 30
 
@@ -36,7 +37,7 @@ class EmbeddingCache:
         self.path = Path(path)
         self.fingerprint_id = fingerprint_id
         self.dim = dim
-        self.max_entries = max(1, max_bytes // (dim * 4 * 6 + 96))
+        self.max_entries = max(1, max_bytes // (dim * 4 * LISTING_VIEWS + 96))
         self.hits = self.misses = self.corrupt = 0
         self._lock = threading.Lock()
         self._used: set[str] = set()

@@ -104,7 +104,7 @@ def build_catalog_index(
             if digest in known:
                 vector, local = known[digest]
                 return Prepared(vector=vector, info=(digest, local))
-            image = decode_image(data, draft=2 * embedder.preprocess.size)
+            image = decode_image(data, draft=embedder.decode_size)
             return Prepared(array=embedder.preprocess(image), info=(digest, extract(image)))
 
         products: dict[str, list[dict]] = {}
@@ -176,7 +176,7 @@ def build_catalog_index(
 
 
 def _views_of(path: Path, embedder: Embedder) -> Prepared:
-    image = decode_image(read_image_bytes(path), draft=2 * embedder.preprocess.size)
+    image = decode_image(read_image_bytes(path), draft=embedder.decode_size)
     return Prepared(array=embedder.preprocess_views(listing_views(image)))
 
 

@@ -105,6 +105,12 @@ class Embedder:
             return np.zeros((0, self.dim), np.float32)
         return self.embed_arrays(np.stack([self.preprocess(image) for image in images]))
 
+    @property
+    def decode_size(self) -> int:
+        """The JPEG draft size to decode at: twice the network input, so that windows and
+        keypoints keep their detail while large photos decode several times faster."""
+        return 2 * self.preprocess.size
+
     def preprocess_views(self, views: Sequence[Image.Image]) -> np.ndarray:
         """Preprocess several views of one photo into a [v, 3, s, s] array."""
         return np.stack([self.preprocess(view) for view in views])
@@ -262,8 +268,10 @@ def create_embedder(
         raise UserError(f"unknown backend {backend!r}: use auto, torch or onnx")
     factory, _ = _REGISTRY[name]
     embedder = factory(device=resolve_device(device), weights=weights)
-    if backend != "torch" and not embedder.use_onnx() and backend == "onnx":
-        raise UserError("the ONNX Runtime backend is unavailable here (CPU only, needs onnxruntime); use --backend torch")
+    if backend != "torch":
+        switched = embedder.use_onnx()
+        if backend == "onnx" and not switched:
+            raise UserError("the ONNX Runtime backend is unavailable here (CPU only, needs onnxruntime); use --backend torch")
     return embedder
 
 

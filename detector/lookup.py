@@ -71,7 +71,7 @@ def lookup_photo(
     Without ``listing`` facts the decision only says whether the photo matches a protected product.
     """
     path = resolve_image_path(str(photo), Path.cwd(), allow_outside=True)
-    image = decode_image(read_image_bytes(path), draft=2 * embedder.preprocess.size)
+    image = decode_image(read_image_bytes(path), draft=embedder.decode_size)
     hits = search_views(index, [embedder.embed(listing_views(image))], top_k)[0]
     inliers = verify_hits(extract_query(image), to_verify(hits), ReferenceFeatures(index))
     found = candidates(index, hits, inliers)

@@ -84,7 +84,9 @@ def verify_hits(features: QueryFeatures, hits: list[Hit], references: ReferenceF
     return result
 
 
-def candidates(index: ReferenceIndex, hits: list[Hit], inliers: dict[Hit, int] | None = None) -> list[Candidate]:
+def candidates(
+    index: ReferenceIndex, hits: list[Hit], inliers: dict[Hit, int | None] | None = None
+) -> list[Candidate]:
     """One policy candidate per hit, carrying the product's catalogue facts, brand threshold and
     (where verified) the number of matching keypoints."""
     inliers = inliers or {}

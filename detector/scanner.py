@@ -258,7 +258,7 @@ def _embed_rows(listings, index, embedder, state: ScanState, options: ScanOption
             vector = cache.get(digest)
         if vector is not None:
             return Prepared(vector=vector, info=(digest, str(path), None))
-        image = decode_image(data, draft=2 * embedder.preprocess.size)
+        image = decode_image(data, draft=embedder.decode_size)
         local = extract_query(image) if options.verify else None
         return Prepared(array=embedder.preprocess_views(listing_views(image)), info=(digest, str(path), local))
 
@@ -267,9 +267,9 @@ def _embed_rows(listings, index, embedder, state: ScanState, options: ScanOption
     def verify(result: Embedded[ListingRow], hits: list[Hit]) -> dict[Hit, int | None]:
         """Matching keypoints against the closest references, from the cache where known."""
         digest, path, local = result.info
+        reference_of = {hit: index.product(hit)["image_sha256"] for hit in to_verify(hits)}
         known, missing = {}, []
-        for hit in to_verify(hits):
-            ref = index.product(hit)["image_sha256"]
+        for hit, ref in reference_of.items():
             found, inliers = cache.get_inliers(VERIFIER_ID, digest, ref) if cache is not None else (False, None)
             if found:
                 known[hit] = inliers
@@ -278,13 +278,13 @@ def _embed_rows(listings, index, embedder, state: ScanState, options: ScanOption
         if missing:
             try:
                 if local is None:  # an embedding-cache hit: decode once more for its keypoints
-                    local = extract_query(decode_image(read_image_bytes(Path(path)), draft=2 * embedder.preprocess.size))
+                    local = extract_query(decode_image(read_image_bytes(Path(path)), draft=embedder.decode_size))
                 fresh = verify_hits(local, missing, references)
             except ImageError:
                 fresh = {}
             known.update(fresh)
             if cache is not None:
-                cache.put_inliers(VERIFIER_ID, {(digest, index.product(h)["image_sha256"]): n for h, n in fresh.items()})
+                cache.put_inliers(VERIFIER_ID, {(digest, reference_of[h]): n for h, n in fresh.items()})
         return known
 
     def flush(batch: list[Embedded[ListingRow]]) -> None:

@@ -3,9 +3,9 @@
 An impostor score for brand B is the best similarity that an image known *not* to be one of
 B's products reaches against B's references: every other brand's reference photo, plus any
 unrelated background photos the user supplies. Impostors may be given as several views each
-([n, views, d]); an impostor's score is then its best view, as the scanner scores listings. B's threshold sits a margin above a high
-quantile of those scores, so it follows how crowded B's neighbourhood is instead of one
-global constant. Brands with too few impostors borrow the pooled distribution.
+([n, views, d]); an impostor's score is then its best view, as the scanner scores listings.
+B's threshold sits a margin above a high quantile of those scores, so it follows how crowded
+B's neighbourhood is instead of one global constant. Brands with too few impostors borrow the pooled distribution.
 """
 
 from __future__ import annotations
@@ -58,8 +58,8 @@ def calibrate_thresholds(
         others = [q for b, q in queries_by_brand.items() if b != brand and len(q)]
         if background is not None and len(background):
             others.append(background)
-        scores[brand] = np.concatenate([_impostor_scores(vectors, q.astype(np.float32, copy=False)) for q in others]) \
-            if others else np.zeros(0, np.float32)
+        found = [_impostor_scores(vectors, q.astype(np.float32, copy=False)) for q in others]
+        scores[brand] = np.concatenate(found) if found else np.zeros(0, np.float32)
     pooled = np.concatenate(list(scores.values())) if scores else np.zeros(0)
     result = {}
     for brand, own in scores.items():
