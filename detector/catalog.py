@@ -14,8 +14,8 @@ from detector.embedders import Embedder, file_sha256
 from detector.errors import UserError
 from detector.images import decode_image, read_image_bytes, resolve_image_path
 from detector.tables import IMAGE_SUFFIXES, CatalogRow, read_authorized, read_catalog
-from detector.verify import LocalFeatures, extract, pack, unpack
-from detector.views import listing_views
+from detector.verify import VERIFIER_ID, LocalFeatures, extract, pack, unpack
+from detector.views import REFERENCE_VIEW_ID, listing_views, reference_view
 from index.calibrate import CalibrationRule, calibrate_thresholds
 from index.store import BrandEntry, IndexStoreError, build_lock, load_index, write_index
 
@@ -49,6 +49,9 @@ def _previous_vectors(
         return {}, {}
     if previous.manifest.get("embedder_id") != embedder.fingerprint_id:
         notes.append("previous index was built by another embedder: every photo is embedded again")
+        return {}, {}
+    if (previous.manifest.get("reference_view"), previous.manifest.get("verifier")) != (REFERENCE_VIEW_ID, VERIFIER_ID):
+        notes.append("previous index embedded or described its photos another way: every photo is embedded again")
         return {}, {}
     known = {}
     for entry in previous.brands.values():
@@ -105,7 +108,7 @@ def build_catalog_index(
                 vector, local = known[digest]
                 return Prepared(vector=vector, info=(digest, local))
             image = decode_image(data, draft=embedder.decode_size)
-            return Prepared(array=embedder.preprocess(image), info=(digest, extract(image)))
+            return Prepared(array=embedder.preprocess(reference_view(image)), info=(digest, extract(image)))
 
         products: dict[str, list[dict]] = {}
         vectors: dict[str, list[np.ndarray]] = {}
@@ -166,6 +169,8 @@ def build_catalog_index(
         extra = {
             "catalog": {"path": str(catalog_path.resolve()), "sha256": file_sha256(catalog_path), "rows": len(rows)},
             "build": {"embedded": report.embedded, "reused": report.reused, "skipped_rows": len(errors)},
+            "reference_view": REFERENCE_VIEW_ID,
+            "verifier": VERIFIER_ID,
             "calibration_rule": asdict(rule),
             "background_images": 0 if background is None else len(background),
         }

@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 
 from detector.embedders import Embedder, create_embedder
+from detector.errors import UserError
 from detector.policy import Candidate
-from detector.verify import LocalFeatures, QueryFeatures, unpack, verify_pair
+from detector.verify import VERIFIER_ID, LocalFeatures, QueryFeatures, unpack, verify_pair
+from detector.views import REFERENCE_VIEW_ID
 from index.search import Hit
 from index.store import ReferenceIndex, load_index, read_manifest
 
@@ -24,6 +26,12 @@ def open_index(
 ) -> tuple[ReferenceIndex, Embedder]:
     """Load INDEX_DIR and the embedder it was built with (or ``embedder``, which must match)."""
     manifest = read_manifest(Path(index_dir))
+    for key, current in (("reference_view", REFERENCE_VIEW_ID), ("verifier", VERIFIER_ID)):
+        if manifest.get(key, current) != current:
+            raise UserError(
+                f"{index_dir} was built with {key} {manifest[key]!r}, but this version uses {current!r}; rebuild it"
+                f" with `counterfeit index build CATALOG --out {index_dir}`"
+            )
     model = create_embedder(embedder or manifest["embedder"]["name"], device=device, weights=weights, backend=backend)
     index = load_index(Path(index_dir), fingerprint=model.fingerprint, fingerprint_id=model.fingerprint_id)
     return index, model

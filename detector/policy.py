@@ -288,8 +288,9 @@ def decide(
 
     A candidate is a visual match when enough keypoints confirm it geometrically, or when its
     similarity reaches its brand's threshold and the geometry does not contradict it. Among
-    matches, confirmed ones come first, then the largest margin over the threshold. A listing is
-    flagged when it has a visual match and at least one inconsistency holds.
+    matches, confirmed ones come first (most matching keypoints first), then the largest margin
+    over the threshold. A listing is flagged when it has a visual match and at least one
+    inconsistency holds.
     """
     base = Decision(
         listing_id=listing.listing_id,
@@ -306,11 +307,13 @@ def decide(
         return base
     thresholds = [policy.brand_threshold(c.brand, c.calibrated_threshold) for c in candidates]
     states = [_visual_state(c, t, policy.verification) for c, t in zip(candidates, thresholds)]
-    # Preference: visual matches first, geometrically confirmed ones first among them, then
-    # the margin over the brand's threshold. matches[0] is the candidate the decision is about.
+    # Preference: visual matches first, geometrically confirmed ones first among them and the
+    # most matching keypoints first among those (the strongest evidence of a copy), then the
+    # margin over the brand's threshold. matches[0] is the candidate the decision is about.
     order = sorted(
         range(len(candidates)),
         key=lambda i: (states[i] in ("matched", "confirmed"), states[i] == "confirmed",
+                       candidates[i].inliers if states[i] == "confirmed" else 0,
                        candidates[i].similarity - thresholds[i], candidates[i].similarity),
         reverse=True,
     )

@@ -13,6 +13,7 @@ from PIL import Image
 
 WINDOW = 0.6
 VIEWS_ID = "whole+centre+4corners@0.6-v1"
+REFERENCE_VIEW_ID = "whole-v1"  # how reference photos are embedded; recorded in the index manifest
 LISTING_VIEWS = 6
 
 
@@ -22,3 +23,8 @@ def listing_views(image: Image.Image) -> list[Image.Image]:
     w, h = max(1, round(width * WINDOW)), max(1, round(height * WINDOW))
     corners = [((width - w) // 2, (height - h) // 2), (0, 0), (width - w, 0), (0, height - h), (width - w, height - h)]
     return [image, *(image.crop((x, y, x + w, y + h)) for x, y in corners)]
+
+
+def reference_view(image: Image.Image) -> Image.Image:
+    """What a reference photo is embedded as: the whole picture."""
+    return image

@@ -5,7 +5,7 @@ It builds the index from BENCH_DIR/catalog.csv and authorized.csv, scans listing
 real `counterfeit` CLI, and compares decisions.jsonl with truth.csv (which the detector never
 reads). It prints a table and writes metrics.json into the work folder.
 
-    python scripts/evaluate.py ../shared/eval-public [--work eval-work] [--policy P.toml]
+    python scripts/evaluate.py ../shared/eval-public [--work eval-work] [--policy P.toml] [--sweep] [--sweep-verify]
 """
 
 from __future__ import annotations
@@ -87,31 +87,48 @@ def score(decisions: list[dict], truth_rows: list[dict]) -> dict:
 
 
 OFFSETS = (-0.10, -0.05, -0.02, 0.0, 0.02, 0.05, 0.10)
+THRESHOLD_SWEEP = [(f"{o:+.2f}", {"match": {"threshold_offset": o}}) for o in OFFSETS]
+VERIFY_SWEEP = [
+    (f"confirm {c:>2}, strong {s:.2f}", {"verify": {"confirm_inliers": c, "strong_similarity": s}})
+    for c in (5, 6, 8, 10)
+    for s in (0.80, 0.85, 0.90)
+]
 
 
-def sweep(scan_cmd: list[str], scan_dir: Path, work: Path, policy: Path | None, truth_rows: list[dict]) -> dict:
-    """F1 with every threshold shifted; the scan state is reused, so only the decisions are redone."""
+def sweep(
+    scan_cmd: list[str], scan_dir: Path, work: Path, policy: Path | None, truth_rows: list[dict],
+    settings: list[tuple[str, dict]],
+) -> dict:
+    """Precision, recall and F1 of the same scan re-decided under each policy change in
+    ``settings`` (label, {section: {key: value}}); the scan state is reused, so nothing is
+    embedded again."""
     base = policy.read_text() if policy else ""
     results = {}
     command = list(scan_cmd)
     if "--policy" in command:
         at = command.index("--policy")
         del command[at : at + 2]
-    for offset in OFFSETS:
-        shifted = work / "sweep-policy.toml"
-        shifted.write_text(_with_offset(base, offset))
-        _run(command + ["--policy", str(shifted)])
+    for label, changes in settings:
+        changed = work / "sweep-policy.toml"
+        changed.write_text(with_keys(base, changes))
+        _run(command + ["--policy", str(changed)])
         decisions = [json.loads(line) for line in (scan_dir / "decisions.jsonl").read_text().splitlines()]
         result = score(decisions, truth_rows)
-        results[f"{offset:+.2f}"] = {k: result[k] for k in ("precision", "recall", "f1")}
-    _run(scan_cmd)  # leave the scan's outputs as the unshifted policy made them
+        results[label] = {k: result[k] for k in ("precision", "recall", "f1")}
+    _run(scan_cmd)  # leave the scan's outputs as the unchanged policy made them
     return results
 
 
-def _with_offset(policy_text: str, offset: float) -> str:
-    if "[match]" in policy_text:
-        return policy_text.replace("[match]", f"[match]\nthreshold_offset = {offset}", 1)
-    return policy_text + f"\n[match]\nthreshold_offset = {offset}\n"
+def with_keys(policy_text: str, changes: dict[str, dict]) -> str:
+    """``policy_text`` with each {section: {key: value}} set (the keys must not be in it already)."""
+    for section, values in changes.items():
+        lines = "".join(f"\n{key} = {value}" for key, value in values.items())
+        header = f"[{section}]"
+        if header in policy_text:
+            policy_text = policy_text.replace(header, header + lines, 1)
+        else:
+            policy_text += f"\n{header}{lines}\n"
+    return policy_text
 
 
 def _run(command: list[str]) -> float:
@@ -131,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-verify", action="store_true", help="scan without geometric verification")
     parser.add_argument("--sweep", action="store_true",
                         help="also re-decide the same scan with every threshold shifted by -0.10..+0.10 (no re-embedding)")
+    parser.add_argument("--sweep-verify", action="store_true",
+                        help="also re-decide the same scan under a grid of [verify] constants (no re-embedding)")
     args = parser.parse_args(argv)
 
     bench, work = args.bench, args.work
@@ -166,7 +185,9 @@ def main(argv: list[str] | None = None) -> int:
         policy=str(args.policy) if args.policy else "default",
     )
     if args.sweep:
-        metrics["threshold_sweep"] = sweep(scan_cmd, scan_dir, work, args.policy, truth_rows)
+        metrics["threshold_sweep"] = sweep(scan_cmd, scan_dir, work, args.policy, truth_rows, THRESHOLD_SWEEP)
+    if args.sweep_verify:
+        metrics["verify_sweep"] = sweep(scan_cmd, scan_dir, work, args.policy, truth_rows, VERIFY_SWEEP)
     (work / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
     print(f"\nBenchmark {bench} ({metrics['listings']} listings, {metrics['missing_decisions']} without a decision)")
@@ -182,6 +203,10 @@ def main(argv: list[str] | None = None) -> int:
         print("  F1 when every calibrated threshold is shifted by:")
         for offset, values in metrics["threshold_sweep"].items():
             print(f"    {float(offset):+.2f}  F1 {values['f1']:.4f}  precision {values['precision']:.4f}  recall {values['recall']:.4f}")
+    if args.sweep_verify:
+        print("  F1 under other geometric-verification constants (veto below 3 kept):")
+        for label, values in metrics["verify_sweep"].items():
+            print(f"    {label}  F1 {values['f1']:.4f}  precision {values['precision']:.4f}  recall {values['recall']:.4f}")
     print(f"metrics written to {work / 'metrics.json'}")
     return 0
 

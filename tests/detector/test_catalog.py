@@ -132,3 +132,25 @@ def test_images_of_every_odd_kind_can_be_references(tmp_path, embedder):
         csv.writer(fh).writerows([HEADER, *rows])
     assert build_catalog_index(folder / "catalog.csv", tmp_path / "idx", embedder).embedded == 3
     shutil.rmtree(tmp_path / "idx")
+
+
+def _rewrite_manifest(index_dir, **changes):
+    import json
+
+    path = index_dir / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest.update(changes)
+    path.write_text(json.dumps(manifest))
+
+
+def test_an_index_made_with_other_reference_views_is_re_embedded_and_refused_until_rebuilt(tmp_path, embedder):
+    from detector.matches import open_index
+
+    catalog = make_catalog(tmp_path / "cat", ROWS)
+    build_catalog_index(catalog, tmp_path / "idx", embedder)
+    _rewrite_manifest(tmp_path / "idx", reference_view="trimmed-v0")
+    with pytest.raises(UserError, match="reference_view 'trimmed-v0'.*rebuild it"):
+        open_index(tmp_path / "idx")
+    report = build_catalog_index(catalog, tmp_path / "idx", embedder)
+    assert report.embedded == 3 and any("another way" in n for n in report.notes)
+    open_index(tmp_path / "idx")

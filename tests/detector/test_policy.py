@@ -203,3 +203,17 @@ def test_matches_put_visual_matches_before_higher_raw_similarity():
                   cand(similarity=0.78, threshold=0.60, brand="Brightwell", product="BRI-1")]
     decision = decide(listing(), candidates, SELLERS, POLICY)
     assert [m["product_id"] for m in decision.matches] == ["BRI-1", "AUR-1"]
+
+
+def test_among_confirmed_candidates_the_most_keypoints_win_over_the_larger_margin():
+    # An authorised reseller's photo of brand A's product also confirms a look-alike product of
+    # brand B, whose lower threshold gives it the larger margin: the decision must be about the
+    # product the photo shares more keypoints with, and so stay clear.
+    own = Candidate(brand="Aurelio", product_id="AUR-1", similarity=0.97, price=100.0, currency="USD",
+                    calibrated_threshold=0.73, inliers=40)
+    lookalike = Candidate(brand="Brightwell", product_id="BRI-1", similarity=0.96, price=100.0, currency="USD",
+                          calibrated_threshold=0.70, inliers=32)
+    decision = decide(listing(price=95.0, seller="auth-1"), [lookalike, own],
+                      {**SELLERS, "Brightwell": {"bri-seller"}}, POLICY)
+    assert decision.product_id == "AUR-1"
+    assert decision.verdict == CLEAR

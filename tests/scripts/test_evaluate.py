@@ -53,3 +53,13 @@ def test_score_combines_everything():
     assert result["false_flag_rate_authorized_fullprice"] == 1.0
     assert result["per_kind_accuracy"] == {"authorized_fullprice": 0.0, "copy_cheap_rogue": 0.5, "unrelated_cheap": 1.0}
     assert result["missing_decisions"] == 1
+
+
+def test_sweep_settings_are_written_into_the_policy_sections():
+    import tomllib
+
+    user = "[match]\nmin_similarity = 0.5\n"
+    changed = tomllib.loads(evaluate.with_keys(user, {"match": {"threshold_offset": -0.05},
+                                             "verify": {"confirm_inliers": 6, "strong_similarity": 0.8}}))
+    assert changed == {"match": {"min_similarity": 0.5, "threshold_offset": -0.05},
+                       "verify": {"confirm_inliers": 6, "strong_similarity": 0.8}}
