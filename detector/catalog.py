@@ -79,6 +79,7 @@ def build_catalog_index(
     skip_bad_rows: bool = False,
     allow_outside: bool = False,
     index_kind: str | None = None,
+    memory_budget: int | None = None,
     batch_size: int = 32,
     workers: int = 2,
     rule: CalibrationRule = CalibrationRule(),
@@ -175,7 +176,8 @@ def build_catalog_index(
             "background_images": 0 if background is None else len(background),
         }
         report.manifest = write_index(
-            out_dir, entries, embedder.fingerprint, embedder.fingerprint_id, extra=extra, index_kind=index_kind
+            out_dir, entries, embedder.fingerprint, embedder.fingerprint_id, extra=extra, index_kind=index_kind,
+            memory_budget=memory_budget,
         )
     return report
 

@@ -61,6 +61,7 @@ class IndexKind(str, Enum):
     flat = "flat"
     hnsw = "hnsw"
     ivf = "ivf"
+    ivfpq = "ivfpq"
 
 
 def friendly_errors(command):
@@ -122,7 +123,8 @@ def index_build(
     weights: Optional[str] = typer.Option(None, "--weights", help="Weights file for the embedder (resnet50: or 'torchvision' to download when online)."),
     device: Device = typer.Option(Device.auto, "--device", help="Where the model runs."),
     backend: Backend = typer.Option(Backend.auto, "--backend", help=BACKEND_HELP),
-    index_type: IndexKind = typer.Option(IndexKind.auto, "--index-type", help="FAISS index per brand; auto = exact Flat up to 20,000 vectors, HNSW above."),
+    index_type: IndexKind = typer.Option(IndexKind.auto, "--index-type", help="FAISS index per brand; auto = exact Flat up to 20,000 vectors, HNSW up to 200,000, IVF above, IVF-PQ over --memory-budget (docs/index.md)."),
+    memory_budget: Optional[float] = typer.Option(None, "--memory-budget", min=0.001, help="MB of vectors a brand's index may hold; a brand whose full vectors exceed it is compressed (IVF-PQ, 32x smaller, lower recall)."),
     skip_bad_rows: bool = typer.Option(False, "--skip-bad-rows", help="Build from the good rows when some rows are bad (they are listed)."),
     allow_outside_paths: bool = typer.Option(False, "--allow-outside-paths", help="Trust image paths that are absolute or lead outside the catalogue's folder."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per model batch."),
@@ -153,6 +155,7 @@ def index_build(
             skip_bad_rows=skip_bad_rows,
             allow_outside=allow_outside_paths,
             index_kind=None if index_type is IndexKind.auto else index_type.value,
+            memory_budget=None if memory_budget is None else int(memory_budget * 2**20),
             batch_size=batch_size,
             workers=workers,
             on_progress=advance,
@@ -346,7 +349,7 @@ def demo(
     out.print(f"Demo data: {escape(str(data.catalog))}, {escape(str(data.listings))}")
     index_dir, scan_dir = out_dir / "index", out_dir / "scan"
     index_build(catalog=data.catalog, out_dir=index_dir, authorized=data.authorized, background=None,
-                embedder="lite0", weights=None, device=device, backend=Backend.auto, index_type=IndexKind.auto,
+                embedder="lite0", weights=None, device=device, backend=Backend.auto, index_type=IndexKind.auto, memory_budget=None,
                 skip_bad_rows=False,
                 allow_outside_paths=False, batch_size=32, workers=2)
     scan(listings=data.listings, index_dir=index_dir, out_dir=scan_dir, authorized=None, policy_file=None,

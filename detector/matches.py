@@ -34,7 +34,7 @@ def open_index(
             )
     model = create_embedder(embedder or manifest["embedder"]["name"], device=device, weights=weights, backend=backend)
     index = load_index(Path(index_dir), fingerprint=model.fingerprint, fingerprint_id=model.fingerprint_id)
-    return index, model
+    return index.on_device(model.device), model
 
 
 VERIFY_TOP = 3

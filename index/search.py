@@ -1,10 +1,13 @@
 """FAISS index choice by size, construction, and top-k search merged across per-brand indexes.
 
-The rule (see docs/index.md):
+The rule (measured by scripts/bench.py; see docs/index.md and docs/performance.md):
 - up to ``FLAT_MAX`` vectors: exact ``IndexFlatIP`` (inner product = cosine on unit vectors);
-- above it: ``IndexHNSWFlat`` (M=32, inner product), which needs no training and keeps
-  recall@10 high with ``efSearch`` = 128.
-``IVF`` (nlist = 4·sqrt(n)) is available by name for users who prefer a trained index.
+- up to ``HNSW_MAX``: ``IndexHNSWFlat`` (M = 32, efSearch 128): no training, high recall;
+- above: ``IndexIVFFlat`` with nlist = the power of two nearest sqrt(n) (at most n/39) and
+  nprobe = ``IVF_NPROBE``: builds in minutes where HNSW takes an hour on a small machine;
+- whenever the full vectors (4 bytes x d per vector) would exceed a memory budget:
+  ``IndexIVFPQ`` with d/16 sub-quantizers of 8 bits (16 bytes per 64 dimensions), trading recall
+  for 32x less memory.
 """
 
 from __future__ import annotations
@@ -16,12 +19,33 @@ import faiss
 import numpy as np
 
 FLAT_MAX = 20_000
-INDEX_KINDS = ("flat", "hnsw", "ivf")
+HNSW_MAX = 200_000
+IVF_NPROBE = 32
+INDEX_KINDS = ("flat", "hnsw", "ivf", "ivfpq")
 
 
-def choose_index_kind(n_vectors: int) -> str:
-    """Pick the index kind for a brand of ``n_vectors`` reference vectors."""
-    return "flat" if n_vectors <= FLAT_MAX else "hnsw"
+def choose_index_kind(n_vectors: int, dim: int = 1280, memory_budget: int | None = None) -> str:
+    """Pick the index kind for a brand of ``n_vectors`` reference vectors of size ``dim``, keeping
+    the vectors under ``memory_budget`` bytes when one is given."""
+    if memory_budget is not None and n_vectors * dim * 4 > memory_budget:
+        return "ivfpq"
+    if n_vectors <= FLAT_MAX:
+        return "flat"
+    return "hnsw" if n_vectors <= HNSW_MAX else "ivf"
+
+
+PQ_MIN = 10_000  # fewer vectors than this cannot train 256-centroid codebooks well; they stay Flat
+
+
+def effective_kind(kind: str, n_vectors: int) -> str:
+    """The kind actually built: a brand too small for product quantisation gets Flat."""
+    return "flat" if kind == "ivfpq" and n_vectors < PQ_MIN else kind
+
+
+def ivf_lists(n_vectors: int) -> int:
+    """nlist for an IVF index of ``n_vectors``: the power of two nearest sqrt(n), at most n/39."""
+    nearest = 2 ** round(math.log2(max(1.0, math.sqrt(n_vectors))))
+    return max(1, min(n_vectors // 39, nearest))
 
 
 def build_faiss_index(vectors: np.ndarray, kind: str) -> faiss.Index:
@@ -34,12 +58,19 @@ def build_faiss_index(vectors: np.ndarray, kind: str) -> faiss.Index:
         index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = 80
         index.hnsw.efSearch = 128
-    elif kind == "ivf":
-        nlist = max(1, min(n // 39, int(4 * math.sqrt(n))))
+    elif kind in ("ivf", "ivfpq"):
+        nlist = ivf_lists(n)
         quantizer = faiss.IndexFlatIP(dim)
-        index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        index.train(vectors)
-        index.nprobe = max(1, min(nlist, 16))
+        if kind == "ivf":
+            index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        else:
+            if dim % 16:
+                raise ValueError(f"ivfpq needs a dimension divisible by 16, not {dim}")
+            index = faiss.IndexIVFPQ(quantizer, dim, nlist, dim // 16, 8, faiss.METRIC_INNER_PRODUCT)
+        # 40 training points per list is plenty for k-means and keeps training time flat in n
+        sample = vectors if n <= 40 * max(nlist, 256) else vectors[np.random.default_rng(0).choice(n, 40 * max(nlist, 256), replace=False)]
+        index.train(sample)
+        index.nprobe = min(nlist, IVF_NPROBE)
     else:
         raise ValueError(f"unknown index kind {kind!r}; choose one of {', '.join(INDEX_KINDS)}")
     if n:

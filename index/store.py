@@ -16,6 +16,7 @@ names, intact. Files no manifest names are removed after a successful commit.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import fcntl
 import hashlib
@@ -28,7 +29,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from index.search import Hit, build_faiss_index, choose_index_kind, search_brands
+from index.search import Hit, build_faiss_index, choose_index_kind, effective_kind, search_brands
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -145,6 +146,7 @@ def write_index(
     *,
     extra: dict | None = None,
     index_kind: str | None = None,
+    memory_budget: int | None = None,
 ) -> dict:
     """Write ``brands`` as a new version of ``index_dir`` and commit it by replacing the manifest.
 
@@ -161,7 +163,7 @@ def write_index(
     entries = {}
     for entry in sorted(brands, key=lambda b: b.brand):
         vectors = np.ascontiguousarray(entry.vectors, dtype=np.float32).reshape(-1, dim)
-        kind = index_kind or choose_index_kind(len(vectors))
+        kind = effective_kind(index_kind or choose_index_kind(len(vectors), dim, memory_budget), len(vectors))
         index = build_faiss_index(vectors, kind)
         meta = {"brand": entry.brand, "products": entry.products, "authorized": sorted(set(entry.authorized))}
         files = {
@@ -244,6 +246,16 @@ class ReferenceIndex:
     def search(self, queries: np.ndarray, k: int = 5) -> list[list[Hit]]:
         """Top-``k`` references over all brands for each query vector."""
         return search_brands({name: entry.index for name, entry in self.brands.items()}, queries, k)
+
+    def on_device(self, device: str) -> ReferenceIndex:
+        """The same index searched exactly on a torch ``device`` (the GPU path); "cpu" keeps FAISS."""
+        if device == "cpu":
+            return self
+        from index.torch_search import TorchFlatIndex
+
+        brands = {name: dataclasses.replace(entry, index=TorchFlatIndex(entry.vectors, device))
+                  for name, entry in self.brands.items()}
+        return ReferenceIndex(self.path, self.manifest, brands)
 
     def product(self, hit: Hit) -> dict:
         """The product row a hit points at."""

@@ -311,3 +311,15 @@ def test_unusable_output_and_cache_paths_are_clear_errors(tmp_path, demo_data, l
     with pytest.raises(UserError, match="missing column"):
         run_scan(demo_data.catalog, tmp_path / "out", loaded)
     assert not (tmp_path / "out").exists()  # nothing is written for a table that cannot be scanned
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_the_gpu_path_gives_the_cpu_paths_decisions(tmp_path, demo_data, demo_index, loaded):
+    # fp16 autocast moves similarities by ~1e-3, so verdicts and products must agree and
+    # similarities within 0.01
+    run_scan(demo_data.listings, tmp_path / "cpu", loaded)
+    run_scan(demo_data.listings, tmp_path / "gpu", open_index(demo_index, device="cuda"))
+    cpu, gpu = decisions(tmp_path / "cpu"), decisions(tmp_path / "gpu")
+    assert [(d["listing_id"], d["verdict"], d["product_id"]) for d in cpu] == \
+        [(d["listing_id"], d["verdict"], d["product_id"]) for d in gpu]
+    assert all(abs(a["similarity"] - b["similarity"]) < 0.01 for a, b in zip(cpu, gpu) if a["similarity"] is not None)

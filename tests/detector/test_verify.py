@@ -7,7 +7,7 @@ import io
 from PIL import Image, ImageOps
 
 from detector.demo import draw_product
-from detector.verify import EMPTY, count_inliers, extract, extract_query, pack, unpack, verify_pair
+from detector.verify import EMPTY, count_inliers, extract, extract_query, mirrored, pack, unpack, verify_pair
 
 
 def recompress(image, quality=40):
@@ -64,3 +64,17 @@ def test_mirrored_listings_are_verified_through_their_mirror_image():
     assert verify_pair(extract_query(ImageOps.mirror(draw_product(11))), reference) >= 8
     assert verify_pair(extract_query(draw_product(12)), reference) < 3
     assert verify_pair(extract_query(Image.new("RGB", (300, 300), "white")), reference) is None
+
+
+def test_permuted_descriptors_are_the_features_of_the_mirror_image():
+    photo = draw_product(11)
+    own = extract(photo)
+    derived = mirrored(own)
+    extracted = extract(ImageOps.mirror(photo))
+    # the derived set matches what extraction from the mirrored photo finds...
+    matched = count_inliers(derived, extracted)
+    assert matched >= 0.5 * min(len(own), len(extracted))
+    # ...and the unpermuted descriptors do not
+    assert count_inliers(own, extracted) < matched / 4
+    assert count_inliers(EMPTY, extracted) == 0
+    assert mirrored(mirrored(own)).descriptors.tolist() == own.descriptors.tolist()

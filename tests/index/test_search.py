@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from index.search import FLAT_MAX, build_faiss_index, choose_index_kind, search_brands
+from index.search import FLAT_MAX, HNSW_MAX, PQ_MIN, build_faiss_index, choose_index_kind, effective_kind, ivf_lists, search_brands
 
 
 def unit(rng, n, d=32):
@@ -13,10 +13,17 @@ def unit(rng, n, d=32):
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-def test_rule_is_flat_for_small_brands_and_hnsw_for_large():
+def test_rule_is_flat_then_hnsw_then_ivf_and_pq_over_the_memory_budget():
     assert choose_index_kind(1) == "flat"
     assert choose_index_kind(FLAT_MAX) == "flat"
     assert choose_index_kind(FLAT_MAX + 1) == "hnsw"
+    assert choose_index_kind(HNSW_MAX) == "hnsw"
+    assert choose_index_kind(HNSW_MAX + 1) == "ivf"
+    # 100,000 vectors of 1280 floats are 512 MB
+    assert choose_index_kind(100_000, 1280, memory_budget=600 * 2**20) == "hnsw"
+    assert choose_index_kind(100_000, 1280, memory_budget=400 * 2**20) == "ivfpq"
+    assert effective_kind("ivfpq", PQ_MIN - 1) == "flat" and effective_kind("ivfpq", PQ_MIN) == "ivfpq"
+    assert [ivf_lists(n) for n in (100, 10_000, 1_000_000)] == [2, 128, 1024]
 
 
 @pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
@@ -27,6 +34,18 @@ def test_every_kind_finds_a_stored_vector_first(kind):
     sims, rows = index.search(vectors[:50], 1)
     assert (rows[:, 0] == np.arange(50)).mean() >= 0.95
     assert np.allclose(sims[:, 0][rows[:, 0] == np.arange(50)], 1.0, atol=1e-4)
+
+
+def test_compressed_index_finds_most_stored_vectors_in_32x_less_memory():
+    import faiss
+
+    rng = np.random.default_rng(0)
+    vectors = unit(rng, PQ_MIN, d=256)
+    index = build_faiss_index(vectors, "ivfpq")
+    _, rows = index.search(vectors[:100], 1)
+    assert (rows[:, 0] == np.arange(100)).mean() >= 0.8
+    flat_bytes = faiss.serialize_index(build_faiss_index(vectors, "flat")).nbytes
+    assert faiss.serialize_index(index).nbytes < flat_bytes / 8
 
 
 def test_unknown_kind_is_refused():

@@ -1,0 +1,324 @@
+#!/usr/bin/env python3
+"""Measure the detector's speed side by side, in one run, and write the results as JSON.
+
+    python scripts/bench.py [--photos 240] [--faiss-sizes 10000,100000,1000000] [--out bench-work]
+
+(a) bare network forward, photos/s, for the scanner's per-photo work (six 224x224 views):
+    eager torch (the reference), torch channels_last + inference_mode, ONNX Runtime;
+(b) end-to-end `counterfeit scan` photos/s on generated JPEGs, files on disk to decisions.jsonl;
+(c) the ratio b/a for each path; (d) a warm-cache rescan against the cold scan;
+(e) `counterfeit lookup` latency, in a fresh process and warm in one; (f) FAISS search on
+synthetic clustered unit vectors: Flat against the approximate indexes, with queries/s,
+recall@10 against exact, bytes per vector and build time; (g) peak resident memory of the scan;
+(h) where a scan's time goes, stage by stage.
+Nothing is downloaded; the photos are drawn by detector.demo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from detector.demo import EDITS, draw_product, make_demo_dataset  # noqa: E402
+from detector.embedders import CPU_CHUNK  # noqa: E402
+from index.search import INDEX_KINDS, build_faiss_index, choose_index_kind  # noqa: E402
+
+FORWARD_CHUNK = CPU_CHUNK  # the views per run the embedder uses on CPU
+
+
+def make_photos(folder: Path, count: int) -> Path:
+    """The demo catalogue plus ``count`` distinct listing photos (640-1024 px JPEGs) in a table."""
+    data = make_demo_dataset(folder)
+    rng = np.random.default_rng(3)
+    edits = list(EDITS.values())
+    rows = [["listing_id", "seller_id", "title", "price", "currency", "image"]]
+    (folder / "bench").mkdir(exist_ok=True)
+    for i in range(count):
+        size = int(rng.integers(640, 1025))
+        image = edits[i % len(edits)](draw_product(20_000 + i, size=size)).convert("RGB")
+        rel = f"bench/B{i:05d}.jpg"
+        image.save(folder / rel, "JPEG", quality=85)
+        rows.append([f"B{i:05d}", f"seller-{i % 50}", "bench listing", "10.00", "USD", rel])
+    table = folder / "bench.csv"
+    with open(table, "w", newline="") as fh:
+        import csv
+
+        csv.writer(fh).writerows(rows)
+    return data.catalog, data.authorized, table
+
+
+def forward(photo_paths: list[Path], repeats: int) -> dict:
+    """(a): photos/s of each execution path over the same preprocessed views."""
+    import torch
+
+    from detector.embedders import create_embedder
+    from detector.images import decode_image, read_image_bytes
+    from detector.views import listing_views
+
+    onnx = create_embedder("lite0", device="cpu", backend="onnx")
+    views = np.concatenate([onnx.preprocess_views(listing_views(decode_image(read_image_bytes(p), draft=onnx.decode_size)))
+                            for p in photo_paths])
+    per_photo = len(views) // len(photo_paths)
+    eager = create_embedder("lite0", device="cpu", backend="torch").model.to(memory_format=torch.contiguous_format)
+
+    def run_eager(chunk):
+        with torch.no_grad():
+            return eager(torch.from_numpy(chunk))
+
+    def run_channels_last(chunk):
+        return onnx._embed_torch(chunk)
+
+    def run_onnx(chunk):
+        return onnx._session.run(None, {"images": chunk})[0]
+
+    whole = 32 * per_photo  # the scanner's default batch of 32 photos, in one run
+    paths = [("eager torch, 32 photos per run (reference)", run_eager, whole),
+             ("eager torch", run_eager, FORWARD_CHUNK),
+             ("torch channels_last + inference_mode", run_channels_last, FORWARD_CHUNK)]
+    if onnx.backend == "onnx":
+        paths += [("ONNX Runtime, 32 photos per run", run_onnx, whole), ("ONNX Runtime (shipped)", run_onnx, FORWARD_CHUNK)]
+    results = {}
+    for name, fn, chunk in paths:
+        fn(views[:chunk])
+        best = 0.0
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for i in range(0, len(views), chunk):
+                fn(np.ascontiguousarray(views[i : i + chunk]))
+            best = max(best, len(views) / (time.perf_counter() - start))
+        results[name] = {"views_per_run": chunk, "views_per_s": round(best, 1), "photos_per_s": round(best / per_photo, 2)}
+    return {"views_per_photo": per_photo, "paths": results}
+
+
+def stages(photo_paths: list[Path], index_dir: Path) -> dict:
+    """(h) where a scan's time goes: milliseconds per photo of each stage, run one after another
+    on one thread (the network on its own threads)."""
+    from detector.images import decode_image, read_image_bytes
+    from detector.matches import ReferenceFeatures, open_index, to_verify, verify_hits
+    from detector.verify import extract_query
+    from detector.views import listing_views
+
+    index, embedder = open_index(index_dir, device="cpu")
+    timings: dict[str, float] = {}
+
+    def timed(name, fn, items):
+        start = time.perf_counter()
+        out = [fn(item) for item in items]
+        timings[name] = round(1000 * (time.perf_counter() - start) / len(photo_paths), 1)
+        return out
+
+    data = timed("read file", read_image_bytes, photo_paths)
+    images = timed("decode (JPEG draft)", lambda d: decode_image(d, draft=embedder.decode_size), data)
+    arrays = timed("six views, resized and normalised", lambda im: embedder.preprocess_views(listing_views(im)), images)
+    vectors = timed("network forward, six views", embedder.embed_arrays, arrays)
+    hits = timed("FAISS search", lambda v: index.search(v, 5), vectors)
+    local = timed("SIFT keypoints (and their mirror)", extract_query, images)
+    references = ReferenceFeatures(index)
+    timed("geometric verification, 3 references", lambda pair: verify_hits(pair[0], to_verify(pair[1][0]), references),
+          list(zip(local, hits)))
+    return {"backend": embedder.backend, "ms_per_photo": timings}
+
+
+def run_measured(command: list[str]) -> tuple[float, int]:
+    """Run a command; return its wall seconds and peak resident memory in bytes."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"failed: {' '.join(command)}\n{process.stderr.read()}")
+    return wall, usage.ru_maxrss * 1024
+
+
+def scans(catalog: Path, authorized: Path, table: Path, work: Path) -> dict:
+    """(b), (d), (g): a cold scan, then a warm rescan reading the cache."""
+    cli = [sys.executable, "-m", "detector"]
+    index_dir, cache = work / "index", work / "cache.sqlite"
+    subprocess.run(cli + ["index", "build", str(catalog), "--out", str(index_dir), "--authorized", str(authorized)],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    results = {}
+    for name in ("cold", "warm"):
+        out = work / f"scan-{name}"
+        wall, rss = run_measured(cli + ["scan", str(table), "--index", str(index_dir), "--out", str(out),
+                                        "--cache", str(cache)])
+        summary = json.loads((out / "summary.json").read_text())
+        results[name] = {
+            "photos_per_s": summary["images_per_second"],
+            "scan_seconds": summary["elapsed_seconds"],
+            "wall_seconds_with_startup": round(wall, 2),
+            "peak_rss_mb": round(rss / 2**20, 1),
+        }
+    results["warm_speedup"] = round(results["cold"]["scan_seconds"] / max(results["warm"]["scan_seconds"], 1e-9), 1)
+    return results
+
+
+def lookups(index_dir: Path, photo: Path, repeats: int = 5) -> dict:
+    """(e): one photo looked up in a fresh process, and again in a warm one."""
+    cold, _ = run_measured([sys.executable, "-m", "detector", "lookup", str(photo), "--index", str(index_dir)])
+    from detector.lookup import lookup_photo
+    from detector.matches import open_index
+    from detector.policy import load_policy
+
+    index, embedder = open_index(index_dir)
+    policy = load_policy()
+    lookup_photo(photo, index, embedder, policy)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        lookup_photo(photo, index, embedder, policy)
+        times.append(time.perf_counter() - start)
+    return {"cold_process_seconds": round(cold, 2), "warm_ms": round(1000 * statistics.median(times), 1)}
+
+
+def clustered_vectors(n: int, dim: int, rng: np.random.Generator, centres: np.ndarray, common: np.ndarray) -> np.ndarray:
+    """Unit vectors shaped like photo embeddings: a component all photos share, a product's own
+    direction, and per-photo variation (photos of one product ~0.8 cosine apart, of different
+    products ~0.5)."""
+    out = np.empty((n, dim), np.float32)
+    for start in range(0, n, 100_000):
+        stop = min(n, start + 100_000)
+        block = centres[rng.integers(0, len(centres), stop - start)] * 0.7 + common * 0.7
+        block += rng.standard_normal(block.shape, dtype=np.float32) * (0.45 / np.sqrt(dim))
+        out[start:stop] = block / np.linalg.norm(block, axis=1, keepdims=True)
+    return out
+
+
+def stored_bytes(index, folder: Path) -> int:
+    """The index's size as written to disk (streamed, so a 5 GB index is not copied in memory)."""
+    import faiss
+
+    path = folder / "probe.faiss"
+    faiss.write_index(index, str(path))
+    size = path.stat().st_size
+    path.unlink()
+    return size
+
+
+def faiss_search(sizes: list[int], dim: int, folder: Path, queries: int = 200, k: int = 10) -> list[dict]:
+    """(f): each index kind against exact search on the same vectors and queries."""
+    rng = np.random.default_rng(0)
+    common = rng.standard_normal(dim).astype(np.float32)
+    common /= np.linalg.norm(common)
+    rows = []
+    for n in sizes:
+        centres = rng.standard_normal((max(16, n // 10), dim), dtype=np.float32) / np.sqrt(dim)
+        base = clustered_vectors(n, dim, rng, centres, common)
+        picked = base[rng.integers(0, n, queries)]
+        noisy = picked + rng.standard_normal(picked.shape, dtype=np.float32) * (0.2 / np.sqrt(dim))
+        query = (noisy / np.linalg.norm(noisy, axis=1, keepdims=True)).astype(np.float32)
+        exact = None
+        kinds = ["flat", choose_index_kind(n, dim), *[kind for kind in INDEX_KINDS if kind != "flat"]]
+        for kind in dict.fromkeys(kinds):
+            if kind == "hnsw" and n > 200_000:
+                continue  # HNSW builds take too long for this benchmark on 2 cores at 1M x 1280
+            start = time.perf_counter()
+            index = build_faiss_index(base, kind)
+            built = time.perf_counter() - start
+            start = time.perf_counter()
+            _, found = index.search(query, k)
+            rate = queries / (time.perf_counter() - start)
+            if exact is None:
+                exact = found
+            recall = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(found, exact)]))
+            size = stored_bytes(index, folder)
+            rows.append({"n": n, "dim": dim, "kind": kind, "chosen": kind == choose_index_kind(n, dim),
+                         "build_s": round(built, 2), "queries_per_s": round(rate, 1), "recall_at_10": round(recall, 4),
+                         "bytes_per_vector": round(size / n, 1)})
+            print(f"  faiss n={n:>9,} {kind:<5} build {built:7.2f} s  {rate:9.1f} q/s  recall@10 {recall:.4f}"
+                  f"  {size / n:8.1f} B/vector", flush=True)
+            del index
+        del base
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--photos", type=int, default=240, help="generated listing photos to scan")
+    parser.add_argument("--forward-photos", type=int, default=32, help="photos whose views the forward pass runs on")
+    parser.add_argument("--faiss-sizes", default="10000,100000,1000000", help="comma-separated reference counts")
+    parser.add_argument("--faiss-dim", type=int, default=1280, help="vector size (Lite0's is 1280)")
+    parser.add_argument("--out", type=Path, default=Path("bench-work"), help="work folder; results.json goes here")
+    args = parser.parse_args(argv)
+
+    work = args.out
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    os.environ.setdefault("COUNTERFEIT_CACHE_DIR", str(work / "home-cache"))
+    import torch
+
+    results = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
+                           "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}}
+    print("generating photos …", flush=True)
+    catalog, authorized, table = make_photos(work / "data", args.photos)
+    photos = sorted((work / "data" / "bench").glob("*.jpg"))
+
+    print("(a) network forward …", flush=True)
+    results["forward"] = forward(photos[: args.forward_photos], repeats=2)
+    print("(b, d, g) scans …", flush=True)
+    results["scan"] = scans(catalog, authorized, table, work)
+    fastest = max(p["photos_per_s"] for p in results["forward"]["paths"].values())
+    eager = results["forward"]["paths"]["eager torch, 32 photos per run (reference)"]["photos_per_s"]
+    scan_rate = results["scan"]["cold"]["photos_per_s"]
+    results["ratios"] = {"scan_over_eager_forward": round(scan_rate / eager, 2),
+                         "scan_over_fastest_forward": round(scan_rate / fastest, 2)}
+    print("(h) stages …", flush=True)
+    results["stages"] = stages(photos[: args.forward_photos], work / "index")
+    print("(e) lookup …", flush=True)
+    results["lookup"] = lookups(work / "index", photos[0])
+    print("(f) FAISS …", flush=True)
+    sizes = [int(s) for s in args.faiss_sizes.split(",") if s]
+    results["faiss"] = faiss_search(sizes, args.faiss_dim, work)
+    (work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    report(results)
+    print(f"results written to {work / 'results.json'}")
+    return 0
+
+
+def report(results: dict) -> None:
+    """Print the results as Markdown tables."""
+    forward, scan = results["forward"], results["scan"]
+    print(f"\n(a) network forward, {forward['views_per_photo']} views of 224x224 per photo\n")
+    print("| path | views per run | views/s | photos/s | (c) scan (b) / this |")
+    print("|---|---|---|---|---|")
+    for name, row in forward["paths"].items():
+        print(f"| {name} | {row['views_per_run']} | {row['views_per_s']} | {row['photos_per_s']} |"
+              f" {scan['cold']['photos_per_s'] / row['photos_per_s']:.2f} |")
+    print("\n(b, d, g) scan of the generated photos, files to decisions.jsonl\n")
+    print("| run | photos/s | scan s | wall s with start-up | peak RSS MB |")
+    print("|---|---|---|---|---|")
+    for name in ("cold", "warm"):
+        row = scan[name]
+        print(f"| {name} | {row['photos_per_s']} | {row['scan_seconds']} | {row['wall_seconds_with_startup']} | {row['peak_rss_mb']} |")
+    print(f"\nwarm rescan {scan['warm_speedup']}x faster than cold (scan seconds)")
+    print(f"scan / eager reference forward: {results['ratios']['scan_over_eager_forward']}x;"
+          f" scan / fastest forward: {results['ratios']['scan_over_fastest_forward']}")
+    print(f"\n(h) where the time goes, ms per photo, one stage at a time ({results['stages']['backend']} network)\n")
+    print("| stage | ms/photo |")
+    print("|---|---|")
+    for name, ms in results["stages"]["ms_per_photo"].items():
+        print(f"| {name} | {ms} |")
+    lookup = results["lookup"]
+    print(f"(e) lookup: {lookup['cold_process_seconds']} s in a fresh process, {lookup['warm_ms']} ms warm")
+    print("\n(f) FAISS, synthetic clustered unit vectors, 200 queries, k = 10\n")
+    print("| vectors | index | chosen | build s | queries/s | recall@10 | bytes/vector |")
+    print("|---|---|---|---|---|---|---|")
+    for row in results["faiss"]:
+        print(f"| {row['n']:,} | {row['kind']} | {'yes' if row['chosen'] else ''} | {row['build_s']} | {row['queries_per_s']} |"
+              f" {row['recall_at_10']} | {row['bytes_per_vector']} |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
