@@ -17,6 +17,7 @@ Nothing is downloaded; the photos are drawn by detector.demo.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import platform
@@ -54,8 +55,6 @@ def make_photos(folder: Path, count: int) -> Path:
         rows.append([f"B{i:05d}", f"seller-{i % 50}", "bench listing", "10.00", "USD", rel])
     table = folder / "bench.csv"
     with open(table, "w", newline="") as fh:
-        import csv
-
         csv.writer(fh).writerows(rows)
     return data.catalog, data.authorized, table
 
@@ -134,12 +133,16 @@ def stages(photo_paths: list[Path], index_dir: Path) -> dict:
 
 def run_measured(command: list[str]) -> tuple[float, int]:
     """Run a command; return its wall seconds and peak resident memory in bytes."""
-    start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(process.pid, 0)
-    wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"failed: {' '.join(command)}\n{process.stderr.read()}")
+    import tempfile
+
+    with tempfile.TemporaryFile("w+") as errors:  # a file, not a pipe: a chatty child cannot block on it
+        start = time.perf_counter()
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=errors, text=True)
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - start
+        if os.waitstatus_to_exitcode(status) != 0:
+            errors.seek(0)
+            raise SystemExit(f"failed: {' '.join(command)}\n{errors.read()}")
     return wall, usage.ru_maxrss * 1024
 
 
