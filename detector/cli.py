@@ -124,7 +124,7 @@ def index_build(
     device: Device = typer.Option(Device.auto, "--device", help="Where the model runs."),
     backend: Backend = typer.Option(Backend.auto, "--backend", help=BACKEND_HELP),
     index_type: IndexKind = typer.Option(IndexKind.auto, "--index-type", help="FAISS index per brand; auto = exact Flat up to 20,000 vectors, HNSW up to 200,000, IVF above, IVF-PQ over --memory-budget (docs/index.md)."),
-    memory_budget: Optional[float] = typer.Option(None, "--memory-budget", min=0.001, help="MB of vectors a brand's index may hold; a brand whose full vectors exceed it is compressed (IVF-PQ, 32x smaller, lower recall)."),
+    memory_budget: Optional[float] = typer.Option(None, "--memory-budget", min=0.001, help="MB of vectors a brand's index may hold; a brand whose full vectors exceed it is compressed (IVF-PQ, about 50x smaller, lower recall)."),
     skip_bad_rows: bool = typer.Option(False, "--skip-bad-rows", help="Build from the good rows when some rows are bad (they are listed)."),
     allow_outside_paths: bool = typer.Option(False, "--allow-outside-paths", help="Trust image paths that are absolute or lead outside the catalogue's folder."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per model batch."),
