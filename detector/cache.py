@@ -3,12 +3,16 @@ SQLite file, so tomorrow's scan embeds only photos it has not seen. Geometric-ve
 outcomes (matching keypoints of a photo against a reference photo) are kept beside them, so a
 warm rescan neither decodes nor verifies again.
 
-Each vector carries a CRC32; a damaged entry is dropped and recomputed, never used. When the
-file holds more than ``max_entries`` vectors, the least recently used ones are evicted.
+Each vector and each verification outcome carries a CRC32; a damaged entry is dropped and
+recomputed, never used. Damage SQLite itself detects mid-run ("database disk image is
+malformed") turns the cache off for the rest of the run: every photo is then embedded afresh,
+and :attr:`EmbeddingCache.damaged` says why, so the caller can tell the user to delete the file.
+When the file holds more than ``max_entries`` vectors, the least recently used ones are evicted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
@@ -22,6 +26,14 @@ from detector.paths import cache_dir
 from detector.views import LISTING_VIEWS
 
 DEFAULT_MAX_BYTES = 4 << 30
+
+
+def _verification_crc(verifier: str, digest: str, reference: str, inliers: int | None) -> int:
+    return zlib.crc32(f"{verifier}|{digest}|{reference}|{inliers}".encode())
+
+
+def _full(exc: sqlite3.Error) -> bool:
+    return "full" in str(exc)
 
 
 def default_cache_path() -> Path:
@@ -39,6 +51,7 @@ class EmbeddingCache:
         self.dim = dim
         self.max_entries = max(1, max_bytes // (dim * 4 * LISTING_VIEWS + 96))
         self.hits = self.misses = self.corrupt = 0
+        self.damaged: str | None = None
         self._lock = threading.Lock()
         self._used: set[str] = set()
         try:
@@ -51,9 +64,12 @@ class EmbeddingCache:
                 " used INTEGER, PRIMARY KEY (fingerprint, digest)) WITHOUT ROWID"
             )
             self._db.execute("CREATE INDEX IF NOT EXISTS vectors_used ON vectors (used)")
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(verifications)")}
+            if columns and "crc" not in columns:  # written before outcomes carried a checksum
+                self._db.execute("DROP TABLE verifications")
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS verifications (verifier TEXT, digest TEXT, reference TEXT,"
-                " inliers INTEGER, PRIMARY KEY (verifier, digest, reference)) WITHOUT ROWID"
+                " inliers INTEGER, crc INTEGER, PRIMARY KEY (verifier, digest, reference)) WITHOUT ROWID"
             )
             (self._count,) = self._db.execute("SELECT COUNT(*) FROM vectors").fetchone()
         except (sqlite3.DatabaseError, OSError) as exc:
@@ -65,9 +81,9 @@ class EmbeddingCache:
     def get(self, digest: str) -> np.ndarray | None:
         """The cached vector for an image hash, or ``None`` (a damaged entry counts as missing)."""
         with self._lock:
-            row = self._db.execute(
+            row = self._read(
                 "SELECT vector, crc FROM vectors WHERE fingerprint=? AND digest=?", (self.fingerprint_id, digest)
-            ).fetchone()
+            )
             if row is None:
                 self.misses += 1
                 return None
@@ -75,7 +91,8 @@ class EmbeddingCache:
             if not blob or len(blob) % (self.dim * 4) or zlib.crc32(blob) != crc:
                 self.corrupt += 1
                 self.misses += 1
-                self._db.execute("DELETE FROM vectors WHERE fingerprint=? AND digest=?", (self.fingerprint_id, digest))
+                self._write(lambda: self._db.execute(
+                    "DELETE FROM vectors WHERE fingerprint=? AND digest=?", (self.fingerprint_id, digest)))
                 return None
             self.hits += 1
             self._used.add(digest)
@@ -93,20 +110,25 @@ class EmbeddingCache:
             rows.append((self.fingerprint_id, digest, blob, zlib.crc32(blob), now))
         with self._lock:
             used, self._used = self._used, set()
-            try:
+
+            def store() -> None:
                 self._db.execute("BEGIN")
-                self._db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?, ?, ?)", rows)
-                self._db.executemany(
-                    "UPDATE vectors SET used=? WHERE fingerprint=? AND digest=?",
-                    [(now, self.fingerprint_id, d) for d in used],
-                )
-                self._db.execute("COMMIT")
-            except sqlite3.OperationalError as exc:
-                self._db.execute("ROLLBACK")
-                raise UserError(f"cannot write the embedding cache {self.path}: {exc}") from None
-            self._count += len(rows)  # an upper bound: replaced rows are counted twice
-            if self._count > self.max_entries:
-                self._evict()
+                try:
+                    self._db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?, ?, ?)", rows)
+                    self._db.executemany(
+                        "UPDATE vectors SET used=? WHERE fingerprint=? AND digest=?",
+                        [(now, self.fingerprint_id, d) for d in used],
+                    )
+                    self._db.execute("COMMIT")
+                except sqlite3.Error:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._db.execute("ROLLBACK")
+                    raise
+                self._count += len(rows)  # an upper bound: replaced rows are counted twice
+                if self._count > self.max_entries:
+                    self._evict()
+
+            self._write(store)
 
     def _evict(self) -> None:
         (count,) = self._db.execute("SELECT COUNT(*) FROM vectors").fetchone()
@@ -124,26 +146,50 @@ class EmbeddingCache:
         """``(found, inliers)`` for a cached verification; ``inliers`` is ``None`` for an
         unverifiable pair."""
         with self._lock:
-            row = self._db.execute(
-                "SELECT inliers FROM verifications WHERE verifier=? AND digest=? AND reference=?",
+            row = self._read(
+                "SELECT inliers, crc FROM verifications WHERE verifier=? AND digest=? AND reference=?",
                 (verifier, digest, reference),
-            ).fetchone()
+            )
         if row is None:
             return False, None
-        return True, (None if row[0] is None else int(row[0]))
+        inliers = None if row[0] is None else int(row[0])
+        if row[1] != _verification_crc(verifier, digest, reference, inliers):
+            self.corrupt += 1
+            return False, None
+        return True, inliers
 
     def put_inliers(self, verifier: str, outcomes: dict[tuple[str, str], int | None]) -> None:
         """Store verification outcomes keyed by (photo hash, reference photo hash)."""
         if not outcomes:
             return
+        rows = [(verifier, d, r, n, _verification_crc(verifier, d, r, n)) for (d, r), n in outcomes.items()]
         with self._lock:
-            try:
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO verifications VALUES (?, ?, ?, ?)",
-                    [(verifier, d, r, n) for (d, r), n in outcomes.items()],
-                )
-            except sqlite3.OperationalError as exc:
+            self._write(lambda: self._db.executemany("INSERT OR REPLACE INTO verifications VALUES (?, ?, ?, ?, ?)", rows))
+
+    def _read(self, sql: str, args: tuple):
+        """One row, or ``None`` when absent or when the file turns out damaged."""
+        if self.damaged:
+            return None
+        try:
+            return self._db.execute(sql, args).fetchone()
+        except sqlite3.DatabaseError as exc:
+            self._give_up(exc)
+            return None
+
+    def _write(self, action) -> None:
+        """Run a write; a full disk is the user's to fix, a damaged file turns the cache off."""
+        if self.damaged:
+            return
+        try:
+            action()
+        except sqlite3.DatabaseError as exc:
+            if _full(exc):
                 raise UserError(f"cannot write the embedding cache {self.path}: {exc}") from None
+            self._give_up(exc)
+
+    def _give_up(self, exc: sqlite3.DatabaseError) -> None:
+        self.damaged = str(exc)
+        self.corrupt += 1
 
     def close(self) -> None:
         with self._lock:

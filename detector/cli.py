@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shlex
 import sys
 from enum import Enum
 from pathlib import Path
@@ -327,6 +328,12 @@ def scan(
         f" {s['images_per_second'] or 0:.1f} img/s; {s['elapsed_seconds']:.1f} s in all"
         + (" (resumed)" if s["resumed"] else "")
     )
+    if run["cache_damaged"]:
+        err.print(
+            f"[yellow]warning:[/] the embedding cache {escape(str(store.path))} is damaged"
+            f" ({escape(run['cache_damaged'])}); this run stopped using it and embedded afresh."
+            f" Delete it (it is rebuilt automatically): rm -f {escape(' '.join(shlex.quote(f'{store.path}{x}') for x in ('', '-wal', '-shm')))}"
+        )
     for name in ("decisions.jsonl", "flagged.csv", "summary.json"):
         out.print(f"  {escape(str(out_dir / name))}")
     out.print(f"Report: {escape(str(result.report))}")

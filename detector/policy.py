@@ -11,7 +11,7 @@ import math
 import re
 import tomllib
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 
@@ -260,6 +260,10 @@ def _price_ratio(listing: Listing, cand: Candidate, policy: Policy) -> tuple[flo
     )
 
 
+def _usable_price(price: float | None) -> float | None:
+    return price if price is not None and math.isfinite(price) and price >= 0 else None
+
+
 def _visual_state(cand: Candidate, threshold: float, verification: Verification) -> str:
     """``confirmed`` (enough matching keypoints), ``matched`` (similar enough, not contradicted),
     ``vetoed`` (similar, but the geometry disagrees) or ``none``."""
@@ -292,6 +296,9 @@ def decide(
     over the threshold. A listing is flagged when it has a visual match and at least one
     inconsistency holds.
     """
+    # Table readers only hand over finite, non-negative prices; anything else counts as absent.
+    listing = replace(listing, price=_usable_price(listing.price))
+    candidates = [replace(c, price=_usable_price(c.price)) for c in candidates if math.isfinite(c.similarity)]
     base = Decision(
         listing_id=listing.listing_id,
         verdict=CLEAR,

@@ -20,6 +20,7 @@ import json
 import os
 import sqlite3
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +47,7 @@ STATE_DIR = ".scan"
 RECENT_PHOTOS = 2_000
 """Vectors of this many recently embedded photos stay in memory, so a photo repeated across a
 dump's rows is embedded once even without a cache (about 60 MB at six 1280-d views each)."""
-STATE_VERSION = 2
+STATE_VERSION = 3
 
 
 @dataclass
@@ -105,8 +106,13 @@ def _identity(listings: Path, index: ReferenceIndex, embedder: Embedder, options
     }
 
 
+class StateDamaged(Exception):
+    """The state database cannot be trusted: it fails SQLite's checks or a row's checksum."""
+
+
 class ScanState:
-    """The per-OUT_DIR state database: identity, committed rows and their nearest references."""
+    """The per-OUT_DIR state database: identity, committed rows and their nearest references.
+    Every row carries a CRC32 of its fields, checked when decisions are made from it."""
 
     def __init__(self, path: Path):
         self.db = sqlite3.connect(path, isolation_level=None)
@@ -116,28 +122,40 @@ class ScanState:
         self.db.execute(
             "CREATE TABLE IF NOT EXISTS rows (row INTEGER PRIMARY KEY, listing_id TEXT, line INTEGER,"
             " seller_id TEXT, title TEXT, price REAL, currency TEXT, image TEXT, path TEXT, error TEXT,"
-            " notes TEXT, digest TEXT, hits TEXT)"
+            " notes TEXT, digest TEXT, hits TEXT, crc INTEGER)"
         )
         self.db.execute("CREATE INDEX IF NOT EXISTS rows_listing ON rows (listing_id, row)")
 
     def get(self, key: str, default=None):
         row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
-        return default if row is None else json.loads(row[0])
+        try:
+            return default if row is None else json.loads(row[0])
+        except (TypeError, ValueError) as exc:
+            raise StateDamaged(f"progress record {key!r} is unreadable") from exc
 
     def put(self, key: str, value) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
 
     def commit_batch(self, records: list[tuple], next_row: int) -> None:
         """Record a batch of rows and the resume point in one transaction."""
+        sealed = [(*record, _row_crc(record)) for record in records]
         self.db.execute("BEGIN IMMEDIATE")
         try:
-            self.db.executemany("INSERT OR REPLACE INTO rows VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", records)
+            self.db.executemany("INSERT OR REPLACE INTO rows VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", sealed)
             self.db.execute("INSERT OR REPLACE INTO meta VALUES ('next_row', ?)", (json.dumps(next_row),))
             self.db.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
                 self.db.execute("ROLLBACK")
             raise
+
+    def check_complete(self, rows_in_input: int) -> None:
+        """Every input row is recorded once: no gaps, nothing beyond the input."""
+        count, first, last = self.db.execute("SELECT COUNT(*), MIN(row), MAX(row) FROM rows").fetchone()
+        if rows_in_input and (count, first, last) != (rows_in_input, 0, rows_in_input - 1) or (
+            not rows_in_input and count
+        ):
+            raise StateDamaged(f"it records {count:,} rows of an input that has {rows_in_input:,}")
 
     def listings(self) -> Iterator[tuple[str, list[sqlite3.Row]]]:
         """Each listing's rows, listings in order of first appearance in the input."""
@@ -148,6 +166,8 @@ class ScanState:
         cursor.row_factory = sqlite3.Row
         current, group = None, []
         for row in cursor:
+            if _row_crc(tuple(row)[:-1]) != row["crc"]:
+                raise StateDamaged(f"row {row['row']} fails its checksum")
             if row["listing_id"] != current and group:
                 yield current, group
                 group = []
@@ -158,6 +178,12 @@ class ScanState:
 
     def close(self) -> None:
         self.db.close()
+
+
+def _row_crc(record: tuple) -> int:
+    # numbers as floats: SQLite hands a REAL column's 10 back as 10.0
+    fields = [float(v) if isinstance(v, (int, float)) else v for v in record]
+    return zlib.crc32(json.dumps(fields).encode())
 
 
 @contextlib.contextmanager
@@ -205,13 +231,16 @@ def scan(
         raise UserError(f"cannot use {out_dir} as the output folder: {exc.strerror or exc}") from None
     started = time.monotonic()
     with _exclusive(out_dir) as state_dir:
+        for stale in out_dir.glob(".*.tmp-*"):  # left by a killed scan; the lock says none is writing now
+            stale.unlink(missing_ok=True)
         identity = _identity(listings, index, embedder, options)
         state_path = state_dir / "state.sqlite"
         if options.restart:
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{state_path}{suffix}").unlink(missing_ok=True)
-        state = ScanState(state_path)
+        state = None
         try:
+            state = ScanState(state_path)
             earlier = state.get("identity")
             if earlier is not None and earlier != identity:
                 changed = ", ".join(sorted(k for k in identity if identity[k] != earlier.get(k)))
@@ -224,18 +253,25 @@ def scan(
             if state.get("started") is None:
                 state.put("started", _now())
             stats = _embed_rows(listings, index, embedder, state, options, on_progress)
+            state.check_complete(stats["rows_in_input"])
             embed_seconds = time.monotonic() - started
             return _finalise(listings, index, embedder, policy, out_dir, state, authorized_override,
                              stats, embed_seconds, started, resumed)
-        except (OSError, sqlite3.OperationalError) as exc:
+        except (OSError, sqlite3.DatabaseError, StateDamaged) as exc:
             if _disk_full(exc):
                 raise UserError(
                     f"disk full while writing {out_dir}; free some space and rerun the same command"
                     " to resume from the last committed batch"
                 ) from None
+            if isinstance(exc, (sqlite3.DatabaseError, StateDamaged)):
+                raise UserError(
+                    f"the scan progress in {state_path} is damaged ({exc}), so it is not used; rerun with"
+                    " --restart to scan again from the first row"
+                ) from None
             raise
         finally:
-            state.close()
+            if state is not None:
+                state.close()
 
 
 def _embed_rows(listings, index, embedder, state: ScanState, options: ScanOptions, on_progress) -> dict:
@@ -245,7 +281,7 @@ def _embed_rows(listings, index, embedder, state: ScanState, options: ScanOption
     total = None if listings.is_dir() else count_rows(listings)
     cache = options.cache
     recent: dict[str, np.ndarray] = {}
-    stats = {"rows": 0, "embedded": 0, "cache_hits": 0, "errors": 0}
+    stats = {"rows": 0, "embedded": 0, "cache_hits": 0, "errors": 0, "rows_in_input": 0}
 
     def prepare(row: ListingRow) -> Prepared:
         if row.error:
@@ -318,7 +354,13 @@ def _embed_rows(listings, index, embedder, state: ScanState, options: ScanOption
         if on_progress:
             on_progress(batch[-1].item.row + 1, total)
 
-    rows = (row for row in iter_listings(listings) if row.row >= next_row)
+    def pending() -> Iterator[ListingRow]:
+        for row in iter_listings(listings):
+            stats["rows_in_input"] = row.row + 1
+            if row.row >= next_row:
+                yield row
+
+    rows = pending()
     if on_progress:
         on_progress(next_row, total)
     batch: list[Embedded[ListingRow]] = []
@@ -330,6 +372,7 @@ def _embed_rows(listings, index, embedder, state: ScanState, options: ScanOption
                 batch = []
         if batch:
             flush(batch)
+    stats["cache_damaged"] = cache.damaged if cache is not None else None
     return stats
 
 
@@ -404,6 +447,7 @@ def _finalise(listings, index, embedder, policy, out_dir, state, authorized_over
             "cache_hits": stats["cache_hits"],
             "row_errors": stats["errors"],
             "embed_seconds": round(embed_seconds, 3),
+            "cache_damaged": stats["cache_damaged"],
         },
         "images_per_second": round(stats["rows"] / embed_seconds, 2) if embed_seconds > 0 else None,
         "elapsed_seconds": round(elapsed, 3),

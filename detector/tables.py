@@ -120,7 +120,14 @@ def iter_records(path: Path) -> Iterator[tuple[int, dict]]:
             delimiter = _csv_dialect(path, header)
             names = [name.strip() for name in next(csv.reader([header], delimiter=delimiter))]
             reader = csv.reader(fh, delimiter=delimiter)
-            for values in reader:
+            while True:
+                try:
+                    values = next(reader)
+                except StopIteration:
+                    return
+                except csv.Error as exc:  # the reader goes on at the next line
+                    yield reader.line_num + 1, {"__error__": f"malformed CSV row ({exc})"}
+                    continue
                 if not any(value.strip() for value in values):
                     continue
                 record = dict(zip(names, values))
@@ -129,8 +136,6 @@ def iter_records(path: Path) -> Iterator[tuple[int, dict]]:
                 yield reader.line_num + 1, record
         except UnicodeDecodeError as exc:
             raise TableError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-        except csv.Error as exc:
-            raise TableError(f"{path}: malformed CSV ({exc})") from None
 
 
 def count_rows(path: Path) -> int | None:

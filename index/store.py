@@ -3,6 +3,7 @@
 Layout::
 
     INDEX_DIR/manifest.json        the single commit point: format, embedder, counts, checksums
+                                   (of every data file, and of the manifest itself)
     INDEX_DIR/data/<sha>.faiss     one FAISS index per brand
     INDEX_DIR/data/<sha>.npy       that brand's reference vectors (for incremental rebuilds)
     INDEX_DIR/data/<sha>.json      that brand's products (one per vector) and authorised sellers
@@ -116,7 +117,17 @@ def read_manifest(index_dir: Path) -> dict:
             f"{path} has format version {manifest.get('format_version')!r}; this tool reads version {FORMAT_VERSION}."
             f" Rebuild with: counterfeit index build CATALOG.csv --out {index_dir}"
         )
+    if manifest.get("manifest_sha256") != _manifest_digest(manifest):
+        raise IndexStoreError(
+            f"{path} is corrupt (checksum mismatch); rebuild with: counterfeit index build CATALOG.csv --out {index_dir}"
+        )
     return manifest
+
+
+def _manifest_digest(manifest: dict) -> str:
+    """SHA-256 of the manifest's content without its own checksum, in a canonical form."""
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    return _sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode())
 
 
 def _put(data_dir: Path, payload: bytes, suffix: str) -> dict:
@@ -199,6 +210,7 @@ def write_index(
         "brands": entries,
         **(extra or {}),
     }
+    manifest["manifest_sha256"] = _manifest_digest(manifest)
     atomic_write(index_dir / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False).encode())
     _collect_garbage(index_dir, manifest)
     return manifest

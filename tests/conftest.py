@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import struct
 import subprocess
 import sys
 import tempfile
+import zlib
 from pathlib import Path
 
 import pytest
 
 # Keep the tests away from the user's real embedding cache.
 os.environ["COUNTERFEIT_CACHE_DIR"] = tempfile.mkdtemp(prefix="counterfeit-test-cache-")
+atexit.register(shutil.rmtree, os.environ["COUNTERFEIT_CACHE_DIR"], ignore_errors=True)
 # Wide consoles, so that assertions on printed text are not split by line wrapping.
 os.environ["COLUMNS"] = "200"
 
@@ -50,3 +55,13 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
         timeout=timeout,
         env={**os.environ, "COLUMNS": "200", **(env or {})},
     )
+
+
+def png_with_declared_size(width: int, height: int) -> bytes:
+    """A tiny PNG file whose header declares ``width`` × ``height`` pixels: a decompression bomb."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")

@@ -135,11 +135,15 @@ def test_images_of_every_odd_kind_can_be_references(tmp_path, embedder):
 
 
 def _rewrite_manifest(index_dir, **changes):
+    """Stand in for an index an older version built: changed fields, under a valid checksum."""
     import json
+
+    from index.store import _manifest_digest
 
     path = index_dir / "manifest.json"
     manifest = json.loads(path.read_text())
     manifest.update(changes)
+    manifest["manifest_sha256"] = _manifest_digest(manifest)
     path.write_text(json.dumps(manifest))
 
 

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import io
 import os
-import struct
-import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from detector.images import ImageError, decode_image, load_image, read_image_bytes, resolve_image_path
+from detector.images import (
+    ImageError,
+    decode_image,
+    load_image,
+    read_image_bytes,
+    resolve_image_path,
+)
+from tests.conftest import png_with_declared_size
 
 
 def encode(image: Image.Image, fmt: str, **kw) -> bytes:
@@ -86,17 +91,9 @@ def test_extreme_shapes_decode(size):
     assert decoded.size == size
 
 
-def _png_with_declared_size(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
-
-
 def test_decompression_bomb_is_refused_before_decoding():
     with pytest.raises(ImageError) as caught:
-        decode_image(_png_with_declared_size(100_000, 100_000))
+        decode_image(png_with_declared_size(100_000, 100_000))
     assert caught.value.code == "too_many_pixels"
     assert "decompression-bomb" in str(caught.value)
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from detector.errors import UserError
 from detector.policy import (
@@ -217,3 +220,59 @@ def test_among_confirmed_candidates_the_most_keypoints_win_over_the_larger_margi
                       {**SELLERS, "Brightwell": {"bri-seller"}}, POLICY)
     assert decision.product_id == "AUR-1"
     assert decision.verdict == CLEAR
+
+
+# --- fuzzing: any facts and candidates give a well-formed decision, never an exception --------
+
+TEXT = st.one_of(st.text(max_size=40), st.sampled_from(["Aurelio replica", "AAA copy 1:1", "<script>", "=1+1"]))
+PRICE = st.one_of(st.none(), st.floats(min_value=0, max_value=1e9), st.floats())
+CANDIDATE = st.builds(
+    Candidate,
+    brand=st.sampled_from(["Aurelio", "Bellmont", ""]),
+    product_id=st.text(max_size=8),
+    similarity=st.floats(min_value=-1.0, max_value=1.0) | st.just(float("nan")),
+    price=PRICE,
+    currency=st.sampled_from([None, "USD", "EUR", ""]),
+    title=TEXT,
+    calibrated_threshold=st.one_of(st.none(), st.floats(min_value=0, max_value=1)),
+    inliers=st.one_of(st.none(), st.integers(min_value=0, max_value=10_000)),
+)
+LISTING = st.builds(
+    Listing,
+    listing_id=st.text(min_size=1, max_size=10),
+    seller_id=st.one_of(st.none(), st.sampled_from(["auth-1", "rogue"]), st.text(max_size=10)),
+    title=TEXT,
+    price=PRICE,
+    currency=st.sampled_from([None, "USD", "EUR", "usd"]),
+    image=st.just("x.jpg"),
+)
+
+
+def well_formed(decision: Decision) -> None:
+    assert decision.verdict in (FLAGGED, CLEAR, ERROR)
+    assert 0.0 <= decision.score <= 1.0
+    assert decision.reasons and all(isinstance(r, str) for r in decision.reasons)
+    assert (decision.verdict == FLAGGED) <= decision.visual_match
+    json.dumps(decision.as_record(), allow_nan=False)  # decisions.jsonl stays strict JSON
+
+
+@settings(max_examples=500, deadline=None)
+@given(facts=LISTING, candidates=st.lists(CANDIDATE, max_size=5),
+       authorized=st.dictionaries(st.sampled_from(["Aurelio", "Bellmont"]), st.sets(st.text(max_size=6)), max_size=2))
+def test_fuzzed_facts_and_candidates_give_a_well_formed_decision(facts, candidates, authorized):
+    decision = decide(facts, candidates, authorized, POLICY)
+    well_formed(decision)
+    assert decision.verdict != ERROR
+
+
+@settings(max_examples=200, deadline=None)
+@given(facts=st.lists(LISTING, min_size=1, max_size=4), candidates=st.lists(CANDIDATE, max_size=3),
+       broken=st.lists(st.booleans(), min_size=4, max_size=4))
+def test_fuzzed_photos_of_one_listing_combine_into_one_decision(facts, candidates, broken):
+    parts = [error_decision(f, "image file not found") if bad else decide(f, candidates, SELLERS, POLICY)
+             for f, bad in zip(facts, broken)]
+    combined = combine(parts)
+    well_formed(combined)
+    assert combined.photos == len(parts)
+    verdicts = {p.verdict for p in parts}  # any flagged photo flags it, else any unreadable one makes an error
+    assert combined.verdict == (FLAGGED if FLAGGED in verdicts else ERROR if ERROR in verdicts else CLEAR)

@@ -4,6 +4,7 @@ inert attacker strings, and one writer per OUT_DIR."""
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import os
 import random
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -22,7 +24,7 @@ from detector.errors import UserError
 from detector.matches import open_index
 from detector.policy import load_policy
 from detector.scanner import STATE_DIR, ScanOptions, _exclusive, cache_key, scan
-from tests.conftest import run_cli
+from tests.conftest import png_with_declared_size, run_cli
 
 HEADER = ["listing_id", "seller_id", "title", "price", "currency", "image"]
 
@@ -98,6 +100,70 @@ def test_every_listing_appears_exactly_once_with_errors_as_data(tmp_path, demo_d
     lo, hi = summary["flagged_per_10k_ci95"]
     assert lo <= summary["flagged_per_10k"] <= hi
     assert summary["embedder"]["name"] == "lite0" and summary["index"]["counts"]["brands"] == 3
+
+
+def hostile_files(folder):
+    """Odd and hostile image files: name → the error code fragment it must end with, or None
+    when the file must be decoded and judged like any photo."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    noise = Image.fromarray(rng.integers(0, 255, (96, 96, 3), dtype=np.uint8))
+    noise.save(folder / "whole.jpg")
+    noise.save(folder / "whole.png")
+    jpeg, png = (folder / "whole.jpg").read_bytes(), (folder / "whole.png").read_bytes()
+    (folder / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    (folder / "truncated.png").write_bytes(png[: len(png) // 2])
+    (folder / "corrupt.jpg").write_bytes(jpeg[:200] + b"\x00" * (len(jpeg) - 200))
+    (folder / "zero.jpg").write_bytes(b"")
+    (folder / "words.jpg").write_text("not a picture")
+    (folder / "bomb.png").write_bytes(png_with_declared_size(100_000, 100_000))
+    (folder / "loop.jpg").symlink_to(folder / "loop.jpg")
+    Image.new("RGB", (1, 1), (200, 10, 10)).save(folder / "one.png")
+    Image.new("RGB", (20000, 20), (10, 200, 10)).save(folder / "strip.png")
+    noise.convert("CMYK").save(folder / "cmyk.jpg")
+    Image.fromarray((rng.integers(0, 65535, (64, 64))).astype(np.uint16)).save(folder / "sixteen.png")
+    palette = noise.convert("P")
+    palette.info["transparency"] = 0
+    palette.save(folder / "palette.png", transparency=0)
+    noise.save(folder / "animated.gif", save_all=True, append_images=[noise.rotate(90)], duration=50)
+    noise.save(folder / "photo.webp")
+    return {
+        "truncated.jpg": "corrupt or truncated", "truncated.png": "corrupt or truncated",
+        "corrupt.jpg": "corrupt", "zero.jpg": "empty", "words.jpg": "not a recognised image format",
+        "bomb.png": "decompression-bomb", "loop.jpg": "symlink loop",
+        "one.png": None, "strip.png": None, "cmyk.jpg": None, "sixteen.png": None, "palette.png": None,
+        "animated.gif": None, "photo.webp": None, "whole.jpg": None, "rotated.jpg": None,
+    }
+
+
+def test_hostile_files_become_specific_errors_and_leave_their_neighbours_alone(tmp_path, demo_data, loaded):
+    run_scan(demo_data.listings, tmp_path / "clean", loaded)
+    folder = tmp_path / "dump"
+    shutil.copytree(demo_data.folder / "listings", folder / "listings")
+    outcomes = hostile_files(folder / "hostile")
+    # a reference photo stored on its side, with the EXIF tag that turns it upright
+    upright = Image.open(demo_data.folder / "refs" / "BEL-001.jpg")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    upright.transpose(Image.Transpose.ROTATE_90).save(folder / "hostile" / "rotated.jpg", exif=exif)
+    with open(demo_data.listings, newline="") as fh:
+        rows = list(csv.reader(fh))[1:]
+    rows += [[f"H-{name}", "stranger", "odd file", "9", "USD", f"hostile/{name}"] for name in outcomes]
+    with open(folder / "listings.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([HEADER, *rows])
+    run_scan(folder / "listings.csv", tmp_path / "out", loaded)
+    by_id = {d["listing_id"]: d for d in decisions(tmp_path / "out")}
+    assert len(by_id) == 38 + len(outcomes)
+    for name, fragment in outcomes.items():
+        got = by_id[f"H-{name}"]
+        if fragment is None:
+            assert got["verdict"] != "error", (name, got["error"])
+        else:
+            assert got["verdict"] == "error" and fragment in got["error"], (name, got["error"])
+    rotated = by_id["H-rotated.jpg"]
+    assert rotated["product_id"] == "BEL-001" and rotated["visual_match"], rotated
+    for clean in decisions(tmp_path / "clean"):
+        assert by_id[clean["listing_id"]] == clean, clean["listing_id"]
 
 
 def test_flagged_csv_holds_the_flagged_listings(tmp_path, demo_data, loaded):
@@ -180,6 +246,67 @@ def test_damaged_cache_entries_are_recomputed_not_used(tmp_path, demo_data, load
     assert decisions(tmp_path / "a") == decisions(tmp_path / "b")
 
 
+def test_a_full_disk_stops_the_scan_cleanly_and_a_rerun_resumes(tmp_path, demo_data, loaded, monkeypatch):
+    """Disk full is simulated twice: SQLite's own SQLITE_FULL (a page cap on the progress
+    database) while rows are committed, then ENOSPC while decisions are written."""
+    import detector.outputs as outputs
+    import detector.scanner as scanner
+
+    run_scan(demo_data.listings, tmp_path / "clean", loaded)
+    out = tmp_path / "out"
+    opened = scanner.ScanState.__init__
+
+    def capped(self, path):
+        opened(self, path)
+        (pages,) = self.db.execute("PRAGMA page_count").fetchone()
+        self.db.execute(f"PRAGMA max_page_count = {pages + 3}")
+
+    monkeypatch.setattr(scanner.ScanState, "__init__", capped)
+    with pytest.raises(UserError, match="disk full while writing .* rerun the same command"):
+        run_scan(demo_data.listings, out, loaded, batch_size=2)
+    monkeypatch.undo()
+    assert 0 < _next_row(out) < 38 and not (out / "decisions.jsonl").exists()
+
+    written = outputs.DecisionWriter.write
+
+    def fills_up(self, *args, **kwargs):
+        if self.jsonl.handle.tell() > 2_000:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written(self, *args, **kwargs)
+
+    monkeypatch.setattr(outputs.DecisionWriter, "write", fills_up)
+    with pytest.raises(UserError, match="disk full"):
+        run_scan(demo_data.listings, out, loaded, batch_size=2)
+    monkeypatch.undo()
+    assert _next_row(out) == 38
+    assert sorted(p.name for p in out.iterdir()) == [STATE_DIR]  # no half-written output, no temporary file
+    resumed = run_scan(demo_data.listings, out, loaded, batch_size=2)
+    assert resumed.summary["resumed"] and decisions(out) == decisions(tmp_path / "clean")
+
+
+def test_damaged_progress_is_refused_with_the_restart_command(tmp_path, demo_data, loaded):
+    out = tmp_path / "out"
+    run_scan(demo_data.listings, out, loaded)
+    state = out / STATE_DIR / "state.sqlite"
+    db = sqlite3.connect(state)
+    db.execute("UPDATE rows SET hits = replace(hits, '0.', '0.1') WHERE row = 5")  # a flipped value
+    db.commit()
+    db.close()
+    with pytest.raises(UserError, match="row 5 fails its checksum.*--restart"):
+        run_scan(demo_data.listings, out, loaded)
+    db = sqlite3.connect(state)
+    db.execute("DELETE FROM rows WHERE row = 7")  # a lost row behind a resume point that says all is done
+    db.commit()
+    db.close()
+    with pytest.raises(UserError, match="records 37 rows of an input that has 38.*--restart"):
+        run_scan(demo_data.listings, out, loaded)
+    state.write_bytes(b"garbage" * 100)
+    with pytest.raises(UserError, match="damaged .*not a database.*--restart"):
+        run_scan(demo_data.listings, out, loaded)
+    again = run_scan(demo_data.listings, out, loaded, restart=True)
+    assert again.summary["listings"] == 38
+
+
 def test_cache_is_bounded(tmp_path):
     import numpy as np
 
@@ -251,6 +378,8 @@ def _next_row(out):
 
 
 def test_kill_and_resume_gives_the_same_decisions_as_a_clean_run(tmp_path, demo_data):
+    """SIGKILL at random rows, and once more as soon as every row is committed (while the outputs
+    are being written); the rerun must give exactly the clean run's decisions."""
     args = [str(demo_data.listings), "--index", str(tmp_path / "idx"), "--batch-size", "2", "--no-cache",
             "--device", "cpu"]
     built = run_cli("index", "build", str(demo_data.catalog), "--out", str(tmp_path / "idx"),
@@ -262,25 +391,27 @@ def test_kill_and_resume_gives_the_same_decisions_as_a_clean_run(tmp_path, demo_
     out = tmp_path / "killed"
     rng = random.Random(7)
     kills = 0
-    for _attempt in range(3):
-        target = _next_row(out) + rng.randint(2, 8)
+    for attempt in range(5):
+        target = 38 if attempt == 4 else min(37, _next_row(out) + rng.randint(2, 8))
         process = subprocess.Popen([sys.executable, "-m", "detector", "scan", *args, "--out", str(out)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 60
         while process.poll() is None and _next_row(out) < target and time.time() < deadline:
-            time.sleep(0.02)
+            time.sleep(0.01)
         if process.poll() is None:
             process.send_signal(signal.SIGKILL)
             kills += 1
         process.wait()
-    assert kills >= 2, "the scan finished before it could be killed"
-    if kills == 3:  # outputs appear only once every row is in: a killed scan leaves none half-written
-        assert not (out / "decisions.jsonl").exists()
+        if attempt < 4 and kills == attempt + 1:  # outputs appear only once every row is in
+            assert not (out / "decisions.jsonl").exists()
+    assert kills >= 4, "the scan finished before it could be killed"
     resumed = run_cli("scan", *args, "--out", str(out))
     assert resumed.returncode == 0, resumed.stderr
     assert "(resumed)" in resumed.stdout
-    assert decisions(out) == decisions(tmp_path / "clean")
-    assert len(decisions(out)) == 38
+    got = decisions(out)
+    assert got == decisions(tmp_path / "clean")
+    assert len(got) == len({d["listing_id"] for d in got}) == 38
+    assert not list(out.glob(".*.tmp-*"))  # a killed writer's temporary files are cleared
 
 
 def test_scan_cli_prints_counts_and_where_the_report_is(tmp_path, demo_data, demo_index):

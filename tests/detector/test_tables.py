@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from detector.tables import TableError, iter_listings, parse_price, read_authorized, read_catalog
+from detector.tables import (
+    TableError, count_rows, iter_listings, parse_price, read_authorized, read_catalog, table_columns,
+)
 
 HEADER = "listing_id,seller_id,title,price,currency,image\n"
 
@@ -145,3 +150,83 @@ def test_authorized_sellers(tmp_path):
     assert read_authorized(path) == {"B": {"s1", "s2"}, "C": {"s1"}}
     with pytest.raises(TableError, match="line 2"):
         read_authorized(write(tmp_path / "b.csv", "brand,seller_id\nB,\n"))
+
+
+# --- fuzzing: any file gives rows or one clean TableError, never another exception ------------
+
+COLUMNS = ["listing_id", "seller_id", "title", "price", "currency", "image"]
+CELL = st.one_of(
+    st.text(max_size=30),
+    st.sampled_from(["", "nan", "-1", "1e400", "1,234.5", "=1+1", '"', "\r\n", "\u202e", "\x00", "﻿"]),
+    st.floats(allow_nan=True, allow_infinity=True).map(str),
+)
+
+
+def read_everything(path):
+    """What a scan does with a table before it embeds anything."""
+    columns = table_columns(path)
+    count_rows(path)
+    rows = list(iter_listings(path))
+    assert [r.row for r in rows] == list(range(len(rows)))
+    for r in rows:
+        assert isinstance(r.listing_id, str) and r.listing_id
+        assert r.price is None or (0 <= r.price and r.price == r.price)
+        assert r.error is None or isinstance(r.error, str)
+    return columns, rows
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    header=st.lists(st.sampled_from([*COLUMNS, "extra", "", "listing_id "]), max_size=8),
+    body=st.lists(st.lists(CELL, max_size=8), max_size=6),
+    delimiter=st.sampled_from([",", ";", "\t"]),
+    bom=st.booleans(),
+)
+def test_fuzzed_csv_gives_rows_or_a_clean_error(tmp_path, header, body, delimiter, bom):
+    path = tmp_path / "fuzz.csv"
+    with open(path, "w", newline="", encoding="utf-8-sig" if bom else "utf-8") as fh:
+        writer = csv.writer(fh, delimiter=delimiter)
+        writer.writerow(header)
+        writer.writerows(body)
+    try:
+        read_everything(path)
+    except TableError:
+        pass
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=400), suffix=st.sampled_from([".csv", ".jsonl", ".parquet"]))
+def test_fuzzed_bytes_give_rows_or_a_clean_error(tmp_path, data, suffix):
+    path = tmp_path / f"fuzz{suffix}"
+    path.write_bytes(HEADER.encode() + data if suffix == ".csv" and data[:1] != b"\x00" else data)
+    try:
+        read_everything(path)
+    except TableError:
+        pass
+
+
+JSON_VALUE = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=20)),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(records=st.lists(st.one_of(JSON_VALUE, st.dictionaries(st.sampled_from(COLUMNS), JSON_VALUE)), max_size=6))
+def test_fuzzed_json_lines_give_one_row_each(tmp_path, records):
+    path = tmp_path / "fuzz.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    _, rows = read_everything(path)
+    assert len(rows) == len(records)
+
+
+def test_a_giant_field_is_one_bad_row_not_a_failed_table(tmp_path):
+    long_title, giant_title = "x" * 300_000, "y" * 2_000_000
+    path = write(tmp_path / "l.csv", HEADER + f"A,s,{long_title},1,USD,a.jpg\nB,s,{giant_title},1,USD,b.jpg\n"
+                 "C,s,ok,1,USD,c.jpg\n")
+    rows = list(iter_listings(path))
+    assert [r.listing_id for r in rows] == ["A", "(line 3)", "C"]
+    assert rows[0].error is None and len(rows[0].title) == 10_000  # long text is cut, not refused
+    assert "malformed CSV row (field larger than field limit" in rows[1].error
+    assert rows[2].error is None

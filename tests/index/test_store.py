@@ -104,3 +104,13 @@ def test_an_index_folder_that_is_a_file_is_a_clear_error(tmp_path):
     with pytest.raises(IndexStoreError, match="cannot use .* as an index folder"):
         with store.build_lock(target):
             pass
+
+
+def test_an_edited_or_bit_flipped_manifest_is_refused(tmp_path):
+    write_index(tmp_path, [entry("A", 4)], FP, "fp1")
+    path = tmp_path / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["counts"]["vectors"] += 1  # still valid JSON, silently different without a checksum
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(IndexStoreError, match="manifest.json is corrupt .*rebuild with: counterfeit index build"):
+        load_index(tmp_path)
