@@ -15,6 +15,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Optional
 
+import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -54,6 +55,11 @@ class Backend(str, Enum):
     onnx = "onnx"
 
 
+class Engine(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
 BACKEND_HELP = "How the network runs: auto = ONNX Runtime on CPU when it matches torch to 1e-4, else torch."
 
 
@@ -74,6 +80,8 @@ def friendly_errors(command):
 
         try:
             return command(*args, **kwargs)
+        except (typer.Exit, click.exceptions.ClickException):  # an inner command has already reported
+            raise
         except (UserError, IndexStoreError) as exc:
             err.print(f"[bold red]error:[/] {escape(str(exc))}")
             raise typer.Exit(2) from None
@@ -282,11 +290,15 @@ def scan(
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip geometric verification (similarity alone decides the visual match)."),
     allow_outside_paths: bool = typer.Option(False, "--allow-outside-paths", help="Trust image paths that are absolute or lead outside the listing table's folder."),
     restart: bool = typer.Option(False, "--restart", help="Discard OUT_DIR's earlier progress instead of resuming it."),
+    engine: Engine = typer.Option(Engine.local, "--engine", help="local: this process. ray: a Ray Data actor pool (pip install -e '.[ray]'); same decisions, same outputs; no embedding cache."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join (e.g. ray://head:10001 or auto); default: start Ray on this machine."),
+    ray_actors: Optional[int] = typer.Option(None, "--ray-actors", min=1, max=100_000, help="Ray actors embedding in parallel; default: one per GPU, else one per two CPUs."),
 ) -> None:
     """Scan a night's listings: flag those whose photo matches a protected product and whose
     price, seller or title is inconsistent with it. Every listing gets exactly one decision.
 
-    A killed scan resumes when the same command is run again.
+    A killed scan resumes when the same command is run again. With --engine ray the
+    reading, decoding, embedding and search run on a Ray cluster; deciding and writing stay here.
     """
     from detector.cache import EmbeddingCache, default_cache_path
     from detector.matches import open_index
@@ -296,10 +308,20 @@ def scan(
 
     policy = load_policy(policy_file)
     override = read_authorized(authorized) if authorized else None
-    index, model = open_index(index_dir, embedder=embedder, device=device.value, backend=backend.value)
-    store = None if no_cache else EmbeddingCache(cache or default_cache_path(), cache_key(model), model.dim)
+    on_ray = engine == Engine.ray
+    if on_ray:
+        from detector.ray_engine import import_ray
+
+        import_ray()  # a missing Ray is a clear error before anything loads
+        if cache is not None:
+            err.print("[yellow]note:[/] --engine ray does not use the embedding cache; --cache is ignored")
+    # with Ray, this process only decides: the model runs in the actors, on --device
+    index, model = open_index(index_dir, embedder=embedder, device="cpu" if on_ray else device.value,
+                              backend=backend.value)
+    store = None if no_cache or on_ray else EmbeddingCache(cache or default_cache_path(), cache_key(model), model.dim)
     options = ScanOptions(batch_size=batch_size, workers=workers, top_k=top_k, verify=not no_verify,
-                          allow_outside=allow_outside_paths, restart=restart, cache=store)
+                          allow_outside=allow_outside_paths, restart=restart, cache=store, engine=engine.value,
+                          device=device.value, backend=backend.value, ray_address=address, ray_actors=ray_actors)
     try:
         with progress_bar() as bar:
             task = bar.add_task("scanning", total=None, rate="")
@@ -361,7 +383,8 @@ def demo(
                 allow_outside_paths=False, batch_size=32, workers=2)
     scan(listings=data.listings, index_dir=index_dir, out_dir=scan_dir, authorized=None, policy_file=None,
          device=device, backend=Backend.auto, batch_size=32, workers=2, top_k=5, embedder=None, cache=out_dir / "cache.sqlite",
-         no_cache=False, no_verify=False, allow_outside_paths=False, restart=True)
+         no_cache=False, no_verify=False, allow_outside_paths=False, restart=True, engine=Engine.local, address=None,
+         ray_actors=None)
     out.print(
         "\nNext: open the report in a browser, or try one photo:\n"
         f"  counterfeit lookup {escape(str(data.folder / 'listings' / 'D000.jpg'))} --index {escape(str(index_dir))}"

@@ -21,38 +21,32 @@ import os
 import sqlite3
 import time
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-import numpy as np
-
-from detector.batching import Embedded, Prepared, embed_stream
 from detector.cache import EmbeddingCache
 from detector.embedders import Embedder
 from detector.errors import UserError
-from detector.images import ImageError, decode_image, read_image_bytes, resolve_image_path
-from detector.matches import ReferenceFeatures, authorized_sellers, candidates, search_views, to_verify, verify_hits
+from detector.evidence import EvidenceMaker
+from detector.matches import authorized_sellers, candidates
 from detector.outputs import DecisionWriter, wilson_interval, write_json
 from detector.policy import CLEAR, ERROR, FLAGGED, Listing, Policy, combine, decide, error_decision
 from detector.report import REPORT_LIMIT, write_report
 from detector.tables import LISTING_REQUIRED, ListingRow, count_rows, iter_listings, require_columns, table_columns
-from detector.verify import VERIFIER_ID, extract_query
-from detector.views import VIEWS_ID, listing_views
+from detector.verify import VERIFIER_ID
+from detector.views import VIEWS_ID
 from index.search import Hit
 from index.store import ReferenceIndex
 
 STATE_DIR = ".scan"
-RECENT_PHOTOS = 2_000
-"""Vectors of this many recently embedded photos stay in memory, so a photo repeated across a
-dump's rows is embedded once even without a cache (about 60 MB at six 1280-d views each)."""
 STATE_VERSION = 3
 
 
 @dataclass
 class ScanOptions:
-    """How to run a scan (none of these change its decisions except ``top_k`` and ``allow_outside``)."""
+    """How to run a scan (none of these change its decisions except ``top_k``, ``verify`` and
+    ``allow_outside``). ``engine`` is ``local`` or ``ray``; ``device`` and ``backend`` are what Ray actors use."""
 
     batch_size: int = 32
     workers: int = 2
@@ -61,6 +55,11 @@ class ScanOptions:
     allow_outside: bool = False
     restart: bool = False
     cache: EmbeddingCache | None = None
+    engine: str = "local"
+    device: str = "auto"
+    backend: str = "auto"
+    ray_address: str | None = None
+    ray_actors: int | None = None
 
 
 @dataclass
@@ -136,18 +135,28 @@ class ScanState:
     def put(self, key: str, value) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
 
-    def commit_batch(self, records: list[tuple], next_row: int) -> None:
-        """Record a batch of rows and the resume point in one transaction."""
+    def commit_batch(self, records: list[tuple], next_row: int | None = None) -> None:
+        """Record a batch of rows and the resume point in one transaction. Rows that arrive in
+        any order (the Ray engine) leave the resume point alone: that engine sends what is missing."""
         sealed = [(*record, _row_crc(record)) for record in records]
         self.db.execute("BEGIN IMMEDIATE")
         try:
             self.db.executemany("INSERT OR REPLACE INTO rows VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", sealed)
-            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('next_row', ?)", (json.dumps(next_row),))
+            if next_row is not None:
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('next_row', ?)", (json.dumps(next_row),))
             self.db.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
                 self.db.execute("ROLLBACK")
             raise
+
+    def recorded(self) -> int:
+        """How many rows are recorded."""
+        return self.db.execute("SELECT COUNT(*) FROM rows").fetchone()[0]
+
+    def recorded_rows(self) -> set[int]:
+        """The numbers of the rows already recorded."""
+        return {row for (row,) in self.db.execute("SELECT row FROM rows")}
 
     def check_complete(self, rows_in_input: int) -> None:
         """Every input row is recorded once: no gaps, nothing beyond the input."""
@@ -248,11 +257,17 @@ def scan(
                     f"{out_dir} holds a scan of different input (changed: {changed}); "
                     "pass --restart to discard it, or choose another --out"
                 )
-            resumed = earlier is not None and state.get("next_row", 0) > 0
+            resumed = earlier is not None and state.recorded() > 0
             state.put("identity", identity)
             if state.get("started") is None:
                 state.put("started", _now())
-            stats = _embed_rows(listings, index, embedder, state, options, on_progress)
+            if options.engine == "ray":
+                from detector.ray_engine import run_on_ray
+
+                stats = _new_stats()
+                run_on_ray(listings, index, embedder, state, options, listing_root(listings), stats, on_progress)
+            else:
+                stats = _embed_rows(listings, index, embedder, state, options, on_progress)
             state.check_complete(stats["rows_in_input"])
             embed_seconds = time.monotonic() - started
             return _finalise(listings, index, embedder, policy, out_dir, state, authorized_override,
@@ -275,84 +290,10 @@ def scan(
 
 
 def _embed_rows(listings, index, embedder, state: ScanState, options: ScanOptions, on_progress) -> dict:
-    """Phase 1: every row not yet committed → nearest references in the state database."""
-    root = listings.resolve() if listings.is_dir() else listings.resolve().parent
+    """Phase 1, in this process: every row not yet committed → evidence in the state database."""
     next_row = state.get("next_row", 0)
     total = None if listings.is_dir() else count_rows(listings)
-    cache = options.cache
-    recent: dict[str, np.ndarray] = {}
-    stats = {"rows": 0, "embedded": 0, "cache_hits": 0, "errors": 0, "rows_in_input": 0}
-
-    def prepare(row: ListingRow) -> Prepared:
-        if row.error:
-            raise ImageError("bad_row", row.error)
-        path = resolve_image_path(row.image, root, allow_outside=options.allow_outside)
-        data = read_image_bytes(path)
-        digest = hashlib.sha256(data).hexdigest()
-        vector = recent.get(digest)
-        if vector is None and cache is not None:
-            vector = cache.get(digest)
-        if vector is not None:
-            return Prepared(vector=vector, info=(digest, str(path), None))
-        image = decode_image(data, draft=embedder.decode_size)
-        local = extract_query(image) if options.verify else None
-        return Prepared(array=embedder.preprocess_views(listing_views(image)), info=(digest, str(path), local))
-
-    references = ReferenceFeatures(index)
-
-    def verify(result: Embedded[ListingRow], hits: list[Hit]) -> dict[Hit, int | None]:
-        """Matching keypoints against the closest references, from the cache where known."""
-        digest, path, local = result.info
-        reference_of = {hit: index.product(hit)["image_sha256"] for hit in to_verify(hits)}
-        known, missing = {}, []
-        for hit, ref in reference_of.items():
-            found, inliers = cache.get_inliers(VERIFIER_ID, digest, ref) if cache is not None else (False, None)
-            if found:
-                known[hit] = inliers
-            else:
-                missing.append(hit)
-        if missing:
-            try:
-                if local is None:  # an embedding-cache hit: decode once more for its keypoints
-                    local = extract_query(decode_image(read_image_bytes(Path(path)), draft=embedder.decode_size))
-                fresh = verify_hits(local, missing, references)
-            except ImageError:
-                fresh = {}
-            known.update(fresh)
-            if cache is not None:
-                cache.put_inliers(VERIFIER_ID, {(digest, reference_of[h]): n for h, n in fresh.items()})
-        return known
-
-    def flush(batch: list[Embedded[ListingRow]]) -> None:
-        found = [r for r in batch if r.vector is not None]
-        hits = search_views(index, [r.vector for r in found], options.top_k)
-        hits_of = {id(r): h for r, h in zip(found, hits)}
-        inliers_of = {}
-        if options.verify and found:
-            inliers_of = dict(zip((id(r) for r in found), verify_pool.map(verify, found, hits)))
-        fresh = {r.info[0]: r.vector for r in found if r.computed}
-        if cache is not None:
-            cache.put_many(fresh)
-        if len(recent) > RECENT_PHOTOS:
-            recent.clear()
-        recent.update(fresh)
-        records = []
-        for r in batch:
-            row = r.item
-            digest, path, _ = r.info if r.info else (None, None, None)
-            error = str(r.error) if r.error else None
-            verified = inliers_of.get(id(r), {})
-            hit_list = [[h.brand, h.row, round(h.similarity, 6), verified.get(h)] for h in hits_of.get(id(r), [])]
-            records.append((row.row, row.listing_id, row.line, row.seller_id, row.title, row.price, row.currency,
-                            row.image, path, error, json.dumps(row.notes), digest,
-                            None if error else json.dumps(hit_list)))
-        state.commit_batch(records, batch[-1].item.row + 1)
-        stats["rows"] += len(batch)
-        stats["embedded"] += sum(r.computed for r in batch)
-        stats["cache_hits"] += sum(1 for r in found if not r.computed)
-        stats["errors"] += sum(r.error is not None for r in batch)
-        if on_progress:
-            on_progress(batch[-1].item.row + 1, total)
+    stats = _new_stats()
 
     def pending() -> Iterator[ListingRow]:
         for row in iter_listings(listings):
@@ -360,20 +301,26 @@ def _embed_rows(listings, index, embedder, state: ScanState, options: ScanOption
             if row.row >= next_row:
                 yield row
 
-    rows = pending()
+    maker = EvidenceMaker(index, embedder, listing_root(listings), cache=options.cache, verify=options.verify,
+                          top_k=options.top_k, allow_outside=options.allow_outside, workers=options.workers)
     if on_progress:
         on_progress(next_row, total)
-    batch: list[Embedded[ListingRow]] = []
-    with ThreadPoolExecutor(max_workers=max(1, options.workers), thread_name_prefix="verify") as verify_pool:
-        for result in embed_stream(embedder, rows, prepare, batch_size=options.batch_size, workers=options.workers):
-            batch.append(result)
-            if len(batch) >= options.batch_size:
-                flush(batch)
-                batch = []
-        if batch:
-            flush(batch)
-    stats["cache_damaged"] = cache.damaged if cache is not None else None
+    for counted in maker.batches(pending(), options.batch_size):
+        state.commit_batch(counted.records, counted.records[-1].row + 1)
+        counted.add_to(stats)
+        if on_progress:
+            on_progress(counted.records[-1].row + 1, total)
+    stats["cache_damaged"] = options.cache.damaged if options.cache is not None else None
     return stats
+
+
+def listing_root(listings: Path) -> Path:
+    """The folder image paths are relative to: the table's folder, or the scanned folder itself."""
+    return listings.resolve() if listings.is_dir() else listings.resolve().parent
+
+
+def _new_stats() -> dict:
+    return {"rows": 0, "embedded": 0, "cache_hits": 0, "errors": 0, "rows_in_input": 0, "cache_damaged": None}
 
 
 def _finalise(listings, index, embedder, policy, out_dir, state, authorized_override, stats, embed_seconds,

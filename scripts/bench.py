@@ -132,18 +132,38 @@ def stages(photo_paths: list[Path], index_dir: Path) -> dict:
 
 
 def run_measured(command: list[str]) -> tuple[float, int]:
-    """Run a command; return its wall seconds and peak resident memory in bytes."""
+    """Run a command; return its wall seconds and peak resident memory in bytes.
+
+    The peak is the child's own VmHWM, polled from /proc. The rusage of ``wait4`` would not do:
+    Linux carries the parent's peak into a child at fork and exec, so a child of this large
+    process would report this process's memory, not its own.
+    """
     import tempfile
 
     with tempfile.TemporaryFile("w+") as errors:  # a file, not a pipe: a chatty child cannot block on it
         start = time.perf_counter()
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=errors, text=True)
-        _, status, usage = os.wait4(process.pid, 0)
+        peak = 0
+        while process.poll() is None:
+            peak = max(peak, _peak_rss(process.pid))
+            time.sleep(0.05)
         wall = time.perf_counter() - start
-        if os.waitstatus_to_exitcode(status) != 0:
+        if process.returncode != 0:
             errors.seek(0)
             raise SystemExit(f"failed: {' '.join(command)}\n{errors.read()}")
-    return wall, usage.ru_maxrss * 1024
+    return wall, peak
+
+
+def _peak_rss(pid: int) -> int:
+    """The process's peak resident memory in bytes (VmHWM), or 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def scans(catalog: Path, authorized: Path, table: Path, work: Path) -> dict:

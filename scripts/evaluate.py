@@ -146,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--keep-cache", action="store_true", help="reuse the embedding cache of an earlier run")
     parser.add_argument("--no-verify", action="store_true", help="scan without geometric verification")
+    parser.add_argument("--engine", choices=["local", "ray"], default="local",
+                        help="scan engine; ray starts a local Ray instance unless --address is given")
+    parser.add_argument("--address", help="Ray cluster address for --engine ray")
     parser.add_argument("--sweep", action="store_true",
                         help="also re-decide the same scan with every threshold shifted by -0.10..+0.10 (no re-embedding)")
     parser.add_argument("--sweep-verify", action="store_true",
@@ -165,7 +168,11 @@ def main(argv: list[str] | None = None) -> int:
                           "--authorized", str(bench / "authorized.csv"), "--embedder", args.embedder,
                           "--device", args.device])
     scan_cmd = cli + ["scan", str(bench / "listings.csv"), "--index", str(index_dir), "--out", str(scan_dir),
-                      "--cache", str(cache), "--device", args.device]
+                      "--device", args.device, "--engine", args.engine]
+    if args.engine == "local":
+        scan_cmd += ["--cache", str(cache)]
+    if args.address:
+        scan_cmd += ["--address", args.address]
     if args.policy:
         scan_cmd += ["--policy", str(args.policy)]
     if args.no_verify:

@@ -214,7 +214,7 @@ def test_warm_cache_rescan_embeds_nothing(tmp_path, demo_data, loaded):
 
 def test_warm_rescan_decodes_nothing(tmp_path, demo_data, loaded, monkeypatch):
     """Embeddings and verification outcomes both come from the cache: no photo is decoded."""
-    import detector.scanner as scanner
+    import detector.evidence as evidence
 
     index, embedder = loaded
     cache = EmbeddingCache(tmp_path / "cache.sqlite", cache_key(embedder), embedder.dim)
@@ -223,7 +223,7 @@ def test_warm_rescan_decodes_nothing(tmp_path, demo_data, loaded, monkeypatch):
     def no_decoding(*args, **kwargs):
         raise AssertionError("a warm rescan decoded a photo")
 
-    monkeypatch.setattr(scanner, "decode_image", no_decoding)
+    monkeypatch.setattr(evidence, "decode_image", no_decoding)
     run_scan(demo_data.listings, tmp_path / "warm", loaded, cache=cache)
     assert decisions(tmp_path / "cold") == decisions(tmp_path / "warm")
     assert any(d["inliers"] for d in decisions(tmp_path / "warm"))

@@ -1,0 +1,126 @@
+"""`scan --engine ray`: the same decisions and outputs as the local engine, on a local 2-CPU Ray
+instance, also when Ray loses a worker mid-scan."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from detector.matches import open_index
+from detector.policy import load_policy
+from detector.scanner import STATE_DIR, ScanOptions, scan
+from tests.conftest import run_cli
+from tests.detector.test_scanner import hostile_dump
+
+ray = pytest.importorskip("ray", reason="the Ray engine needs the [ray] extra")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def loaded(demo_index):
+    return open_index(demo_index, device="cpu")
+
+
+def run(listings, out, loaded, **options):
+    index, embedder = loaded
+    return scan(listings, index, embedder, load_policy(), out, options=ScanOptions(**options))
+
+
+def outputs(out):
+    return {name: (out / name).read_text(encoding="utf-8") for name in ("decisions.jsonl", "flagged.csv")}
+
+
+def test_ray_and_local_engines_give_identical_outputs(tmp_path, demo_data, loaded, local_ray):
+    listings, expected = hostile_dump(tmp_path, demo_data)  # the demo plus rows that end as errors
+    local = run(listings, tmp_path / "local", loaded, batch_size=4)
+    on_ray = run(listings, tmp_path / "ray", loaded, batch_size=4, engine="ray", ray_actors=2)
+    assert outputs(tmp_path / "ray") == outputs(tmp_path / "local")
+    assert on_ray.summary["verdicts"] == local.summary["verdicts"]
+    assert on_ray.summary["listings"] == expected
+    assert on_ray.summary["this_run"]["rows_processed"] == local.summary["this_run"]["rows_processed"]
+
+
+def _repeated_dump(tmp_path, demo_data, copies):
+    """The demo's listings ``copies`` times over, under fresh ids: a dump that takes a while."""
+    with open(demo_data.listings, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    path = demo_data.listings.parent / f"repeated-{copies}.csv"
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for copy in range(copies):
+            writer.writerows({**row, "listing_id": f"{row['listing_id']}-{copy}"} for row in rows)
+    return path
+
+
+def _actor_pids():
+    """Processes of this machine running an evidence actor (Ray names them in their title)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            title = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if title.startswith("ray::") and "EvidenceActor" in title:
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_a_killed_ray_worker_is_retried_without_lost_or_duplicated_decisions(tmp_path, demo_data, loaded, local_ray):
+    listings = _repeated_dump(tmp_path, demo_data, 3)
+    run(listings, tmp_path / "local", loaded, batch_size=2)
+    out = tmp_path / "ray"
+    killed = []
+
+    def kill_a_worker_once_work_is_under_way():
+        deadline = time.time() + 120
+        while time.time() < deadline and not killed:
+            state = out / STATE_DIR / "state.sqlite"
+            if state.exists() and _rows(state) >= 10:
+                for pid in _actor_pids()[:1]:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+            time.sleep(0.1)
+
+    killer = threading.Thread(target=kill_a_worker_once_work_is_under_way)
+    killer.start()
+    result = run(listings, out, loaded, batch_size=2, engine="ray", ray_actors=1)
+    killer.join()
+    assert killed, "no Ray worker was found to kill"
+    got = [json.loads(line) for line in (out / "decisions.jsonl").read_text().splitlines()]
+    assert len(got) == len({d["listing_id"] for d in got}) == 3 * 38 == result.summary["listings"]
+    assert outputs(out) == outputs(tmp_path / "local")
+
+
+def _rows(state):
+    import sqlite3
+
+    try:
+        db = sqlite3.connect(f"file:{state}?mode=ro", uri=True, timeout=0.1)
+        (count,) = db.execute("SELECT COUNT(*) FROM rows").fetchone()
+        db.close()
+        return count
+    except sqlite3.Error:
+        return 0
+
+
+def test_the_cli_runs_a_scan_on_ray(tmp_path, demo_data, demo_index):
+    result = run_cli("scan", str(demo_data.listings), "--index", str(demo_index), "--out", str(tmp_path / "o"),
+                     "--engine", "ray", "--ray-actors", "1", "--cache", str(tmp_path / "c.sqlite"))
+    assert result.returncode == 0, result.stderr
+    assert "38 listings:" in result.stdout
+    assert "--engine ray does not use the embedding cache" in result.stderr
+    assert not (tmp_path / "c.sqlite").exists()
