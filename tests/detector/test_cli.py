@@ -145,3 +145,11 @@ def test_demo_runs_the_whole_job(tmp_path):
     flagged = sum(1 for line in (tmp_path / "demo" / "scan" / "decisions.jsonl").read_text().splitlines()
                   if '"verdict": "flagged"' in line)
     assert flagged > 0
+
+
+def test_the_ray_engine_without_ray_installed_says_how_to_get_it(demo_index, demo_data, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` meets when Ray is not installed
+    result = invoke("scan", demo_data.listings, "--index", demo_index, "--out", tmp_path / "o", "--engine", "ray")
+    assert result.exit_code == 2
+    assert "--engine ray needs Ray Data: pip install -e '.[ray]'" in result.output
+    assert not (tmp_path / "o").exists()
