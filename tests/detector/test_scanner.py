@@ -64,6 +64,9 @@ def hostile_dump(tmp_path, demo_data):
         # a listing with two photos, one broken and one a cheap copy: the copy flags it
         ["X9", "rogue", "two photos", "5", "USD", "listings/absent.jpg"],
         ["X9", "rogue", "two photos", "5", "USD", "listings/D000.jpg"],
+        # one listing_id, two rows that disagree on seller and price: the riskier row decides
+        ["X10", "shop-000", "twin", "900", "USD", "listings/D000.jpg"],
+        ["X10", "rogue", "twin", "5", "USD", "listings/D000.jpg"],
     ]
     with open(folder / "listings.csv", "w", newline="") as fh:
         csv.writer(fh).writerows([HEADER, *rows])
@@ -91,6 +94,8 @@ def test_every_listing_appears_exactly_once_with_errors_as_data(tmp_path, demo_d
     assert by_id["X8"]["seller_authorized"] is None
     assert by_id["X9"]["verdict"] == "flagged" and by_id["X9"]["photos"] == 2
     assert any("1 of 2 photos could not be read" in r for r in by_id["X9"]["reasons"])
+    assert by_id["X10"]["verdict"] == "flagged" and by_id["X10"]["seller_id"] == "rogue"
+    assert any("disagree on seller, price or currency" in r for r in by_id["X10"]["reasons"])
     # the demo's own listings are unaffected by their hostile neighbours
     truth = {r["listing_id"]: r for r in csv.DictReader(open(demo_data.truth))}
     for listing_id, row in truth.items():
