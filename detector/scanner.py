@@ -1,11 +1,11 @@
-"""The local scan engine: stream listing rows → read and decode → embed (cache first) → search →
-decide → write outputs.
+"""A scan: stream listing rows → evidence (read, decode, embed, search, verify; in this process,
+or on Ray with ``engine="ray"``) → progress database → decisions → outputs.
 
 Progress lives in ``OUT_DIR/.scan/state.sqlite``: every processed row with its nearest
-references, committed batch by batch. Rerunning the same command after a kill (SIGKILL
-included) continues after the last committed batch. Decisions are made from that state once
-every row is in, so a resumed scan writes exactly what an uninterrupted one would, and every
-input listing appears exactly once.
+references and a checksum, committed batch by batch. Rerunning the same command after a kill
+(SIGKILL included) continues where the committed rows end. Decisions are made from that state
+once every row is in and checked present, so a resumed scan writes exactly what an
+uninterrupted one would, and every input listing appears exactly once.
 """
 
 from __future__ import annotations
