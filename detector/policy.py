@@ -235,13 +235,20 @@ def error_decision(listing: Listing, message: str) -> Decision:
         error=message,
         seller_id=listing.seller_id,
         title=listing.title,
-        price=listing.price,
+        price=_usable_price(listing.price),
         currency=listing.currency,
     )
 
 
 def _price_ratio(listing: Listing, cand: Candidate, policy: Policy) -> tuple[float | None, str | None]:
     """The listing price over the catalogue price, or ``None`` with a note saying why not."""
+    ratio, why = _raw_price_ratio(listing, cand, policy)
+    if ratio is not None and not math.isfinite(ratio):
+        return None, "price ratio is out of range; price not compared"
+    return ratio, why
+
+
+def _raw_price_ratio(listing: Listing, cand: Candidate, policy: Policy) -> tuple[float | None, str | None]:
     if listing.price is None:
         already = any(note.endswith("price not compared") for note in listing.notes)
         return None, None if already else "no price given; price not compared"
