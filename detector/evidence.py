@@ -13,7 +13,7 @@ import hashlib
 import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable, Iterator, NamedTuple
+from typing import Callable, Iterable, Iterator, NamedTuple
 
 import numpy as np
 
@@ -27,7 +27,7 @@ from detector.images import (
     resolve_image_path,
 )
 from detector.matches import ReferenceFeatures, search_views, to_verify, verify_hits
-from detector.tables import ListingRow
+from detector.tables import ListingRow, iter_listings
 from detector.verify import VERIFIER_ID, extract_query
 from detector.views import listing_views
 from index.search import Hit
@@ -71,6 +71,15 @@ class Counted(NamedTuple):
         stats["embedded"] += self.embedded
         stats["cache_hits"] += self.cache_hits
         stats["errors"] += self.errors
+
+
+def pending_rows(listings: Path, wanted: Callable[[int], bool], stats: dict) -> Iterator[ListingRow]:
+    """The table's rows whose number is ``wanted`` (not yet recorded), counting every row read
+    into ``stats["rows_in_input"]`` so the caller can check nothing was skipped."""
+    for row in iter_listings(listings):
+        stats["rows_in_input"] = row.row + 1
+        if wanted(row.row):
+            yield row
 
 
 class EvidenceMaker:

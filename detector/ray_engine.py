@@ -23,8 +23,8 @@ from typing import Callable, Iterator
 import numpy as np
 
 from detector.errors import UserError
-from detector.evidence import Counted, Evidence, EvidenceMaker
-from detector.tables import ListingRow, count_rows, iter_listings
+from detector.evidence import Counted, Evidence, EvidenceMaker, pending_rows
+from detector.tables import ListingRow, count_rows
 
 CHUNK_ROWS = 20_000
 """Rows handed to Ray at a time: the driver holds one chunk of rows in memory, never the dump."""
@@ -85,7 +85,7 @@ def run_on_ray(listings: Path, index, embedder, state, options, root: Path, stat
                            device="cuda" if gpus else "cpu",
                            backend=options.backend, root=str(root), verify=options.verify, top_k=options.top_k,
                            allow_outside=options.allow_outside, workers=options.workers)
-        for chunk in _chunks(_pending(listings, done, stats), CHUNK_ROWS):
+        for chunk in _chunks(pending_rows(listings, lambda row: row not in done, stats), CHUNK_ROWS):
             dataset = ray.data.from_items([{"listing": json.dumps(dataclasses.asdict(r))} for r in chunk])
             evidence = dataset.map_batches(
                 EvidenceActor, fn_constructor_kwargs=constructor, batch_size=options.batch_size,
@@ -110,13 +110,6 @@ def _quiet(ray) -> None:
     logging.getLogger("ray.data").setLevel(logging.ERROR)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
-
-
-def _pending(listings: Path, done: set[int], stats: dict) -> Iterator[ListingRow]:
-    for row in iter_listings(listings):
-        stats["rows_in_input"] = row.row + 1
-        if row.row not in done:
-            yield row
 
 
 def _chunks(rows: Iterator[ListingRow], size: int) -> Iterator[list[ListingRow]]:

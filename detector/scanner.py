@@ -28,12 +28,12 @@ from typing import Callable, Iterator
 from detector.cache import EmbeddingCache
 from detector.embedders import Embedder
 from detector.errors import UserError
-from detector.evidence import EvidenceMaker
+from detector.evidence import EvidenceMaker, pending_rows
 from detector.matches import authorized_sellers, candidates
 from detector.outputs import DecisionWriter, wilson_interval, write_json
 from detector.policy import CLEAR, ERROR, FLAGGED, Listing, Policy, combine, decide, error_decision
 from detector.report import REPORT_LIMIT, write_report
-from detector.tables import LISTING_REQUIRED, ListingRow, count_rows, iter_listings, require_columns, table_columns
+from detector.tables import LISTING_REQUIRED, count_rows, require_columns, table_columns
 from detector.verify import VERIFIER_ID
 from detector.views import VIEWS_ID
 from index.search import Hit
@@ -160,11 +160,10 @@ class ScanState:
 
     def check_complete(self, rows_in_input: int) -> None:
         """Every input row is recorded once: no gaps, nothing beyond the input."""
-        count, first, last = self.db.execute("SELECT COUNT(*), MIN(row), MAX(row) FROM rows").fetchone()
-        if rows_in_input and (count, first, last) != (rows_in_input, 0, rows_in_input - 1) or (
-            not rows_in_input and count
-        ):
-            raise StateDamaged(f"it records {count:,} rows of an input that has {rows_in_input:,}")
+        found = self.db.execute("SELECT COUNT(*), MIN(row), MAX(row) FROM rows").fetchone()
+        expected = (rows_in_input, 0, rows_in_input - 1) if rows_in_input else (0, None, None)
+        if tuple(found) != expected:
+            raise StateDamaged(f"it records {found[0]:,} rows of an input that has {rows_in_input:,}")
 
     def listings(self) -> Iterator[tuple[str, list[sqlite3.Row]]]:
         """Each listing's rows, listings in order of first appearance in the input."""
@@ -295,17 +294,12 @@ def _embed_rows(listings, index, embedder, state: ScanState, options: ScanOption
     total = None if listings.is_dir() else count_rows(listings)
     stats = _new_stats()
 
-    def pending() -> Iterator[ListingRow]:
-        for row in iter_listings(listings):
-            stats["rows_in_input"] = row.row + 1
-            if row.row >= next_row:
-                yield row
-
     maker = EvidenceMaker(index, embedder, listing_root(listings), cache=options.cache, verify=options.verify,
                           top_k=options.top_k, allow_outside=options.allow_outside, workers=options.workers)
     if on_progress:
         on_progress(next_row, total)
-    for counted in maker.batches(pending(), options.batch_size):
+    rows = pending_rows(listings, lambda row: row >= next_row, stats)
+    for counted in maker.batches(rows, options.batch_size):
         state.commit_batch(counted.records, counted.records[-1].row + 1)
         counted.add_to(stats)
         if on_progress:
