@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from detector.errors import UserError
+from detector.errors import UserError, disk_full
 from detector.paths import cache_dir
 from detector.views import LISTING_VIEWS
 
@@ -30,10 +30,6 @@ DEFAULT_MAX_BYTES = 4 << 30
 
 def _verification_crc(verifier: str, digest: str, reference: str, inliers: int | None) -> int:
     return zlib.crc32(f"{verifier}|{digest}|{reference}|{inliers}".encode())
-
-
-def _full(exc: sqlite3.Error) -> bool:
-    return "full" in str(exc)
 
 
 def default_cache_path() -> Path:
@@ -183,7 +179,7 @@ class EmbeddingCache:
         try:
             action()
         except sqlite3.DatabaseError as exc:
-            if _full(exc):
+            if disk_full(exc):
                 raise UserError(f"cannot write the embedding cache {self.path}: {exc}") from None
             self._give_up(exc)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import errno
 import fcntl
 import hashlib
 import heapq
@@ -27,7 +26,7 @@ from typing import Callable, Iterator
 
 from detector.cache import EmbeddingCache
 from detector.embedders import Embedder
-from detector.errors import UserError
+from detector.errors import UserError, disk_full
 from detector.evidence import EvidenceMaker, pending_rows
 from detector.matches import authorized_sellers, candidates
 from detector.outputs import DecisionWriter, wilson_interval, write_json
@@ -78,12 +77,6 @@ def cache_key(embedder: Embedder) -> str:
 
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
-
-
-def _disk_full(exc: BaseException) -> bool:
-    return (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or (
-        isinstance(exc, sqlite3.OperationalError) and "full" in str(exc)
-    )
 
 
 def _identity(listings: Path, index: ReferenceIndex, embedder: Embedder, options: ScanOptions) -> dict:
@@ -272,7 +265,7 @@ def scan(
             return _finalise(listings, index, embedder, policy, out_dir, state, authorized_override,
                              stats, embed_seconds, started, resumed)
         except (OSError, sqlite3.DatabaseError, StateDamaged) as exc:
-            if _disk_full(exc):
+            if disk_full(exc):
                 raise UserError(
                     f"disk full while writing {out_dir}; free some space and rerun the same command"
                     " to resume from the last committed batch"
