@@ -22,7 +22,7 @@ import numpy as np
 FLAT_MAX = 20_000
 HNSW_MAX = 200_000
 IVF_NPROBE = 32
-INDEX_KINDS = ("flat", "hnsw", "ivf", "ivfpq")
+INDEX_KINDS = ("flat", "hnsw", "ivf", "ivfpq", "ivfdisk")
 
 
 def choose_index_kind(n_vectors: int, dim: int = 1280, memory_budget: int | None = None) -> str:
@@ -39,14 +39,28 @@ PQ_MIN = 10_000  # fewer vectors than this cannot train 256-centroid codebooks w
 
 
 def effective_kind(kind: str, n_vectors: int) -> str:
-    """The kind actually built: a brand too small for product quantisation gets Flat."""
-    return "flat" if kind == "ivfpq" and n_vectors < PQ_MIN else kind
+    """The kind actually built: a brand too small for product quantisation, or an empty one
+    asked for on-disk lists, gets Flat."""
+    if kind == "ivfpq" and n_vectors < PQ_MIN or kind == "ivfdisk" and n_vectors == 0:
+        return "flat"
+    return kind
 
 
 def ivf_lists(n_vectors: int) -> int:
     """nlist for an IVF index of ``n_vectors``: the power of two nearest sqrt(n), at most n/39."""
     nearest = 2 ** round(math.log2(max(1.0, math.sqrt(n_vectors))))
     return max(1, min(n_vectors // 39, nearest))
+
+
+def train_sample(vectors: np.ndarray, centroids: int) -> np.ndarray:
+    """The rows k-means trains ``centroids`` centroids on: 40 per centroid is plenty and keeps
+    training time flat in n (drawn in row order, so a memory-mapped array is read once)."""
+    n = len(vectors)
+    points = 40 * centroids
+    if n <= points:
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+    rows = np.sort(np.random.default_rng(0).choice(n, points, replace=False))
+    return np.ascontiguousarray(vectors[rows], dtype=np.float32)
 
 
 def build_faiss_index(vectors: np.ndarray, kind: str) -> faiss.Index:
@@ -68,11 +82,10 @@ def build_faiss_index(vectors: np.ndarray, kind: str) -> faiss.Index:
             if dim % 16:
                 raise ValueError(f"ivfpq needs a dimension divisible by 16, not {dim}")
             index = faiss.IndexIVFPQ(quantizer, dim, nlist, dim // 16, 8, faiss.METRIC_INNER_PRODUCT)
-        # 40 training points per list (and per PQ centroid) is plenty for k-means and keeps
-        # training time flat in n
-        points = 40 * max(nlist, 256)
-        index.train(vectors if n <= points else vectors[np.random.default_rng(0).choice(n, points, replace=False)])
+        index.train(train_sample(vectors, max(nlist, 256)))
         index.nprobe = min(nlist, IVF_NPROBE)
+    elif kind == "ivfdisk":
+        raise ValueError("ivfdisk keeps its lists in a file: build it with index.ondisk.build_ondisk_ivf")
     else:
         raise ValueError(f"unknown index kind {kind!r}; choose one of {', '.join(INDEX_KINDS)}")
     if n:

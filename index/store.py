@@ -5,13 +5,16 @@ Layout::
     INDEX_DIR/manifest.json        the single commit point: format, embedder, counts, checksums
                                    (of every data file, and of the manifest itself)
     INDEX_DIR/data/<sha>.faiss     one FAISS index per brand
+    INDEX_DIR/data/<sha>.ivfdata   an on-disk IVF brand's inverted lists, memory-mapped (optional)
     INDEX_DIR/data/<sha>.npy       that brand's reference vectors (for incremental rebuilds)
     INDEX_DIR/data/<sha>.json      that brand's products (one per vector) and authorised sellers
     INDEX_DIR/data/<sha>.npz       that brand's local features for geometric verification (optional)
 
 Data files are content-addressed and written before the manifest; the manifest is replaced
 atomically last. A build killed at any point leaves the previous manifest, and every file it
-names, intact. Files no manifest names are removed after a successful commit.
+names, intact. Files no manifest names are removed after a successful commit. Every file's
+SHA-256 is checked when the index is opened; large files are hashed in chunks and then
+memory-mapped (vectors, on-disk inverted lists), so opening costs page cache, not process memory.
 """
 
 from __future__ import annotations
@@ -21,15 +24,16 @@ import dataclasses
 import datetime as dt
 import fcntl
 import hashlib
-import io
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import faiss
 import numpy as np
 
+from index.ondisk import build_ondisk_ivf, open_ondisk_ivf
 from index.search import Hit, build_faiss_index, choose_index_kind, effective_kind, search_brands
 
 FORMAT_VERSION = 1
@@ -143,10 +147,59 @@ def _put(data_dir: Path, payload: bytes, suffix: str) -> dict:
     return {"name": name, "sha256": digest, "bytes": len(payload)}
 
 
-def _npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
-    return buffer.getvalue()
+def _file_sha256(path: Path) -> str:
+    """SHA-256 of a file read in chunks, so a file larger than memory can be checked."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _scratch(data_dir: Path, suffix: str) -> Path:
+    return data_dir / f".new-{os.getpid()}{suffix}"
+
+
+def _put_file(data_dir: Path, written: Path, suffix: str) -> dict:
+    """Commit a file written at ``written`` (a :func:`_scratch` path) under its content address,
+    like :func:`_put` but without holding the content in memory."""
+    digest = _file_sha256(written)
+    size = written.stat().st_size
+    name = f"{digest[:24]}{suffix}"
+    target = data_dir / name
+    try:
+        intact = target.stat().st_size == size and _file_sha256(target) == digest
+    except OSError:
+        intact = False
+    if intact:
+        written.unlink()
+    else:
+        with open(written, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(written, target)
+        _fsync_dir(data_dir)
+    return {"name": name, "sha256": digest, "bytes": size}
+
+
+def _put_vectors(data_dir: Path, vectors: np.ndarray) -> dict:
+    scratch = _scratch(data_dir, ".npy")
+    np.save(scratch, vectors, allow_pickle=False)
+    return _put_file(data_dir, scratch, ".npy")
+
+
+def _put_index(data_dir: Path, index: faiss.Index, kind: str, vectors: np.ndarray) -> dict:
+    """Write a built or (for ``ivfdisk``) to-be-built brand index; the manifest's file specs."""
+    scratch = _scratch(data_dir, ".faiss")
+    if kind != "ivfdisk":
+        faiss.write_index(index, str(scratch))  # streamed: no second copy of a large index in memory
+        return {"index": _put_file(data_dir, scratch, ".faiss")}
+    lists_scratch = _scratch(data_dir, ".ivfdata")
+    index = build_ondisk_ivf(vectors, data_dir, lists_scratch.name)
+    lists = _put_file(data_dir, lists_scratch, ".ivfdata")
+    # the index names its lists file; a bare name, found beside the index file when opened
+    faiss.downcast_InvertedLists(faiss.extract_index_ivf(index).invlists).filename = lists["name"]
+    faiss.write_index(index, str(scratch))
+    return {"index": _put_file(data_dir, scratch, ".faiss"), "lists": lists}
 
 
 def write_index(
@@ -175,13 +228,14 @@ def write_index(
     for entry in sorted(brands, key=lambda b: b.brand):
         vectors = np.ascontiguousarray(entry.vectors, dtype=np.float32).reshape(-1, dim)
         kind = effective_kind(index_kind or choose_index_kind(len(vectors), dim, memory_budget), len(vectors))
-        index = build_faiss_index(vectors, kind)
+        index = None if kind == "ivfdisk" else build_faiss_index(vectors, kind)
         meta = {"brand": entry.brand, "products": entry.products, "authorized": sorted(set(entry.authorized))}
         files = {
-            "index": _put(data_dir, faiss.serialize_index(index).tobytes(), ".faiss"),
-            "vectors": _put(data_dir, _npy_bytes(vectors), ".npy"),
+            **_put_index(data_dir, index, kind, vectors),
+            "vectors": _put_vectors(data_dir, vectors),
             "meta": _put(data_dir, json.dumps(meta, ensure_ascii=False, sort_keys=True).encode(), ".json"),
         }
+        del index
         if entry.local is not None:
             files["local"] = _put(data_dir, entry.local, ".npz")
         entries[entry.brand] = {
@@ -219,9 +273,26 @@ def write_index(
 def _collect_garbage(index_dir: Path, manifest: dict) -> None:
     keep = {f["name"] for entry in manifest["brands"].values() for f in entry["files"].values()}
     for path in (index_dir / DATA).iterdir():
-        if path.name not in keep:
+        if path.name in keep:
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)  # a killed on-disk build's shards
+        else:
             with contextlib.suppress(OSError):
                 path.unlink()
+
+
+def _checked_path(index_dir: Path, spec: dict, brand: str) -> Path:
+    """The path of a data file whose size and SHA-256 match the manifest's, hashed in chunks."""
+    path = index_dir / DATA / spec["name"]
+    rebuild = f"rebuild with: counterfeit index build CATALOG.csv --out {index_dir}"
+    try:
+        intact = path.stat().st_size == spec["bytes"] and _file_sha256(path) == spec["sha256"]
+    except OSError as exc:
+        raise IndexStoreError(f"index file {path} for brand {brand!r} is missing ({exc.strerror}); {rebuild}") from None
+    if not intact:
+        raise IndexStoreError(f"index file {path} for brand {brand!r} is corrupt (checksum mismatch); {rebuild}")
+    return path
 
 
 def _read_checked(index_dir: Path, spec: dict, brand: str) -> bytes:
@@ -234,6 +305,17 @@ def _read_checked(index_dir: Path, spec: dict, brand: str) -> bytes:
     if len(payload) != spec["bytes"] or _sha256(payload) != spec["sha256"]:
         raise IndexStoreError(f"index file {path} for brand {brand!r} is corrupt (checksum mismatch); {rebuild}")
     return payload
+
+
+def _open_brand_index(index_dir: Path, files: dict, brand: str) -> faiss.Index:
+    if "lists" in files:
+        _checked_path(index_dir, files["lists"], brand)
+        return open_ondisk_ivf(_checked_path(index_dir, files["index"], brand))
+    # read from the checked file, not from a copy in memory: a 5 GB index then needs 5 GB, not 10
+    index = faiss.read_index(str(_checked_path(index_dir, files["index"], brand)))
+    if index.metric_type == faiss.METRIC_INNER_PRODUCT and hasattr(index, "hnsw"):
+        index.hnsw.efSearch = 128
+    return index
 
 
 def check_embedder(manifest: dict, fingerprint: dict, fingerprint_id: str, index_dir: Path) -> None:
@@ -295,14 +377,9 @@ def load_index(
     for name, spec in manifest["brands"].items():
         files = spec["files"]
         meta = json.loads(_read_checked(index_dir, files["meta"], name))
-        vectors = np.load(io.BytesIO(_read_checked(index_dir, files["vectors"], name)), allow_pickle=False)
+        vectors = np.load(_checked_path(index_dir, files["vectors"], name), mmap_mode="r", allow_pickle=False)
         local = _read_checked(index_dir, files["local"], name) if "local" in files else None
-        index = None
-        if load_indexes:
-            raw = _read_checked(index_dir, files["index"], name)
-            index = faiss.deserialize_index(np.frombuffer(raw, dtype=np.uint8))
-            if index.metric_type == faiss.METRIC_INNER_PRODUCT and hasattr(index, "hnsw"):
-                index.hnsw.efSearch = 128
+        index = _open_brand_index(index_dir, files, name) if load_indexes else None
         brands[name] = BrandEntry(
             brand=name,
             vectors=vectors,
