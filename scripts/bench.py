@@ -9,7 +9,7 @@
 (b) end-to-end `counterfeit scan` photos/s on generated JPEGs, files on disk to decisions.jsonl;
 (c) the ratio b/a for each path; (d) a warm-cache rescan against the cold scan;
 (e) `counterfeit lookup` latency, in a fresh process and warm in one; (f) FAISS search on
-synthetic clustered unit vectors: Flat against the approximate indexes, with queries/s,
+synthetic unit vectors with real embeddings' spectrum: Flat against the approximate indexes, with queries/s,
 recall@10 against exact (and over the exact neighbours with cosine >= 0.6, the ones
 that could matter to a verdict), bytes per vector and build time; (g) peak resident memory of the scan;
 (h) where a scan's time goes, stage by stage.
@@ -208,17 +208,55 @@ def lookups(index_dir: Path, photo: Path, repeats: int = 5) -> dict:
     return {"cold_process_seconds": round(cold, 2), "warm_ms": round(1000 * statistics.median(times), 1)}
 
 
-def clustered_vectors(n: int, dim: int, rng: np.random.Generator, centres: np.ndarray, common: np.ndarray) -> np.ndarray:
-    """Unit vectors shaped like photo embeddings: a component all photos share, a product's own
-    direction, and per-photo variation (photos of one product ~0.8 cosine apart, of different
-    products ~0.5)."""
-    out = np.empty((n, dim), np.float32)
-    for start in range(0, n, 100_000):
-        stop = min(n, start + 100_000)
-        block = centres[rng.integers(0, len(centres), stop - start)] * 0.7 + common * 0.7
-        block += rng.standard_normal(block.shape, dtype=np.float32) * (0.45 / np.sqrt(dim))
-        out[start:stop] = block / np.linalg.norm(block, axis=1, keepdims=True)
-    return out
+SPECTRUM_SLOPE = 1.2
+"""Real Lite0 view embeddings' residual variance falls off as rank^-1.2 (power-law fit over ranks
+10-400; scripts/embedding_stats.py on eval-public's 3,492 views gave 1.17, and 0.93-1.43 over
+other rank ranges). Top 50 of 1,280 directions hold 57% of the variance."""
+SHARED, PRODUCT, PHOTO = 0.41, 0.39, 0.20
+"""Shares of a vector's squared norm: the component every photo shares (real: unrelated photos
+at cosine 0.41, mean vector norm 0.64), the product's own, and the photo's own (same product ~0.8)."""
+
+
+class VectorModel:
+    """Synthetic unit vectors shaped like photo embeddings: a shared component, a product
+    direction and per-photo variation; ``spectral`` draws the last two with real embeddings'
+    power-law spectrum in a random basis, ``isotropic`` spreads them evenly over all dimensions
+    (a worst case for approximate search: no structure beyond the product)."""
+
+    def __init__(self, kind: str, n: int, dim: int, rng: np.random.Generator):
+        self.rng, self.dim = rng, dim
+        if kind == "spectral":
+            variance = np.arange(1, dim + 1, dtype=np.float64) ** -SPECTRUM_SLOPE
+            self.shape = np.sqrt(variance / variance.sum()).astype(np.float32)
+            self.basis = np.linalg.qr(rng.standard_normal((dim, dim)))[0].astype(np.float32)
+        elif kind == "isotropic":
+            self.shape, self.basis = np.full(dim, 1 / np.sqrt(dim), np.float32), None
+        else:
+            raise ValueError(f"unknown vector model {kind!r}")
+        common = rng.standard_normal(dim).astype(np.float32)
+        self.common = common * np.float32(np.sqrt(SHARED) / np.linalg.norm(common))
+        self.centres = self.spread(max(16, n // 10), PRODUCT)
+
+    def spread(self, rows: int, share: float) -> np.ndarray:
+        """``rows`` random vectors of expected squared norm ``share``, drawn with the model's spectrum."""
+        noise = self.rng.standard_normal((rows, self.dim), dtype=np.float32) * (self.shape * np.float32(np.sqrt(share)))
+        return noise if self.basis is None else noise @ self.basis
+
+    def photos(self, n: int) -> np.ndarray:
+        """``n`` database vectors: each a photo of a random product."""
+        out = np.empty((n, self.dim), np.float32)
+        for start in range(0, n, 100_000):
+            stop = min(n, start + 100_000)
+            block = self.centres[self.rng.integers(0, len(self.centres), stop - start)] + self.common
+            block += self.spread(stop - start, PHOTO)
+            out[start:stop] = block / np.linalg.norm(block, axis=1, keepdims=True)
+        return out
+
+    def queries(self, base: np.ndarray, count: int) -> np.ndarray:
+        """``count`` queries: database vectors slightly perturbed (a re-compressed copy, ~0.98 cosine)."""
+        picked = base[self.rng.integers(0, len(base), count)]
+        noisy = picked + self.spread(count, 0.04)
+        return (noisy / np.linalg.norm(noisy, axis=1, keepdims=True)).astype(np.float32)
 
 
 def stored_bytes(index, folder: Path) -> int:
@@ -236,41 +274,47 @@ NEAR = 0.6
 """Cosine above which a neighbour could matter to a verdict (brand thresholds sit near 0.8)."""
 
 
-def faiss_search(sizes: list[int], dim: int, folder: Path, queries: int = 200, k: int = 10) -> list[dict]:
+SETTINGS = {"hnsw": ("efSearch", (64, 128, 256)), "ivf": ("nprobe", (32, 128)), "ivfpq": ("nprobe", (32,))}
+"""Search-time settings each approximate index is measured at (one build each)."""
+
+
+def faiss_search(sizes: list[int], dim: int, folder: Path, model: str = "spectral", queries: int = 200, k: int = 10) -> list[dict]:
     """(f): each index kind against exact search on the same vectors and queries: recall@10 of
     the exact top 10, and recall of just the exact neighbours with cosine >= NEAR."""
     rng = np.random.default_rng(0)
-    common = rng.standard_normal(dim).astype(np.float32)
-    common /= np.linalg.norm(common)
     rows = []
     for n in sizes:
-        centres = rng.standard_normal((max(16, n // 10), dim), dtype=np.float32) / np.sqrt(dim)
-        base = clustered_vectors(n, dim, rng, centres, common)
-        picked = base[rng.integers(0, n, queries)]
-        noisy = picked + rng.standard_normal(picked.shape, dtype=np.float32) * (0.2 / np.sqrt(dim))
-        query = (noisy / np.linalg.norm(noisy, axis=1, keepdims=True)).astype(np.float32)
+        vectors = VectorModel(model, n, dim, rng)
+        base = vectors.photos(n)
+        query = vectors.queries(base, queries)
         exact = exact_scores = None
-        kinds = ["flat", choose_index_kind(n, dim), *[kind for kind in INDEX_KINDS if kind != "flat"]]
+        kinds = ["flat", choose_index_kind(n, dim), *[kind for kind in INDEX_KINDS if kind not in ("flat", "ivfdisk")]]
         for kind in dict.fromkeys(kinds):
-            if kind == "hnsw" and n > 200_000:
-                continue  # HNSW builds take too long for this benchmark on 2 cores at 1M x 1280
             start = time.perf_counter()
             index = build_faiss_index(base, kind)
             built = time.perf_counter() - start
-            start = time.perf_counter()
-            scores, found = index.search(query, k)
-            rate = queries / (time.perf_counter() - start)
-            if exact is None:
-                exact, exact_scores = found, scores
-            recall = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(found, exact)]))
-            near = [(set(e[s >= NEAR]), set(f)) for e, s, f in zip(exact, exact_scores, found)]
-            recall_near = sum(len(e & f) for e, f in near) / max(1, sum(len(e) for e, _ in near))
             size = stored_bytes(index, folder)
-            rows.append({"n": n, "dim": dim, "kind": kind, "chosen": kind == choose_index_kind(n, dim),
-                         "build_s": round(built, 2), "queries_per_s": round(rate, 1), "recall_at_10": round(recall, 4),
-                         "recall_near": round(recall_near, 4), "bytes_per_vector": round(size / n, 1)})
-            print(f"  faiss n={n:>9,} {kind:<5} build {built:7.2f} s  {rate:9.1f} q/s  recall@10 {recall:.4f}"
-                  f"  recall(cos>={NEAR}) {recall_near:.4f}  {size / n:8.1f} B/vector", flush=True)
+            name, values = SETTINGS.get(kind, (None, (None,)))
+            for value in values:
+                if name == "efSearch":
+                    index.hnsw.efSearch = value
+                elif name == "nprobe":
+                    index.nprobe = min(value, index.nlist)
+                start = time.perf_counter()
+                scores, found = index.search(query, k)
+                rate = queries / (time.perf_counter() - start)
+                if exact is None:
+                    exact, exact_scores = found, scores
+                recall = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(found, exact)]))
+                near = [(set(e[s >= NEAR]), set(f)) for e, s, f in zip(exact, exact_scores, found)]
+                recall_near = sum(len(e & f) for e, f in near) / max(1, sum(len(e) for e, _ in near))
+                setting = f"{name} {value}" if name else ""
+                rows.append({"n": n, "dim": dim, "model": model, "kind": kind, "setting": setting,
+                             "chosen": kind == choose_index_kind(n, dim) and value == values[0],
+                             "build_s": round(built, 2), "queries_per_s": round(rate, 1), "recall_at_10": round(recall, 4),
+                             "recall_near": round(recall_near, 4), "bytes_per_vector": round(size / n, 1)})
+                print(f"  faiss n={n:>9,} {kind:<5} {setting:<13} build {built:7.2f} s  {rate:9.1f} q/s  recall@10 {recall:.4f}"
+                      f"  recall(cos>={NEAR}) {recall_near:.4f}  {size / n:8.1f} B/vector", flush=True)
             del index
         del base
     return rows
@@ -284,6 +328,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--faiss-dim", type=int, default=1280, help="vector size (Lite0's is 1280)")
     parser.add_argument("--out", type=Path, default=Path("bench-work"), help="work folder; results.json goes here")
     parser.add_argument("--faiss-only", action="store_true", help="run section (f) alone")
+    parser.add_argument("--faiss-data", choices=("spectral", "isotropic"), default="spectral",
+                        help="synthetic vectors for (f): spectral = real embeddings' variance spectrum (default); "
+                             "isotropic = no structure beyond the product, a worst case")
     args = parser.parse_args(argv)
 
     work = args.out
@@ -291,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True)
     sizes = [int(s) for s in args.faiss_sizes.split(",") if s]
     if args.faiss_only:
-        rows = faiss_search(sizes, args.faiss_dim, work)
+        rows = faiss_search(sizes, args.faiss_dim, work, args.faiss_data)
         (work / "results.json").write_text(json.dumps({"faiss": rows}, indent=2) + "\n")
         report_faiss(rows)
         return 0
@@ -318,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     print("(e) lookup …", flush=True)
     results["lookup"] = lookups(work / "index", photos[0])
     print("(f) FAISS …", flush=True)
-    results["faiss"] = faiss_search(sizes, args.faiss_dim, work)
+    results["faiss"] = faiss_search(sizes, args.faiss_dim, work, args.faiss_data)
     (work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     report(results)
     print(f"results written to {work / 'results.json'}")
@@ -354,11 +401,11 @@ def report(results: dict) -> None:
 
 
 def report_faiss(rows: list[dict]) -> None:
-    print("\n(f) FAISS, synthetic clustered unit vectors, 200 queries, k = 10\n")
-    print(f"| vectors | index | chosen | build s | queries/s | recall@10 | recall, cos >= {NEAR} | bytes/vector |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"\n(f) FAISS, synthetic {rows[0]['model'] if rows else ''} unit vectors, 200 queries, k = 10\n")
+    print(f"| vectors | index | setting | chosen | build s | queries/s | recall@10 | recall, cos >= {NEAR} | bytes/vector |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
-        print(f"| {row['n']:,} | {row['kind']} | {'yes' if row['chosen'] else ''} | {row['build_s']} | {row['queries_per_s']} |"
+        print(f"| {row['n']:,} | {row['kind']} | {row['setting']} | {'yes' if row['chosen'] else ''} | {row['build_s']} | {row['queries_per_s']} |"
               f" {row['recall_at_10']} | {row['recall_near']} | {row['bytes_per_vector']} |")
 
 
