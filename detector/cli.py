@@ -294,6 +294,8 @@ def scan(
     engine: Engine = typer.Option(Engine.local, "--engine", help="local: this process. ray: a Ray Data actor pool (pip install -e '.[ray]'); same decisions, same outputs; no embedding cache."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join (e.g. ray://head:10001 or auto); default: start Ray on this machine."),
     ray_actors: Optional[int] = typer.Option(None, "--ray-actors", min=1, max=100_000, help="Ray actors embedding in parallel; default: one per GPU, else one per two CPUs."),
+    history: Optional[Path] = typer.Option(None, "--history", help="Scan history file (SQLite, created when missing): earlier nights' flags raise the risk of repeat offenders and reveal comebacks (new seller ids re-using flagged photos); this night is appended. See `counterfeit history --help`."),
+    night: Optional[str] = typer.Option(None, "--night", help="The night this dump belongs to, as YYYY-MM-DD (default: today, UTC); used with --history."),
 ) -> None:
     """Scan a night's listings: flag those whose photo matches a protected product and whose
     price, seller or title is inconsistent with it. Every listing gets exactly one decision.
@@ -307,7 +309,10 @@ def scan(
     from detector.scanner import ScanOptions, cache_key, scan as run_scan
     from detector.tables import read_authorized
 
+    from detector.history import parse_night
+
     policy = load_policy(policy_file)
+    night = parse_night(night)
     override = read_authorized(authorized) if authorized else None
     on_ray = engine == Engine.ray
     if on_ray:
@@ -322,7 +327,8 @@ def scan(
     store = None if no_cache or on_ray else EmbeddingCache(cache or default_cache_path(), cache_key(model), model.dim)
     options = ScanOptions(batch_size=batch_size, workers=workers, top_k=top_k, verify=not no_verify,
                           allow_outside=allow_outside_paths, restart=restart, cache=store, engine=engine.value,
-                          device=device.value, backend=backend.value, ray_address=address, ray_actors=ray_actors)
+                          device=device.value, backend=backend.value, ray_address=address, ray_actors=ray_actors,
+                          history=history, night=night)
     try:
         with progress_bar() as bar:
             task = bar.add_task("scanning", total=None, rate="")
@@ -357,12 +363,164 @@ def scan(
             f" ({escape(run['cache_damaged'])}); this run stopped using it and embedded afresh."
             f" Delete it (it is rebuilt automatically): rm -f {escape(' '.join(shlex.quote(f'{store.path}{x}') for x in ('', '-wal', '-shm')))}"
         )
+    if s["history"]:
+        h = s["history"]
+        out.print(f"history {escape(h['file'])}, night {h['night']}: {h['repeat_offenders']} repeat offender(s),"
+                  f" {h['comeback_sellers']} probable comeback seller(s)")
     for name in ("decisions.jsonl", "flagged.csv", "summary.json"):
         out.print(f"  {escape(str(out_dir / name))}")
     out.print(f"Report: {escape(str(result.report))}")
 
 
 # --- demo -------------------------------------------------------------------------------------
+
+
+# --- history ----------------------------------------------------------------------------------
+
+
+history_app = typer.Typer(help="Read the scan history that `scan --history FILE` appends to: sellers' records and brands' trends.",
+                          no_args_is_help=True)
+app.add_typer(history_app, name="history")
+
+
+def _open_history(path: Path):
+    from detector.history import ScanHistory
+
+    if not path.is_file():
+        raise UserError(f"no scan history at {path}; scans write one with --history {path}")
+    return ScanHistory(path)
+
+
+@history_app.command("seller")
+@friendly_errors
+def history_seller(
+    history: Path = typer.Argument(..., help="The history file given to `scan --history`."),
+    seller_id: str = typer.Argument(..., help="The seller to show."),
+    policy_file: Optional[Path] = typer.Option(None, "--policy", help="Policy TOML; its [history] link_similarity decides which photos are the same."),
+    as_json: bool = typer.Option(False, "--json", help="Print the record as JSON."),
+) -> None:
+    """A seller's record: listings and flags per night, comebacks, and the other sellers it
+    shares photos with (same file, or near-duplicate), with one evidence pair each."""
+    from detector.policy import load_policy
+
+    store = _open_history(history)
+    try:
+        record = store.seller(seller_id, load_policy(policy_file).history.link_similarity)
+    finally:
+        store.close()
+    if as_json:
+        out.print_json(json.dumps(record))
+        return
+    if not record["nights"]:
+        out.print(f"seller {escape(seller_id)!r} has no listings in {escape(str(history))}")
+        return
+    table = Table("night", "listings", "flagged", "flagged brands")
+    for n in record["nights"]:
+        table.add_row(n["night"], str(n["listings"]), str(n["flagged"]), escape(", ".join(n["brands"])))
+    out.print(table)
+    for c in record["comeback_of"]:
+        out.print(f"probable comeback of {escape(c['comeback_of'])!r}: listing {escape(c['listing_id'])} on {c['night']}")
+    if record["linked_sellers"]:
+        linked = Table("linked seller", "shared photos", "evidence pair", "similarity")
+        for item in record["linked_sellers"]:
+            e = item["evidence"]
+            linked.add_row(escape(item["seller_id"]), str(item["shared_photos"]),
+                           escape(f"{e['listing_id']} ({e['night']}) ~ {e['other_listing_id']} ({e['other_night']})"),
+                           "same file" if e["same_file"] else f"{e['similarity']:.3f}")
+        out.print(linked)
+    else:
+        out.print("shares no photos with other sellers")
+
+
+@history_app.command("brand")
+@friendly_errors
+def history_brand(
+    history: Path = typer.Argument(..., help="The history file given to `scan --history`."),
+    brand: Optional[str] = typer.Argument(None, help="A brand; leave out for all listings."),
+    as_json: bool = typer.Option(False, "--json", help="Print the trend as JSON."),
+) -> None:
+    """A brand's trend across nights: listings whose photo matched it, how many were flagged,
+    and flags per 10,000 (without a brand: every decided listing)."""
+    store = _open_history(history)
+    try:
+        trend = store.trend(brand)
+    finally:
+        store.close()
+    if as_json:
+        out.print_json(json.dumps(trend))
+        return
+    if not trend:
+        out.print(f"no recorded nights{' for ' + escape(brand) if brand else ''} in {escape(str(history))}")
+        return
+    table = Table("night", "listings" if brand is None else f"matched {escape(brand)}", "flagged", "per 10,000")
+    for t in trend:
+        table.add_row(t["night"], f"{t['listings']:,}", f"{t['flagged']:,}", f"{t['flagged_per_10000']:.1f}")
+    out.print(table)
+
+
+# --- review sampling and prevalence -----------------------------------------------------------
+
+
+@app.command("sample")
+@friendly_errors
+def sample(
+    out_dir: Path = typer.Argument(..., help="OUT_DIR of a finished `counterfeit scan`."),
+    n: int = typer.Option(400, "--n", min=1, max=1_000_000, help="Listings to review in all."),
+    flagged_share: float = typer.Option(0.25, "--flagged-share", min=0.0, max=1.0, help="Share of the sample drawn from flagged listings (the rest from cleared ones, where the misses are)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed; the same scan and seed give the same sample."),
+) -> None:
+    """Draw a stratified random sample of a scan's decisions for human review.
+
+    Strata are (verdict, closest brand). Writes OUT_DIR/review/sample.csv: reviewers fill its
+    `label` column with counterfeit or genuine (blank: not reviewed), then run
+    `counterfeit prevalence OUT_DIR --labels REVIEWED.csv`. See docs/metrics.md.
+    """
+    from detector.sampling import SAMPLE_FILE, REVIEW_DIR, draw_sample
+
+    design = draw_sample(out_dir, n, seed, flagged_share)
+    table = Table("stratum", "listings", "sampled")
+    for key, stratum in design["strata"].items():
+        table.add_row(escape(key.replace("|", ", ")), f"{stratum['population']:,}", str(stratum["sampled"]))
+    out.print(table)
+    excluded = sum(design["excluded"].values())
+    if excluded:
+        out.print(f"not sampled: {excluded:,} decision(s) with verdict {', '.join(sorted(design['excluded']))} (nothing to judge)")
+    out.print(f"{design['sampled']} listings to review: {escape(str(Path(out_dir) / REVIEW_DIR / SAMPLE_FILE))}")
+
+
+@app.command("prevalence")
+@friendly_errors
+def prevalence(
+    out_dir: Path = typer.Argument(..., help="OUT_DIR of the scan the sample was drawn from."),
+    labels: Path = typer.Option(..., "--labels", help="The reviewed sample: a CSV with review_id and label (counterfeit/genuine; blank = not reviewed)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the estimates as JSON."),
+) -> None:
+    """Turn reviewers' labels into counterfeit rates with 95% intervals.
+
+    Prints the counterfeit rate per 10,000 listings, the rate the scanner missed, and the
+    scanner's precision and recall, each weighted for the stratified sample (docs/metrics.md).
+    Also writes OUT_DIR/review/prevalence.json.
+    """
+    from detector.prevalence import prevalence as estimate
+
+    result = estimate(out_dir, labels)
+    if as_json:
+        out.print_json(json.dumps(result))
+        return
+    out.print(f"{result['labels']} labelled of {result['sampled']} sampled; {result['listings']:,} listings decided,"
+              f" {result['flagged']:,} flagged")
+    table = Table("metric", "estimate", "95% interval")
+    for key, name, unit in (("counterfeit_per_10000", "counterfeits per 10,000 listings", ""),
+                            ("missed_per_10000", "missed counterfeits per 10,000 listings", ""),
+                            ("precision", "precision of flags", "%"), ("recall", "recall (counterfeits flagged)", "%")):
+        got = result[key]
+        if got is None:
+            table.add_row(name, "n/a", "")
+        elif unit:
+            table.add_row(name, f"{100 * got['value']:.1f}%", f"{100 * got['low']:.1f}% – {100 * got['high']:.1f}%")
+        else:
+            table.add_row(name, f"{got['value']:.1f}", f"{got['low']:.1f} – {got['high']:.1f}")
+    out.print(table)
 
 
 @app.command("demo")
@@ -385,6 +543,7 @@ def demo(
     scan(listings=data.listings, index_dir=index_dir, out_dir=scan_dir, authorized=None, policy_file=None,
          device=device, backend=Backend.auto, batch_size=32, workers=2, top_k=5, embedder=None, cache=out_dir / "cache.sqlite",
          no_cache=False, no_verify=False, allow_outside_paths=False, restart=True, engine=Engine.local, address=None,
+         history=None, night=None,
          ray_actors=None)
     out.print(
         "\nNext: open the report in a browser, or try one photo:\n"

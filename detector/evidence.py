@@ -9,6 +9,7 @@ judges, so two engines that produce the same records produce the same decisions.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from concurrent.futures import ThreadPoolExecutor
@@ -40,7 +41,9 @@ dump's rows is embedded once even without a cache (about 60 MB at six 1280-d vie
 
 class Evidence(NamedTuple):
     """One listing row and what was found for its photo: ``hits`` is a JSON list of
-    ``[brand, row, similarity, inliers]``, or ``None`` when ``error`` says why there is none."""
+    ``[brand, row, similarity, inliers]``, or ``None`` when ``error`` says why there is none;
+    ``vector`` is the photo's whole-image embedding (:func:`pack_vector`) when the scan keeps
+    them for its history, else ``None``."""
 
     row: int
     listing_id: str
@@ -55,6 +58,18 @@ class Evidence(NamedTuple):
     notes: str
     digest: str | None
     hits: str | None
+    vector: str | None = None
+
+
+def pack_vector(vector: np.ndarray) -> str:
+    """A unit vector as compact text: float16, base64 (3.4 KB for 1280-d)."""
+    return base64.b64encode(np.asarray(vector, np.float16).tobytes()).decode("ascii")
+
+
+def unpack_vector(text: str) -> np.ndarray:
+    """The float32 unit vector :func:`pack_vector` wrote."""
+    vector = np.frombuffer(base64.b64decode(text), np.float16).astype(np.float32)
+    return vector / max(float(np.linalg.norm(vector)), 1e-12)
 
 
 class Counted(NamedTuple):
@@ -96,10 +111,11 @@ class EvidenceMaker:
         top_k: int = 5,
         allow_outside: bool = False,
         workers: int = 2,
+        keep_vectors: bool = False,
     ):
         self.index, self.embedder, self.root = index, embedder, Path(root)
         self.cache, self.verify, self.top_k = cache, verify, top_k
-        self.allow_outside, self.workers = allow_outside, workers
+        self.allow_outside, self.workers, self.keep_vectors = allow_outside, workers, keep_vectors
         self.references = ReferenceFeatures(index)
         self.recent: dict[str, np.ndarray] = {}
 
@@ -175,9 +191,10 @@ class EvidenceMaker:
             error = str(r.error) if r.error else None
             verified = inliers_of.get(id(r), {})
             hit_list = [[h.brand, h.row, round(h.similarity, 6), verified.get(h)] for h in hits_of.get(id(r), [])]
+            kept = pack_vector(r.vector[0]) if self.keep_vectors and r.vector is not None else None
             records.append(Evidence(row.row, row.listing_id, row.line, row.seller_id, row.title, row.price,
                                     row.currency, row.image, path, error, json.dumps(row.notes), digest,
-                                    None if error else json.dumps(hit_list)))
+                                    None if error else json.dumps(hit_list), kept))
         return Counted(records, embedded=sum(r.computed for r in batch),
                        cache_hits=sum(1 for r in found if not r.computed),
                        errors=sum(r.error is not None for r in batch))

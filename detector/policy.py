@@ -40,6 +40,16 @@ class Verification:
 
 
 @dataclass(frozen=True)
+class HistoryRules:
+    """How earlier nights (``scan --history``) count: weights of a seller's earlier flags and of a
+    comeback, and the cosine at which two listing photos are the same photo."""
+
+    prior_flag_weight: float = 0.5
+    comeback_weight: float = 0.8
+    link_similarity: float = 0.92
+
+
+@dataclass(frozen=True)
 class Policy:
     """Every knob of the decision; see ``default_policy.toml`` for what each means."""
 
@@ -52,6 +62,7 @@ class Policy:
     cues: tuple[str, ...] = ()
     weights: Weights = Weights()
     verification: Verification = Verification()
+    history: HistoryRules = HistoryRules()
     brands: dict[str, dict] = field(default_factory=dict)
 
     def brand_threshold(self, brand: str, calibrated: float | None) -> float:
@@ -95,8 +106,8 @@ def load_policy(path: Path | None = None) -> Policy:
 
 
 def _policy_from(config: dict) -> Policy:
-    match, price, seller, title, score, verify = (
-        config.get(k, {}) for k in ("match", "price", "seller", "title", "score", "verify")
+    match, price, seller, title, score, verify, history = (
+        config.get(k, {}) for k in ("match", "price", "seller", "title", "score", "verify", "history")
     )
     threshold = match.get("threshold", "calibrated")
     if threshold == "calibrated":
@@ -138,6 +149,11 @@ def _policy_from(config: dict) -> Policy:
             veto_below=int(_number(verify, "veto_below", 3, "verify", 0, 10_000)),
             strong_similarity=_number(verify, "strong_similarity", 0.85, "verify", 0.0, 1.01),
         ),
+        history=HistoryRules(
+            prior_flag_weight=_number(history, "prior_flag_weight", 0.5, "history", 0.0, 1.0),
+            comeback_weight=_number(history, "comeback_weight", 0.8, "history", 0.0, 1.0),
+            link_similarity=_number(history, "link_similarity", 0.92, "history", 0.0, 1.0),
+        ),
         brands=brands,
     )
 
@@ -171,6 +187,8 @@ class Listing:
     currency: str | None = None
     image: str | None = None
     notes: list[str] = field(default_factory=list)
+    prior_flags: list[str] = field(default_factory=list)  # earlier nights this seller was flagged (--history)
+    comebacks: list[dict] = field(default_factory=list)  # flagged photos of other sellers this photo is
 
 
 @dataclass
@@ -216,6 +234,8 @@ class Decision:
     catalogue_currency: str | None = None
     photos: int = 1
     matches: list[dict] = field(default_factory=list)
+    prior_flags: list[str] = field(default_factory=list)
+    comeback: list[dict] = field(default_factory=list)
     reference_path: str | None = None  # local file of the reference photo, for the report only
 
     def as_record(self) -> dict:
@@ -316,6 +336,11 @@ def decide(
         currency=listing.currency,
     )
     cues = find_cues(listing.title, policy.cues)
+    base.prior_flags = list(listing.prior_flags)
+    if not any(listing.seller_id in sellers for sellers in authorized.values()):  # a reseller is no comeback
+        base.comeback = list(listing.comebacks[:3])
+    history_notes = _history_findings(base, policy.history)
+    listing = replace(listing, notes=[*listing.notes, *(text for _, text in history_notes)])
     if not candidates:
         base.reasons = ["no reference product to compare with", *listing.notes]
         return base
@@ -370,6 +395,10 @@ def decide(
     if cues:
         signals.append(policy.weights.title)
         findings.append("title has counterfeit cue(s): " + ", ".join(repr(c) for c in cues))
+    for weight, text in history_notes:
+        if weight > 0:
+            signals.append(weight)
+            findings.append(text)
     evidence = 1.0 - math.prod(1.0 - s for s in signals)
     base.score = round(visual * evidence, 4)
 
@@ -397,6 +426,7 @@ def decide(
                    f" (similarity {cand.similarity:.2f}, threshold {threshold:.2f})")
     else:
         matched = f"photo matches {product} (similarity {cand.similarity:.2f} ≥ threshold {threshold:.2f}{keypoints})"
+    notes = [n for n in notes if n not in findings]  # history findings arrived as notes too
     if findings:
         base.verdict = FLAGGED
         base.reasons = [matched, *findings, *notes]
@@ -411,6 +441,20 @@ def decide(
     return base
 
 
+def _history_findings(decision: Decision, rules: HistoryRules) -> list[tuple[float, str]]:
+    """What earlier nights say about this listing, as (weight, reason) pairs."""
+    found = []
+    if decision.prior_flags:
+        nights = decision.prior_flags
+        found.append((rules.prior_flag_weight, f"seller {decision.seller_id!r} was flagged on {len(nights)} earlier"
+                                               f" night(s), last {nights[-1]}"))
+    for link in decision.comeback[:1]:
+        how = "the same file" if link["same_file"] else f"similarity {link['similarity']:.2f}"
+        found.append((rules.comeback_weight, f"photos match seller {link['seller_id']!r} flagged on {link['night']}"
+                                             f" (listing {link['listing_id']}, {how}): a probable comeback"))
+    return found
+
+
 _RANK = {FLAGGED: 2, ERROR: 1, CLEAR: 0}
 
 
@@ -423,6 +467,8 @@ def combine(decisions: list[Decision]) -> Decision:
     combined = Decision(**best.__dict__)
     combined.reasons = list(best.reasons)
     combined.photos = len(decisions)
+    links = {(c["seller_id"], c["listing_id"]): c for d in decisions for c in d.comeback}
+    combined.comeback = sorted(links.values(), key=lambda c: -c["similarity"])[:3]
     failed = [d for d in decisions if d.verdict == ERROR]
     if failed and best.verdict != ERROR:
         combined.reasons.append(f"{len(failed)} of {len(decisions)} photos could not be read: {failed[0].error}")

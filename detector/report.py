@@ -40,6 +40,23 @@ def make_thumbnail(source: str | None, out_dir: Path) -> str | None:
         return None
 
 
+def trend_chart(trend: list[dict], width: int = 640, height: int = 200) -> dict | None:
+    """Coordinates of a line chart of flagged listings per 10,000 by night (an inline SVG in the
+    template; at most 12 night labels)."""
+    if not trend:
+        return None
+    left, right, top, bottom = 48, width - 16, 12, height - 24
+    peak = max(t["flagged_per_10000"] for t in trend) or 1.0
+    step = (right - left) / max(1, len(trend) - 1)
+    every = max(1, -(-len(trend) // 12))
+    marks = [{"x": round(left + i * step if len(trend) > 1 else (left + right) / 2, 1),
+              "y": round(bottom - (bottom - top) * t["flagged_per_10000"] / peak, 1),
+              "night": t["night"], "value": t["flagged_per_10000"], "label": i % every == 0 or i == len(trend) - 1}
+             for i, t in enumerate(trend)]
+    return {"width": width, "height": height, "left": left, "right": right, "top": top, "bottom": bottom,
+            "peak": peak, "marks": marks, "points": " ".join(f"{m['x']},{m['y']}" for m in marks)}
+
+
 def write_report(out_dir: Path, summary: dict, flagged: list[dict]) -> Path:
     """Render report.html for the flagged records (highest score first, at most REPORT_LIMIT)."""
     ranked = sorted(flagged, key=lambda r: (-r["score"], r["listing_id"]))
@@ -49,7 +66,9 @@ def write_report(out_dir: Path, summary: dict, flagged: list[dict]) -> Path:
         for r in shown
     ]
     env = Environment(loader=PackageLoader("detector", "templates"), autoescape=select_autoescape(["html"]))
-    html = env.get_template("report.html").render(summary=summary, rows=rows, shown=len(shown), total=len(ranked))
+    chart = trend_chart(summary["history"]["trend"]) if summary.get("history") else None
+    html = env.get_template("report.html").render(summary=summary, rows=rows, shown=len(shown), total=len(ranked),
+                                                  chart=chart)
     target = AtomicText(out_dir / "report.html")
     target.handle.write(html)
     target.commit()

@@ -27,7 +27,8 @@ from typing import Callable, Iterator
 from detector.cache import EmbeddingCache
 from detector.embedders import Embedder
 from detector.errors import UserError, disk_full
-from detector.evidence import EvidenceMaker, pending_rows
+from detector.evidence import EvidenceMaker, pending_rows, unpack_vector
+from detector.history import PriorEvidence, ScanHistory, parse_night
 from detector.matches import authorized_sellers, candidates
 from detector.outputs import DecisionWriter, wilson_interval, write_json
 from detector.policy import CLEAR, ERROR, FLAGGED, Listing, Policy, combine, decide, error_decision
@@ -39,7 +40,7 @@ from index.search import Hit
 from index.store import ReferenceIndex
 
 STATE_DIR = ".scan"
-STATE_VERSION = 3
+STATE_VERSION = 4
 
 
 @dataclass
@@ -59,6 +60,8 @@ class ScanOptions:
     backend: str = "auto"
     ray_address: str | None = None
     ray_actors: int | None = None
+    history: Path | None = None  # the scan history file to read earlier nights from and append to
+    night: str | None = None  # the night this dump belongs to (ISO date); today when None
 
 
 @dataclass
@@ -95,6 +98,7 @@ def _identity(listings: Path, index: ReferenceIndex, embedder: Embedder, options
         "top_k": options.top_k,
         "verifier": VERIFIER_ID if options.verify else None,
         "allow_outside": options.allow_outside,
+        "keeps_vectors": options.history is not None,
     }
 
 
@@ -114,7 +118,7 @@ class ScanState:
         self.db.execute(
             "CREATE TABLE IF NOT EXISTS rows (row INTEGER PRIMARY KEY, listing_id TEXT, line INTEGER,"
             " seller_id TEXT, title TEXT, price REAL, currency TEXT, image TEXT, path TEXT, error TEXT,"
-            " notes TEXT, digest TEXT, hits TEXT, crc INTEGER)"
+            " notes TEXT, digest TEXT, hits TEXT, vector TEXT, crc INTEGER)"
         )
         self.db.execute("CREATE INDEX IF NOT EXISTS rows_listing ON rows (listing_id, row)")
 
@@ -134,7 +138,7 @@ class ScanState:
         sealed = [(*record, _row_crc(record)) for record in records]
         self.db.execute("BEGIN IMMEDIATE")
         try:
-            self.db.executemany("INSERT OR REPLACE INTO rows VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", sealed)
+            self.db.executemany("INSERT OR REPLACE INTO rows VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", sealed)
             if next_row is not None:
                 self.db.execute("INSERT OR REPLACE INTO meta VALUES ('next_row', ?)", (json.dumps(next_row),))
             self.db.execute("COMMIT")
@@ -176,6 +180,10 @@ class ScanState:
             group.append(row)
         if group:
             yield current, group
+
+    def photos(self) -> Iterator[tuple[int, str | None, str | None]]:
+        """(row, content hash, packed whole-image vector) of every row with a readable photo."""
+        yield from self.db.execute("SELECT row, digest, vector FROM rows WHERE error IS NULL ORDER BY row")
 
     def close(self) -> None:
         self.db.close()
@@ -263,7 +271,7 @@ def scan(
             state.check_complete(stats["rows_in_input"])
             embed_seconds = time.monotonic() - started
             return _finalise(listings, index, embedder, policy, out_dir, state, authorized_override,
-                             stats, embed_seconds, started, resumed)
+                             stats, embed_seconds, started, resumed, options)
         except (OSError, sqlite3.DatabaseError, StateDamaged) as exc:
             if disk_full(exc):
                 raise UserError(
@@ -288,7 +296,8 @@ def _embed_rows(listings, index, embedder, state: ScanState, options: ScanOption
     stats = _new_stats()
 
     maker = EvidenceMaker(index, embedder, listing_root(listings), cache=options.cache, verify=options.verify,
-                          top_k=options.top_k, allow_outside=options.allow_outside, workers=options.workers)
+                          top_k=options.top_k, allow_outside=options.allow_outside, workers=options.workers,
+                          keep_vectors=options.history is not None)
     if on_progress:
         on_progress(next_row, total)
     rows = pending_rows(listings, lambda row: row >= next_row, stats)
@@ -311,21 +320,32 @@ def _new_stats() -> dict:
 
 
 def _finalise(listings, index, embedder, policy, out_dir, state, authorized_override, stats, embed_seconds,
-              started, resumed) -> ScanResult:
-    """Phase 2: decide every listing from the committed state and write all outputs."""
+              started, resumed, options: ScanOptions) -> ScanResult:
+    """Phase 2: decide every listing from the committed state and write all outputs (and, with
+    a history, read earlier nights first and record this one last)."""
     authorized = authorized_sellers(index, authorized_override)
     verdicts = {FLAGGED: 0, CLEAR: 0, ERROR: 0}
     by_brand: dict[str, dict[str, int]] = {}
     top: list[tuple] = []
     n_listings = n_rows = n_images = 0
+    history = ScanHistory(options.history) if options.history is not None else None
+    night = parse_night(options.night)
+    prior = PriorEvidence(night)
+    if history is not None:
+        photos = ((row, digest, unpack_vector(vector) if vector else None) for row, digest, vector in state.photos())
+        prior = history.prior_evidence(night, photos, policy.history.link_similarity)
+    repeat_offenders: set[str] = set()
+    comebacks: list[dict] = []
     writer = DecisionWriter(out_dir)
     try:
+        scan_id = history.begin_night(night, out_dir) if history is not None else None
         for listing_id, rows in state.listings():
             decisions, paths = [], {}
             for row in rows:
                 facts = Listing(listing_id=listing_id, seller_id=row["seller_id"], title=row["title"] or "",
                                 price=row["price"], currency=row["currency"], image=row["image"],
-                                notes=json.loads(row["notes"] or "[]"))
+                                notes=json.loads(row["notes"] or "[]"), prior_flags=prior.prior_flags(row["seller_id"]),
+                                comebacks=[link.as_record() for link in prior.comebacks(row["row"], row["seller_id"])])
                 if row["error"]:
                     decisions.append(error_decision(facts, row["error"]))
                     continue
@@ -336,10 +356,19 @@ def _finalise(listings, index, embedder, policy, out_dir, state, authorized_over
                 decisions.append(decide(facts, candidates(index, hits, inliers), authorized, policy))
             decision = combine(decisions)
             writer.write(decision)
+            if history is not None:
+                history.add_listing(scan_id, decision.as_record(),
+                                    [(row["digest"], unpack_vector(row["vector"]) if row["vector"] else None)
+                                     for row in rows if not row["error"]])
             n_listings += 1
             n_rows += len(rows)
             n_images += len(paths)
             verdicts[decision.verdict] += 1
+            if decision.verdict == FLAGGED and decision.prior_flags:
+                repeat_offenders.add(decision.seller_id)
+            if decision.comeback and len(comebacks) < REPORT_LIMIT:
+                comebacks.append({"listing_id": listing_id, "seller_id": decision.seller_id, "verdict": decision.verdict,
+                                  "brand": decision.brand, "links": decision.comeback})
             if decision.visual_match:
                 counts = by_brand.setdefault(decision.brand, {FLAGGED: 0, CLEAR: 0})
                 counts[decision.verdict] += 1
@@ -352,9 +381,25 @@ def _finalise(listings, index, embedder, policy, out_dir, state, authorized_over
                 else:
                     heapq.heappushpop(top, item)
         writer.commit()
+        if history is not None:
+            history.commit_night(scan_id, verdicts)
     except BaseException:
         writer.abort()
+        if history is not None:
+            history.abort_night()
+            history.close()
         raise
+    history_summary = None
+    if history is not None:
+        history_summary = {
+            "file": str(Path(options.history).resolve()),
+            "night": night,
+            "repeat_offenders": len(repeat_offenders),
+            "comeback_sellers": len({c["seller_id"] for c in comebacks}),
+            "comebacks": comebacks,
+            "trend": history.trend(),
+        }
+        history.close()
     judged = verdicts[FLAGGED] + verdicts[CLEAR]
     low, high = wilson_interval(verdicts[FLAGGED], judged)
     elapsed = time.monotonic() - started
@@ -388,6 +433,7 @@ def _finalise(listings, index, embedder, policy, out_dir, state, authorized_over
         "embedder": embedder.fingerprint,
         "embedder_id": embedder.fingerprint_id,
         "index": index.manifest,
+        "history": history_summary,
     }
     report = write_report(out_dir, summary, [item[3] for item in top])
     summary["elapsed_seconds"] = round(time.monotonic() - started, 3)

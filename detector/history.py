@@ -1,0 +1,264 @@
+"""Scan history: one SQLite file that every scan run with ``--history FILE`` appends its night to.
+
+It keeps, per night: each listing's decision (seller, verdict, brand, product, score) and each
+listing photo's content hash and whole-image embedding (float16). A later scan reads the earlier
+nights from it, before deciding, for two signals (:class:`PriorEvidence`):
+
+- **repeat offenders**: sellers with listings flagged on earlier nights;
+- **comebacks**: sellers never seen before whose photo is the same photo (same content hash, or
+  cosine similarity at or above the policy's ``link_similarity``) as a photo of a listing
+  flagged on an earlier night under another seller id.
+
+Recording a night replaces an earlier record of the same night and OUT_DIR, so a rerun or a
+resumed scan does not count twice. The night's rows are written in one transaction, committed
+only after the scan's outputs are.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from detector.errors import UserError
+from index.search import build_faiss_index
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS scans (scan_id INTEGER PRIMARY KEY, night TEXT NOT NULL, out_dir TEXT NOT NULL,
+    recorded TEXT, listings INTEGER, flagged INTEGER, errors INTEGER, UNIQUE (night, out_dir));
+CREATE TABLE IF NOT EXISTS listings (scan_id INTEGER NOT NULL, listing_id TEXT NOT NULL, seller_id TEXT,
+    verdict TEXT, brand TEXT, product_id TEXT, visual_match INTEGER, score REAL, comeback_of TEXT,
+    PRIMARY KEY (scan_id, listing_id));
+CREATE TABLE IF NOT EXISTS photos (scan_id INTEGER NOT NULL, listing_id TEXT NOT NULL, seller_id TEXT,
+    digest TEXT, vector BLOB);
+CREATE INDEX IF NOT EXISTS listings_seller ON listings (seller_id);
+CREATE INDEX IF NOT EXISTS photos_digest ON photos (digest);
+CREATE INDEX IF NOT EXISTS photos_seller ON photos (seller_id);
+"""
+SEARCH_CHUNK = 4096
+
+
+def parse_night(text: str | None) -> str:
+    """A night as ISO ``YYYY-MM-DD``; today (UTC) when not given."""
+    if text is None:
+        return dt.datetime.now(dt.timezone.utc).date().isoformat()
+    try:
+        return dt.date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise UserError(f"--night {text!r} is not a date like 2026-11-23") from None
+
+
+@dataclass(frozen=True)
+class PhotoLink:
+    """Tonight's photo is the same photo as one of an earlier flagged listing."""
+
+    seller_id: str
+    night: str
+    listing_id: str
+    similarity: float
+    same_file: bool
+
+    def as_record(self) -> dict:
+        return {"seller_id": self.seller_id, "night": self.night, "listing_id": self.listing_id,
+                "similarity": round(self.similarity, 4), "same_file": self.same_file}
+
+
+@dataclass
+class PriorEvidence:
+    """What earlier nights say about tonight's sellers and photos (read before deciding)."""
+
+    night: str
+    flagged_nights: dict[str, list[str]] = field(default_factory=dict)  # seller → nights with a flag
+    known_sellers: set[str] = field(default_factory=set)
+    links: dict[int, list[PhotoLink]] = field(default_factory=dict)  # state row → matching flagged photos
+
+    def prior_flags(self, seller_id: str | None) -> list[str]:
+        return self.flagged_nights.get(seller_id, []) if seller_id is not None else []
+
+    def comebacks(self, row: int, seller_id: str | None) -> list[PhotoLink]:
+        """Links of a seller never seen before to photos of other sellers flagged earlier."""
+        if seller_id is None or seller_id in self.known_sellers:
+            return []
+        return [link for link in self.links.get(row, []) if link.seller_id != seller_id]
+
+
+class ScanHistory:
+    """The history file: open (created when missing), read earlier nights, record a night."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        try:
+            self.db = sqlite3.connect(self.path, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.executescript(SCHEMA)
+        except sqlite3.Error as exc:
+            raise UserError(f"cannot use {self.path} as a scan history ({exc}); choose another --history file") from None
+
+    def close(self) -> None:
+        self.db.close()
+
+    # --- before deciding ---------------------------------------------------------------------
+
+    def prior_evidence(self, night: str, photos: Iterable[tuple[int, str | None, np.ndarray | None]],
+                       link_similarity: float) -> PriorEvidence:
+        """Earlier nights' flags and sellers, and for each of tonight's ``photos`` (state row,
+        content hash, whole-image vector) the flagged photos it is the same photo as."""
+        prior = PriorEvidence(night)
+        for seller, nights in self.db.execute(
+            "SELECT l.seller_id, group_concat(DISTINCT s.night) FROM listings l JOIN scans s USING (scan_id)"
+            " WHERE s.night < ? AND l.verdict = 'flagged' AND l.seller_id IS NOT NULL GROUP BY l.seller_id", (night,)
+        ):
+            prior.flagged_nights[seller] = sorted(nights.split(","))
+        prior.known_sellers = {seller for (seller,) in self.db.execute(
+            "SELECT DISTINCT l.seller_id FROM listings l JOIN scans s USING (scan_id) WHERE s.night < ?", (night,))}
+        flagged = self.db.execute(
+            "SELECT p.seller_id, s.night, p.listing_id, p.digest, p.vector FROM photos p"
+            " JOIN listings l ON l.scan_id = p.scan_id AND l.listing_id = p.listing_id"
+            " JOIN scans s ON s.scan_id = p.scan_id WHERE s.night < ? AND l.verdict = 'flagged'", (night,)
+        ).fetchall()
+        if not flagged:
+            return prior
+        by_digest: dict[str, list[tuple]] = {}
+        for item in flagged:
+            by_digest.setdefault(item[3], []).append(item)
+        with_vectors = [item for item in flagged if item[4] is not None]
+        index = None
+        if with_vectors:
+            index = build_faiss_index(np.stack([_vector(item[4]) for item in with_vectors]), "flat")
+        photos = iter(photos)
+        while chunk := list(itertools.islice(photos, SEARCH_CHUNK)):
+            for row, digest, _ in chunk:
+                for seller, when, listing_id, *_ in by_digest.get(digest, []):
+                    prior.links.setdefault(row, []).append(PhotoLink(seller, when, listing_id, 1.0, True))
+            queried = [(row, vector) for row, _, vector in chunk if vector is not None]
+            if index is None or not queried:
+                continue
+            similarities, found = index.search(np.stack([v for _, v in queried]), min(8, index.ntotal))
+            for (row, _), sims, ids in zip(queried, similarities, found):
+                seen = {link.listing_id for link in prior.links.get(row, [])}
+                for sim, i in zip(sims, ids):
+                    if i < 0 or sim < link_similarity:
+                        continue
+                    seller, when, listing_id, *_ = with_vectors[i]
+                    if listing_id not in seen:
+                        prior.links.setdefault(row, []).append(PhotoLink(seller, when, listing_id, float(sim), False))
+                        seen.add(listing_id)
+        return prior
+
+    # --- after deciding ----------------------------------------------------------------------
+
+    def begin_night(self, night: str, out_dir: Path) -> int:
+        """Open the transaction that records ``night`` (replacing an earlier record of it); the scan id."""
+        self.db.execute("BEGIN IMMEDIATE")
+        key = str(Path(out_dir).resolve())
+        for (scan_id,) in self.db.execute("SELECT scan_id FROM scans WHERE night = ? AND out_dir = ?", (night, key)).fetchall():
+            for table in ("photos", "listings", "scans"):
+                self.db.execute(f"DELETE FROM {table} WHERE scan_id = ?", (scan_id,))
+        return self.db.execute("INSERT INTO scans (night, out_dir) VALUES (?, ?)", (night, key)).lastrowid
+
+    def add_listing(self, scan_id: int, decision: dict, photos: list[tuple[str | None, np.ndarray | None]]) -> None:
+        comeback = decision.get("comeback") or []
+        self.db.execute(
+            "INSERT OR REPLACE INTO listings VALUES (?,?,?,?,?,?,?,?,?)",
+            (scan_id, decision["listing_id"], decision.get("seller_id"), decision["verdict"], decision.get("brand"),
+             decision.get("product_id"), int(bool(decision.get("visual_match"))), decision.get("score"),
+             comeback[0]["seller_id"] if comeback else None),
+        )
+        self.db.executemany(
+            "INSERT INTO photos VALUES (?,?,?,?,?)",
+            [(scan_id, decision["listing_id"], decision.get("seller_id"), digest,
+              None if vector is None else np.asarray(vector, np.float16).tobytes()) for digest, vector in photos],
+        )
+
+    def commit_night(self, scan_id: int, verdicts: dict[str, int]) -> None:
+        self.db.execute(
+            "UPDATE scans SET recorded = ?, listings = ?, flagged = ?, errors = ? WHERE scan_id = ?",
+            (dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(), sum(verdicts.values()),
+             verdicts.get("flagged", 0), verdicts.get("error", 0), scan_id),
+        )
+        self.db.execute("COMMIT")
+
+    def abort_night(self) -> None:
+        if self.db.in_transaction:
+            self.db.execute("ROLLBACK")
+
+    # --- reading it back ---------------------------------------------------------------------
+
+    def trend(self, brand: str | None = None) -> list[dict]:
+        """Per night: decided listings, flagged ones and flags per 10,000 (for one brand: listings
+        whose photo matched it)."""
+        if brand is None:
+            rows = self.db.execute(
+                "SELECT night, SUM(listings - errors), SUM(flagged) FROM scans WHERE recorded IS NOT NULL"
+                " GROUP BY night ORDER BY night").fetchall()
+        else:
+            rows = self.db.execute(
+                "SELECT s.night, COUNT(*), SUM(l.verdict = 'flagged') FROM listings l JOIN scans s USING (scan_id)"
+                " WHERE l.brand = ? AND l.visual_match = 1 GROUP BY s.night ORDER BY s.night", (brand,)).fetchall()
+        return [{"night": night, "listings": n, "flagged": f or 0, "flagged_per_10000": round(1e4 * (f or 0) / n, 2) if n else 0.0}
+                for night, n, f in rows]
+
+    def seller(self, seller_id: str, link_similarity: float) -> dict:
+        """A seller's record: each night's listings and flags, and the sellers it shares photos with."""
+        nights = [{"night": night, "listings": n, "flagged": f, "brands": sorted(set((brands or "").split(",")) - {""})}
+                  for night, n, f, brands in self.db.execute(
+                      "SELECT s.night, COUNT(*), SUM(l.verdict = 'flagged'),"
+                      " group_concat(CASE WHEN l.verdict = 'flagged' THEN l.brand END) FROM listings l"
+                      " JOIN scans s USING (scan_id) WHERE l.seller_id = ? GROUP BY s.night ORDER BY s.night", (seller_id,))]
+        comebacks = [{"night": night, "listing_id": listing_id, "comeback_of": of} for night, listing_id, of in self.db.execute(
+            "SELECT s.night, l.listing_id, l.comeback_of FROM listings l JOIN scans s USING (scan_id)"
+            " WHERE l.seller_id = ? AND l.comeback_of IS NOT NULL ORDER BY s.night", (seller_id,))]
+        return {"seller_id": seller_id, "nights": nights, "comeback_of": comebacks,
+                "linked_sellers": self.linked_sellers(seller_id, link_similarity)}
+
+    def linked_sellers(self, seller_id: str, link_similarity: float) -> list[dict]:
+        """Other sellers with a photo that is the same photo as one of this seller's (same hash,
+        or cosine ≥ ``link_similarity``), with one evidence pair each, most shared photos first."""
+        own = self.db.execute(
+            "SELECT p.listing_id, s.night, p.digest, p.vector FROM photos p JOIN scans s USING (scan_id)"
+            " WHERE p.seller_id = ?", (seller_id,)).fetchall()
+        if not own:
+            return []
+        pairs: dict[str, list[dict]] = {}
+
+        def add(other, evidence):
+            if other != seller_id:
+                pairs.setdefault(other, []).append(evidence)
+
+        digests = sorted({d for _, _, d, _ in own if d})
+        if digests:
+            for other, listing_id, night, digest in self.db.execute(
+                f"SELECT p.seller_id, p.listing_id, s.night, p.digest FROM photos p JOIN scans s USING (scan_id)"
+                f" WHERE p.digest IN ({','.join('?' * len(digests))})", digests):
+                mine = next(o for o in own if o[2] == digest)
+                add(other, {"listing_id": mine[0], "night": mine[1], "other_listing_id": listing_id,
+                            "other_night": night, "similarity": 1.0, "same_file": True})
+        queries = [(o[0], o[1], _vector(o[3])) for o in own if o[3] is not None]
+        if queries:
+            query = np.stack([q[2] for q in queries])
+            cursor = self.db.execute(
+                "SELECT p.seller_id, p.listing_id, s.night, p.vector FROM photos p JOIN scans s USING (scan_id)"
+                " WHERE p.seller_id IS NOT ? AND p.vector IS NOT NULL", (seller_id,))
+            while chunk := cursor.fetchmany(SEARCH_CHUNK):
+                sims = np.stack([_vector(blob) for *_, blob in chunk]) @ query.T
+                best = sims.argmax(axis=1)
+                for (other, listing_id, night, _), b, row in zip(chunk, best, sims):
+                    if row[b] >= link_similarity:
+                        add(other, {"listing_id": queries[b][0], "night": queries[b][1], "other_listing_id": listing_id,
+                                    "other_night": night, "similarity": round(float(row[b]), 4), "same_file": False})
+        linked = []
+        for other, evidence in pairs.items():
+            unique = {(e["listing_id"], e["other_listing_id"]): e for e in evidence}
+            linked.append({"seller_id": other, "shared_photos": len(unique),
+                           "evidence": max(unique.values(), key=lambda e: e["similarity"])})
+        return sorted(linked, key=lambda item: (-item["shared_photos"], item["seller_id"]))
+
+
+def _vector(blob: bytes) -> np.ndarray:
+    vector = np.frombuffer(blob, np.float16).astype(np.float32)
+    return vector / max(float(np.linalg.norm(vector)), 1e-12)
