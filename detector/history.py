@@ -11,11 +11,13 @@ nights from it, before deciding, for two signals (:class:`PriorEvidence`):
 
 Recording a night replaces an earlier record of the same night and OUT_DIR, so a rerun or a
 resumed scan does not count twice. The night's rows are written in one transaction, committed
-only after the scan's outputs are.
+only after the scan's outputs are; scans sharing a history file record one at a time (a
+second waits up to ``LOCK_WAIT_S``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import itertools
 import sqlite3
@@ -87,17 +89,48 @@ class PriorEvidence:
         return [link for link in self.links.get(row, []) if link.seller_id != seller_id]
 
 
+LOCK_WAIT_S = 600
+"""How long a scan waits for another scan recording its night into the same history."""
+
+
+class _Connection:
+    """The history's SQLite connection; its errors become one line that names the file, so they
+    are never mistaken for the scan's own progress database."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.conn = self._guard(sqlite3.connect, path, isolation_level=None, timeout=LOCK_WAIT_S)
+        self.execute("PRAGMA journal_mode=WAL")
+        self._guard(self.conn.executescript, SCHEMA)
+
+    def _guard(self, call, *args, **kwargs):
+        try:
+            return call(*args, **kwargs)
+        except sqlite3.Error as exc:
+            hint = ("another scan is recording into it; rerun when that one has finished (this scan resumes)"
+                    if "locked" in str(exc) else "choose another --history file, or move this one aside")
+            raise UserError(f"scan history {self.path}: {exc}; {hint}") from None
+
+    def execute(self, sql: str, params=()):
+        return self._guard(self.conn.execute, sql, params)
+
+    def executemany(self, sql: str, rows):
+        return self._guard(self.conn.executemany, sql, rows)
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.conn.in_transaction
+
+    def close(self) -> None:
+        self.conn.close()
+
+
 class ScanHistory:
     """The history file: open (created when missing), read earlier nights, record a night."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        try:
-            self.db = sqlite3.connect(self.path, isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.executescript(SCHEMA)
-        except sqlite3.Error as exc:
-            raise UserError(f"cannot use {self.path} as a scan history ({exc}); choose another --history file") from None
+        self.db = _Connection(self.path)
 
     def close(self) -> None:
         self.db.close()
@@ -184,8 +217,9 @@ class ScanHistory:
         self.db.execute("COMMIT")
 
     def abort_night(self) -> None:
-        if self.db.in_transaction:
-            self.db.execute("ROLLBACK")
+        with contextlib.suppress(UserError):  # the scan is failing already; its own error is the one to show
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
 
     # --- reading it back ---------------------------------------------------------------------
 

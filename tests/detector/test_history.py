@@ -124,3 +124,9 @@ def test_history_commands_explain_a_missing_file_and_a_bad_night(tmp_path, demo_
     bad = runner.invoke(app, ["scan", str(nights / f"{NIGHT1}.csv"), "--index", str(demo_index), "--out",
                               str(tmp_path / "o"), "--history", str(tmp_path / "h.sqlite"), "--night", "yesterday"])
     assert bad.exit_code != 0 and "--night 'yesterday' is not a date" in bad.output
+    garbage = tmp_path / "garbage.sqlite"
+    garbage.write_bytes(b"not a database" * 100)
+    broken = runner.invoke(app, ["scan", str(nights / f"{NIGHT1}.csv"), "--index", str(demo_index), "--out",
+                                 str(tmp_path / "o2"), "--history", str(garbage), "--no-cache"])
+    assert broken.exit_code != 0 and f"scan history {garbage}" in broken.output
+    assert "progress" not in broken.output and "Traceback" not in broken.output

@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import signal
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -43,11 +44,21 @@ def outputs(out):
     return {name: (out / name).read_text(encoding="utf-8") for name in ("decisions.jsonl", "flagged.csv")}
 
 
+def stored_photos(history):
+    with sqlite3.connect(history) as db:
+        return db.execute("SELECT listing_id, seller_id, digest, vector FROM photos ORDER BY listing_id, digest").fetchall()
+
+
 def test_ray_and_local_engines_give_identical_outputs(tmp_path, demo_data, loaded, local_ray):
     listings, expected = hostile_dump(tmp_path, demo_data)  # the demo plus rows that end as errors
-    local = run(listings, tmp_path / "local", loaded, batch_size=4)
-    on_ray = run(listings, tmp_path / "ray", loaded, batch_size=4, engine="ray", ray_actors=2)
+    night = dict(night="2026-11-01")
+    local = run(listings, tmp_path / "local", loaded, batch_size=4, history=tmp_path / "local.sqlite", **night)
+    on_ray = run(listings, tmp_path / "ray", loaded, batch_size=4, engine="ray", ray_actors=2,
+                 history=tmp_path / "ray.sqlite", **night)
     assert outputs(tmp_path / "ray") == outputs(tmp_path / "local")
+    # the history gets the same photos and vectors from the actors as from the local engine
+    photos = stored_photos(tmp_path / "local.sqlite")
+    assert photos == stored_photos(tmp_path / "ray.sqlite") and all(p[3] for p in photos)
     assert on_ray.summary["verdicts"] == local.summary["verdicts"]
     assert on_ray.summary["listings"] == expected
     assert on_ray.summary["this_run"]["rows_processed"] == local.summary["this_run"]["rows_processed"]
