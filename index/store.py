@@ -34,7 +34,7 @@ import faiss
 import numpy as np
 
 from index.ondisk import build_ondisk_ivf, open_ondisk_ivf
-from index.search import Hit, build_faiss_index, choose_index_kind, effective_kind, search_brands
+from index.search import Hit, build_faiss_index, choose_index_kind, effective_kind, hnsw_ef_search, search_brands
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -314,7 +314,7 @@ def _open_brand_index(index_dir: Path, files: dict, brand: str) -> faiss.Index:
     # read from the checked file, not from a copy in memory: a 5 GB index then needs 5 GB, not 10
     index = faiss.read_index(str(_checked_path(index_dir, files["index"], brand)))
     if index.metric_type == faiss.METRIC_INNER_PRODUCT and hasattr(index, "hnsw"):
-        index.hnsw.efSearch = 128
+        index.hnsw.efSearch = hnsw_ef_search(index.ntotal)
     return index
 
 
