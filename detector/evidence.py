@@ -66,10 +66,20 @@ def pack_vector(vector: np.ndarray) -> str:
     return base64.b64encode(np.asarray(vector, np.float16).tobytes()).decode("ascii")
 
 
+def packed_bytes(text: str) -> bytes:
+    """The float16 bytes inside a :func:`pack_vector` text."""
+    return base64.b64decode(text)
+
+
+def unit_vector(raw: bytes) -> np.ndarray:
+    """A float32 unit vector from float16 bytes."""
+    vector = np.frombuffer(raw, np.float16).astype(np.float32)
+    return vector / max(float(np.linalg.norm(vector)), 1e-12)
+
+
 def unpack_vector(text: str) -> np.ndarray:
     """The float32 unit vector :func:`pack_vector` wrote."""
-    vector = np.frombuffer(base64.b64decode(text), np.float16).astype(np.float32)
-    return vector / max(float(np.linalg.norm(vector)), 1e-12)
+    return unit_vector(packed_bytes(text))
 
 
 class Counted(NamedTuple):

@@ -28,6 +28,7 @@ from typing import Iterable
 import numpy as np
 
 from detector.errors import UserError
+from detector.evidence import unit_vector
 from index.search import build_faiss_index
 
 SCHEMA = """
@@ -162,7 +163,7 @@ class ScanHistory:
         with_vectors = [item for item in flagged if item[4] is not None]
         index = None
         if with_vectors:
-            index = build_faiss_index(np.stack([_vector(item[4]) for item in with_vectors]), "flat")
+            index = build_faiss_index(np.stack([unit_vector(item[4]) for item in with_vectors]), "flat")
         photos = iter(photos)
         while chunk := list(itertools.islice(photos, SEARCH_CHUNK)):
             for row, digest, _ in chunk:
@@ -194,7 +195,8 @@ class ScanHistory:
                 self.db.execute(f"DELETE FROM {table} WHERE scan_id = ?", (scan_id,))
         return self.db.execute("INSERT INTO scans (night, out_dir) VALUES (?, ?)", (night, key)).lastrowid
 
-    def add_listing(self, scan_id: int, decision: dict, photos: list[tuple[str | None, np.ndarray | None]]) -> None:
+    def add_listing(self, scan_id: int, decision: dict, photos: list[tuple[str | None, bytes | None]]) -> None:
+        """Record one decided listing and its photos: (content hash, whole-image vector as float16 bytes)."""
         comeback = decision.get("comeback") or []
         self.db.execute(
             "INSERT OR REPLACE INTO listings VALUES (?,?,?,?,?,?,?,?,?)",
@@ -204,8 +206,7 @@ class ScanHistory:
         )
         self.db.executemany(
             "INSERT INTO photos VALUES (?,?,?,?,?)",
-            [(scan_id, decision["listing_id"], decision.get("seller_id"), digest,
-              None if vector is None else np.asarray(vector, np.float16).tobytes()) for digest, vector in photos],
+            [(scan_id, decision["listing_id"], decision.get("seller_id"), digest, raw) for digest, raw in photos],
         )
 
     def commit_night(self, scan_id: int, verdicts: dict[str, int]) -> None:
@@ -272,14 +273,14 @@ class ScanHistory:
                 mine = next(o for o in own if o[2] == digest)
                 add(other, {"listing_id": mine[0], "night": mine[1], "other_listing_id": listing_id,
                             "other_night": night, "similarity": 1.0, "same_file": True})
-        queries = [(o[0], o[1], _vector(o[3])) for o in own if o[3] is not None]
+        queries = [(o[0], o[1], unit_vector(o[3])) for o in own if o[3] is not None]
         if queries:
             query = np.stack([q[2] for q in queries])
             cursor = self.db.execute(
                 "SELECT p.seller_id, p.listing_id, s.night, p.vector FROM photos p JOIN scans s USING (scan_id)"
                 " WHERE p.seller_id IS NOT ? AND p.vector IS NOT NULL", (seller_id,))
             while chunk := cursor.fetchmany(SEARCH_CHUNK):
-                sims = np.stack([_vector(blob) for *_, blob in chunk]) @ query.T
+                sims = np.stack([unit_vector(blob) for *_, blob in chunk]) @ query.T
                 best = sims.argmax(axis=1)
                 for (other, listing_id, night, _), b, row in zip(chunk, best, sims):
                     if row[b] >= link_similarity:
@@ -292,7 +293,3 @@ class ScanHistory:
                            "evidence": max(unique.values(), key=lambda e: e["similarity"])})
         return sorted(linked, key=lambda item: (-item["shared_photos"], item["seller_id"]))
 
-
-def _vector(blob: bytes) -> np.ndarray:
-    vector = np.frombuffer(blob, np.float16).astype(np.float32)
-    return vector / max(float(np.linalg.norm(vector)), 1e-12)

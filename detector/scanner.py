@@ -27,7 +27,7 @@ from typing import Callable, Iterator
 from detector.cache import EmbeddingCache
 from detector.embedders import Embedder
 from detector.errors import UserError, disk_full
-from detector.evidence import EvidenceMaker, pending_rows, unpack_vector
+from detector.evidence import EvidenceMaker, packed_bytes, pending_rows, unpack_vector
 from detector.history import PriorEvidence, ScanHistory, parse_night
 from detector.matches import authorized_sellers, candidates
 from detector.outputs import DecisionWriter, wilson_interval, write_json
@@ -358,7 +358,7 @@ def _finalise(listings, index, embedder, policy, out_dir, state, authorized_over
             writer.write(decision)
             if history is not None:
                 history.add_listing(scan_id, decision.as_record(),
-                                    [(row["digest"], unpack_vector(row["vector"]) if row["vector"] else None)
+                                    [(row["digest"], packed_bytes(row["vector"]) if row["vector"] else None)
                                      for row in rows if not row["error"]])
             n_listings += 1
             n_rows += len(rows)

@@ -282,29 +282,28 @@ def _collect_garbage(index_dir: Path, manifest: dict) -> None:
                 path.unlink()
 
 
-def _checked_path(index_dir: Path, spec: dict, brand: str) -> Path:
-    """The path of a data file whose size and SHA-256 match the manifest's, hashed in chunks."""
+def _checked(index_dir: Path, spec: dict, brand: str, *, keep: bool) -> tuple[Path, bytes | None]:
+    """A data file whose size and SHA-256 match the manifest's: its path, and its bytes when
+    ``keep`` (small files); large files are hashed in chunks instead and left on disk."""
     path = index_dir / DATA / spec["name"]
     rebuild = f"rebuild with: counterfeit index build CATALOG.csv --out {index_dir}"
     try:
-        intact = path.stat().st_size == spec["bytes"] and _file_sha256(path) == spec["sha256"]
+        payload = path.read_bytes() if keep else None
+        size = len(payload) if keep else path.stat().st_size
+        intact = size == spec["bytes"] and (_sha256(payload) if keep else _file_sha256(path)) == spec["sha256"]
     except OSError as exc:
         raise IndexStoreError(f"index file {path} for brand {brand!r} is missing ({exc.strerror}); {rebuild}") from None
     if not intact:
         raise IndexStoreError(f"index file {path} for brand {brand!r} is corrupt (checksum mismatch); {rebuild}")
-    return path
+    return path, payload
+
+
+def _checked_path(index_dir: Path, spec: dict, brand: str) -> Path:
+    return _checked(index_dir, spec, brand, keep=False)[0]
 
 
 def _read_checked(index_dir: Path, spec: dict, brand: str) -> bytes:
-    path = index_dir / DATA / spec["name"]
-    rebuild = f"rebuild with: counterfeit index build CATALOG.csv --out {index_dir}"
-    try:
-        payload = path.read_bytes()
-    except OSError as exc:
-        raise IndexStoreError(f"index file {path} for brand {brand!r} is missing ({exc.strerror}); {rebuild}") from None
-    if len(payload) != spec["bytes"] or _sha256(payload) != spec["sha256"]:
-        raise IndexStoreError(f"index file {path} for brand {brand!r} is corrupt (checksum mismatch); {rebuild}")
-    return payload
+    return _checked(index_dir, spec, brand, keep=True)[1]
 
 
 def _open_brand_index(index_dir: Path, files: dict, brand: str) -> faiss.Index:

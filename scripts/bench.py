@@ -276,13 +276,13 @@ NEAR = 0.6
 
 SETTINGS = {"hnsw": ("efSearch", (64, 128, 256, 512, 1024)), "ivf": ("nprobe", (32, 128)), "ivfpq": ("nprobe", (32,))}
 """Search-time settings each approximate index is measured at (one build each)."""
-IN_USE = {"ivf": IVF_NPROBE, "ivfpq": IVF_NPROBE}
-"""The nprobe index build gives the IVF kinds."""
 
 
 def in_use(kind: str, n: int) -> int | None:
     """The search setting index build gives a brand of ``n`` vectors of ``kind``."""
-    return hnsw_ef_search(n) if kind == "hnsw" else IN_USE.get(kind)
+    if kind == "hnsw":
+        return hnsw_ef_search(n)
+    return IVF_NPROBE if kind in ("ivf", "ivfpq") else None
 
 
 def faiss_search(sizes: list[int], dim: int, folder: Path, model: str = "spectral", queries: int = 200, k: int = 10,
