@@ -27,7 +27,7 @@ from scipy import stats
 
 from detector.errors import UserError
 from detector.outputs import write_json
-from detector.sampling import DESIGN_FILE, REVIEW_DIR, read_frame
+from detector.sampling import DESIGN_FILE, REVIEW_DIR, decisions_sha256
 
 COUNTERFEIT = {"counterfeit", "fake", "yes", "y", "1", "true"}
 GENUINE = {"genuine", "authentic", "real", "no", "n", "0", "false"}
@@ -200,7 +200,7 @@ def prevalence(out_dir: Path, labels_path: Path) -> dict:
         strata_of = design["reviews"]
     except (OSError, ValueError, KeyError, TypeError):
         raise UserError(f"no usable review sample in {folder}; draw one with: counterfeit sample {out_dir} --n 400") from None
-    if read_frame(out_dir).decisions_sha256 != design["decisions_sha256"]:
+    if decisions_sha256(out_dir) != design["decisions_sha256"]:
         raise UserError(f"{out_dir}/decisions.jsonl changed after the sample was drawn; draw a new sample")
     labels = read_labels(Path(labels_path), strata_of)
     counts: dict[str, list[int]] = {key: [0, 0] for key in design["strata"]}

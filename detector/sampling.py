@@ -44,7 +44,6 @@ class Frame:
 
     strata: dict[str, list[int]]
     excluded: dict[str, int]
-    decisions_sha256: str
 
 
 def stratum_key(decision: dict) -> str | None:
@@ -54,17 +53,27 @@ def stratum_key(decision: dict) -> str | None:
     return f"{decision['verdict']}|{decision.get('brand') or '-'}"
 
 
-def read_frame(out_dir: Path) -> Frame:
-    """Every decision of the scan in ``out_dir``, grouped by stratum."""
+def decisions_path(out_dir: Path) -> Path:
+    """``OUT_DIR/decisions.jsonl``, which must exist."""
     path = Path(out_dir) / "decisions.jsonl"
     if not path.is_file():
         raise UserError(f"no decisions.jsonl in {out_dir}; run `counterfeit scan … --out {out_dir}` first")
+    return path
+
+
+def decisions_sha256(out_dir: Path) -> str:
+    """The SHA-256 of the scan's decisions.jsonl: a sample belongs to exactly these decisions."""
+    with open(decisions_path(out_dir), "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def read_frame(out_dir: Path) -> Frame:
+    """Every decision of the scan in ``out_dir``, grouped by stratum."""
+    path = decisions_path(out_dir)
     strata: dict[str, list[int]] = {}
     excluded: dict[str, int] = {}
-    digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for line_no, line in enumerate(fh):
-            digest.update(line)
             try:
                 decision = json.loads(line)
             except ValueError:
@@ -75,7 +84,7 @@ def read_frame(out_dir: Path) -> Frame:
                 excluded[verdict] = excluded.get(verdict, 0) + 1
             else:
                 strata.setdefault(key, []).append(line_no)
-    return Frame(strata=dict(sorted(strata.items())), excluded=excluded, decisions_sha256=digest.hexdigest())
+    return Frame(strata=dict(sorted(strata.items())), excluded=excluded)
 
 
 def allocate(populations: dict[str, int], n: int, flagged_share: float = FLAGGED_SHARE) -> dict[str, int]:
@@ -128,7 +137,7 @@ def draw_sample(out_dir: Path, n: int, seed: int = 0, flagged_share: float = FLA
         "requested": n,
         "flagged_share": flagged_share,
         "sampled": len(rows),
-        "decisions_sha256": frame.decisions_sha256,
+        "decisions_sha256": decisions_sha256(out_dir),
         "excluded": frame.excluded,
         "strata": {k: {"population": populations[k], "sampled": sizes[k]} for k in populations},
         "reviews": {row["review_id"]: row["stratum"] for row in rows},

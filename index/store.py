@@ -149,11 +149,8 @@ def _put(data_dir: Path, payload: bytes, suffix: str) -> dict:
 
 def _file_sha256(path: Path) -> str:
     """SHA-256 of a file read in chunks, so a file larger than memory can be checked."""
-    digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 24):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _scratch(data_dir: Path, suffix: str) -> Path:
