@@ -23,13 +23,14 @@ import numpy as np
 
 from detector.errors import UserError, disk_full
 from detector.paths import cache_dir
+from detector.verify import Outcome
 from detector.views import LISTING_VIEWS
 
 DEFAULT_MAX_BYTES = 4 << 30
 
 
-def _verification_crc(verifier: str, digest: str, reference: str, inliers: int | None) -> int:
-    return zlib.crc32(f"{verifier}|{digest}|{reference}|{inliers}".encode())
+def _verification_crc(verifier: str, digest: str, reference: str, inliers: int | None, alignment: float | None) -> int:
+    return zlib.crc32(f"{verifier}|{digest}|{reference}|{inliers}|{alignment!r}".encode())
 
 
 def default_cache_path() -> Path:
@@ -61,11 +62,11 @@ class EmbeddingCache:
             )
             self._db.execute("CREATE INDEX IF NOT EXISTS vectors_used ON vectors (used)")
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(verifications)")}
-            if columns and "crc" not in columns:  # written before outcomes carried a checksum
+            if columns and "alignment" not in columns:  # written before outcomes carried an alignment
                 self._db.execute("DROP TABLE verifications")
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS verifications (verifier TEXT, digest TEXT, reference TEXT,"
-                " inliers INTEGER, crc INTEGER, PRIMARY KEY (verifier, digest, reference)) WITHOUT ROWID"
+                " inliers INTEGER, alignment REAL, crc INTEGER, PRIMARY KEY (verifier, digest, reference)) WITHOUT ROWID"
             )
             (self._count,) = self._db.execute("SELECT COUNT(*) FROM vectors").fetchone()
         except (sqlite3.DatabaseError, OSError) as exc:
@@ -138,29 +139,34 @@ class EmbeddingCache:
             self._db.execute("DELETE FROM verifications WHERE digest NOT IN (SELECT digest FROM vectors)")
         self._count = count - max(0, excess)
 
-    def get_inliers(self, verifier: str, digest: str, reference: str) -> tuple[bool, int | None]:
-        """``(found, inliers)`` for a cached verification; ``inliers`` is ``None`` for an
+    def get_outcome(self, verifier: str, digest: str, reference: str) -> tuple[bool, Outcome | None]:
+        """``(found, outcome)`` for a cached verification; ``outcome`` is ``None`` for an
         unverifiable pair."""
         with self._lock:
             row = self._read(
-                "SELECT inliers, crc FROM verifications WHERE verifier=? AND digest=? AND reference=?",
+                "SELECT inliers, alignment, crc FROM verifications WHERE verifier=? AND digest=? AND reference=?",
                 (verifier, digest, reference),
             )
         if row is None:
             return False, None
         inliers = None if row[0] is None else int(row[0])
-        if row[1] != _verification_crc(verifier, digest, reference, inliers):
+        alignment = None if row[1] is None else float(row[1])
+        if row[2] != _verification_crc(verifier, digest, reference, inliers, alignment):
             self.corrupt += 1
             return False, None
-        return True, inliers
+        return True, None if inliers is None else Outcome(inliers, alignment)
 
-    def put_inliers(self, verifier: str, outcomes: dict[tuple[str, str], int | None]) -> None:
+    def put_outcomes(self, verifier: str, outcomes: dict[tuple[str, str], Outcome | None]) -> None:
         """Store verification outcomes keyed by (photo hash, reference photo hash)."""
         if not outcomes:
             return
-        rows = [(verifier, d, r, n, _verification_crc(verifier, d, r, n)) for (d, r), n in outcomes.items()]
+        rows = []
+        for (digest, reference), outcome in outcomes.items():
+            inliers, alignment = (None, None) if outcome is None else (outcome.inliers, outcome.alignment)
+            rows.append((verifier, digest, reference, inliers, alignment,
+                         _verification_crc(verifier, digest, reference, inliers, alignment)))
         with self._lock:
-            self._write(lambda: self._db.executemany("INSERT OR REPLACE INTO verifications VALUES (?, ?, ?, ?, ?)", rows))
+            self._write(lambda: self._db.executemany("INSERT OR REPLACE INTO verifications VALUES (?, ?, ?, ?, ?, ?)", rows))
 
     def _read(self, sql: str, args: tuple):
         """One row, or ``None`` when absent or when the file turns out damaged."""

@@ -251,13 +251,15 @@ def lookup(
     if as_json:
         sys.stdout.write(json.dumps(result.as_json(), ensure_ascii=False) + "\n")
         return
-    table = Table("#", "brand", "product", "similarity", "threshold", "keypoints", "price", "reference photo", title=f"Closest protected products to {escape(str(photo))}")
+    table = Table("#", "brand", "product", "similarity", "threshold", "keypoints", "outline", "price", "reference photo",
+                  title=f"Closest protected products to {escape(str(photo))}")
     for rank, match in enumerate(result.matches, start=1):
         threshold = policy.brand_threshold(match.brand, match.calibrated_threshold)
         style = "bold" if match.similarity >= threshold else "dim"
         table.add_row(
             str(rank), escape(match.brand), escape(match.product_id), f"[{style}]{match.similarity:.3f}[/]",
             f"{threshold:.3f}", "" if match.inliers is None else str(match.inliers),
+            "" if match.alignment is None else f"{match.alignment:.0%}",
             f"{match.price:,.2f} {escape(match.currency or '')}", escape(match.reference_image or ""),
         )
     out.print(table)

@@ -29,7 +29,7 @@ from detector.images import (
 )
 from detector.matches import ReferenceFeatures, search_views, to_verify, verify_hits
 from detector.tables import ListingRow, iter_listings
-from detector.verify import VERIFIER_ID, extract_query
+from detector.verify import VERIFIER_ID, Outcome, extract_query
 from detector.views import listing_views
 from index.search import Hit
 from index.store import ReferenceIndex
@@ -41,7 +41,7 @@ dump's rows is embedded once even without a cache (about 60 MB at six 1280-d vie
 
 class Evidence(NamedTuple):
     """One listing row and what was found for its photo: ``hits`` is a JSON list of
-    ``[brand, row, similarity, inliers]``, or ``None`` when ``error`` says why there is none;
+    ``[brand, row, similarity, inliers, alignment]`` (the last two ``null`` where not verified), or ``None`` when ``error`` says why there is none;
     ``vector`` is the photo's whole-image embedding (:func:`pack_vector`) when the scan keeps
     them for its history, else ``None``."""
 
@@ -80,6 +80,17 @@ def unit_vector(raw: bytes) -> np.ndarray:
 def unpack_vector(text: str) -> np.ndarray:
     """The float32 unit vector :func:`pack_vector` wrote."""
     return unit_vector(packed_bytes(text))
+
+
+def _outcome_fields(outcome: Outcome | None) -> list:
+    if outcome is None:
+        return [None, None]
+    return [outcome.inliers, None if outcome.alignment is None else round(outcome.alignment, 4)]
+
+
+def stored_outcomes(hits: list[Hit], stored: list[list]) -> dict[Hit, Outcome]:
+    """The verified hits' outcomes from an evidence record's ``hits`` rows (see :class:`Evidence`)."""
+    return {hit: Outcome(inliers, alignment) for hit, (*_, inliers, alignment) in zip(hits, stored) if inliers is not None}
 
 
 class Counted(NamedTuple):
@@ -157,15 +168,15 @@ class EvidenceMaker:
         local = extract_query(image) if self.verify else None
         return Prepared(array=self.embedder.preprocess_views(listing_views(image)), info=(digest, str(path), local))
 
-    def _verified(self, result: Embedded[ListingRow], hits: list[Hit]) -> dict[Hit, int | None]:
-        """Matching keypoints against the closest references, from the cache where known."""
+    def _verified(self, result: Embedded[ListingRow], hits: list[Hit]) -> dict[Hit, Outcome | None]:
+        """Geometric evidence against the closest references, from the cache where known."""
         digest, path, local = result.info
-        reference_of = {hit: self.index.product(hit)["image_sha256"] for hit in to_verify(hits)}
+        reference_of = {hit: self.index.product(hit)["image_sha256"] for hit in to_verify(self.index, hits)}
         known, missing = {}, []
         for hit, ref in reference_of.items():
-            found, inliers = self.cache.get_inliers(VERIFIER_ID, digest, ref) if self.cache else (False, None)
+            found, outcome = self.cache.get_outcome(VERIFIER_ID, digest, ref) if self.cache else (False, None)
             if found:
-                known[hit] = inliers
+                known[hit] = outcome
             else:
                 missing.append(hit)
         if missing:
@@ -178,16 +189,16 @@ class EvidenceMaker:
                 fresh = {}
             known.update(fresh)
             if self.cache is not None:
-                self.cache.put_inliers(VERIFIER_ID, {(digest, reference_of[h]): n for h, n in fresh.items()})
+                self.cache.put_outcomes(VERIFIER_ID, {(digest, reference_of[h]): o for h, o in fresh.items()})
         return known
 
     def _finish(self, batch: list[Embedded[ListingRow]], pool: ThreadPoolExecutor) -> Counted:
         found = [r for r in batch if r.vector is not None]
         hits = search_views(self.index, [r.vector for r in found], self.top_k)
         hits_of = {id(r): h for r, h in zip(found, hits)}
-        inliers_of = {}
+        outcomes_of = {}
         if self.verify and found:
-            inliers_of = dict(zip((id(r) for r in found), pool.map(self._verified, found, hits)))
+            outcomes_of = dict(zip((id(r) for r in found), pool.map(self._verified, found, hits)))
         fresh = {r.info[0]: r.vector for r in found if r.computed}
         if self.cache is not None:
             self.cache.put_many(fresh)
@@ -199,8 +210,9 @@ class EvidenceMaker:
             row = r.item
             digest, path, _ = r.info if r.info else (None, None, None)
             error = str(r.error) if r.error else None
-            verified = inliers_of.get(id(r), {})
-            hit_list = [[h.brand, h.row, round(h.similarity, 6), verified.get(h)] for h in hits_of.get(id(r), [])]
+            verified = outcomes_of.get(id(r), {})
+            hit_list = [[h.brand, h.row, round(h.similarity, 6), *_outcome_fields(verified.get(h))]
+                        for h in hits_of.get(id(r), [])]
             kept = pack_vector(r.vector[0]) if self.keep_vectors and r.vector is not None else None
             records.append(Evidence(row.row, row.listing_id, row.line, row.seller_id, row.title, row.price,
                                     row.currency, row.image, path, error, json.dumps(row.notes), digest,

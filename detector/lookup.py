@@ -37,6 +37,7 @@ class LookupResult:
                 "similarity": self.decision.similarity,
                 "threshold": self.decision.threshold,
                 "inliers": self.decision.inliers,
+                "alignment": self.decision.alignment,
                 "visual_match": self.decision.visual_match,
                 "price_ratio": self.decision.price_ratio,
                 "seller_authorized": self.decision.seller_authorized,
@@ -48,6 +49,7 @@ class LookupResult:
                     "image": m.reference_image,
                     "similarity": round(m.similarity, 4),
                     "inliers": m.inliers,
+                    "alignment": None if m.alignment is None else round(m.alignment, 4),
                     "price": m.price,
                     "currency": m.currency,
                 }
@@ -73,8 +75,8 @@ def lookup_photo(
     path = resolve_image_path(str(photo), Path.cwd(), allow_outside=True)
     image = decode_image(read_image_bytes(path), draft=embedder.decode_size)
     hits = search_views(index, [embedder.embed(listing_views(image))], top_k)[0]
-    inliers = verify_hits(extract_query(image), to_verify(hits), ReferenceFeatures(index))
-    found = candidates(index, hits, inliers)
+    outcomes = verify_hits(extract_query(image), to_verify(index, hits), ReferenceFeatures(index))
+    found = candidates(index, hits, outcomes)
     judged = listing is not None
     facts = listing or Listing(listing_id=str(photo))
     facts.image = str(photo)

@@ -10,7 +10,7 @@ import numpy as np
 from detector.embedders import Embedder, create_embedder
 from detector.errors import UserError
 from detector.policy import Candidate
-from detector.verify import VERIFIER_ID, LocalFeatures, QueryFeatures, unpack, verify_pair
+from detector.verify import VERIFIER_ID, LocalFeatures, Outcome, QueryFeatures, unpack, verify_pair
 from detector.views import REFERENCE_VIEW_ID
 from index.search import Hit
 from index.store import ReferenceIndex, load_index, read_manifest
@@ -76,13 +76,20 @@ def search_views(index: ReferenceIndex, vectors: list[np.ndarray], k: int) -> li
     return merged
 
 
-def to_verify(hits: list[Hit], top: int = VERIFY_TOP, min_similarity: float = VERIFY_MIN_SIMILARITY) -> list[Hit]:
-    """The hits worth a geometric check: the closest few that are not plainly unrelated."""
-    return [hit for hit in hits[:top] if hit.similarity >= min_similarity]
+def to_verify(
+    index: ReferenceIndex, hits: list[Hit], top: int = VERIFY_TOP, min_similarity: float = VERIFY_MIN_SIMILARITY
+) -> list[Hit]:
+    """The hits worth a geometric check: the closest few that are not plainly unrelated, and every
+    hit at or above its brand's calibrated threshold (any of those could become the match once
+    closer ones are vetoed, and none should win unchecked)."""
+    return [
+        hit for rank, hit in enumerate(hits)
+        if (rank < top and hit.similarity >= min_similarity) or hit.similarity >= index.brands[hit.brand].threshold
+    ]
 
 
-def verify_hits(features: QueryFeatures, hits: list[Hit], references: ReferenceFeatures) -> dict[Hit, int | None]:
-    """Matching keypoints between a photo and each hit's reference; ``None`` where the pair has too
+def verify_hits(features: QueryFeatures, hits: list[Hit], references: ReferenceFeatures) -> dict[Hit, Outcome | None]:
+    """Geometric evidence between a photo and each hit's reference; ``None`` where the pair has too
     few keypoints to tell (hits whose index holds no features are left out)."""
     result = {}
     for hit in hits:
@@ -93,11 +100,11 @@ def verify_hits(features: QueryFeatures, hits: list[Hit], references: ReferenceF
 
 
 def candidates(
-    index: ReferenceIndex, hits: list[Hit], inliers: dict[Hit, int | None] | None = None
+    index: ReferenceIndex, hits: list[Hit], outcomes: dict[Hit, Outcome | None] | None = None
 ) -> list[Candidate]:
     """One policy candidate per hit, carrying the product's catalogue facts, brand threshold and
-    (where verified) the number of matching keypoints."""
-    inliers = inliers or {}
+    (where verified) the geometric evidence."""
+    outcomes = outcomes or {}
     found = []
     for hit in hits:
         product = index.product(hit)
@@ -112,7 +119,8 @@ def candidates(
                 currency=product.get("currency"),
                 title=product.get("title", ""),
                 calibrated_threshold=index.brands[hit.brand].threshold,
-                inliers=inliers.get(hit),
+                inliers=None if outcomes.get(hit) is None else outcomes[hit].inliers,
+                alignment=None if outcomes.get(hit) is None else outcomes[hit].alignment,
             )
         )
     return found

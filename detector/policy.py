@@ -32,11 +32,16 @@ class Weights:
 
 @dataclass(frozen=True)
 class Verification:
-    """How geometric evidence (matching keypoints) confirms or vetoes a visual match."""
+    """How geometric evidence (matching keypoints, and the share of the reference's outline found
+    once aligned) confirms or vetoes a visual match."""
 
     confirm_inliers: int = 8
     veto_below: int = 3
     strong_similarity: float = 0.85
+    min_alignment: float = 0.75
+    aligned_inliers: int = 5
+    full_alignment: float = 0.95
+    trust_inliers: int = 32
 
 
 @dataclass(frozen=True)
@@ -148,6 +153,10 @@ def _policy_from(config: dict) -> Policy:
             confirm_inliers=int(_number(verify, "confirm_inliers", 8, "verify", 1, 10_000)),
             veto_below=int(_number(verify, "veto_below", 3, "verify", 0, 10_000)),
             strong_similarity=_number(verify, "strong_similarity", 0.85, "verify", 0.0, 1.01),
+            min_alignment=_number(verify, "min_alignment", 0.75, "verify", 0.0, 1.0),
+            aligned_inliers=int(_number(verify, "aligned_inliers", 5, "verify", 1, 10_000)),
+            full_alignment=_number(verify, "full_alignment", 0.95, "verify", 0.0, 1.01),
+            trust_inliers=int(_number(verify, "trust_inliers", 32, "verify", 1, 10_000)),
         ),
         history=HistoryRules(
             prior_flag_weight=_number(history, "prior_flag_weight", 0.5, "history", 0.0, 1.0),
@@ -205,6 +214,7 @@ class Candidate:
     title: str = ""
     calibrated_threshold: float | None = None
     inliers: int | None = None  # matching keypoints from geometric verification; None if not verified
+    alignment: float | None = None  # share of the reference's edges found in the photo once aligned
 
 
 @dataclass
@@ -221,6 +231,7 @@ class Decision:
     similarity: float | None = None
     threshold: float | None = None
     inliers: int | None = None
+    alignment: float | None = None
     visual_match: bool = False
     price_ratio: float | None = None
     seller_authorized: bool | None = None
@@ -292,15 +303,28 @@ def _usable_price(price: float | None) -> float | None:
 
 
 def _visual_state(cand: Candidate, threshold: float, verification: Verification) -> str:
-    """``confirmed`` (enough matching keypoints), ``matched`` (similar enough, not contradicted),
-    ``vetoed`` (similar, but the geometry disagrees) or ``none``."""
-    if cand.inliers is not None and cand.inliers >= verification.confirm_inliers:
+    """``confirmed`` (enough matching keypoints, or fewer whose alignment leaves the whole outline
+    in place), ``matched`` (similar enough, not contradicted), ``vetoed`` (similar, but too few
+    keypoints), ``misaligned`` (keypoints agree, but once aligned much of the reference's outline
+    is missing: a look-alike or a shared element) or ``none``."""
+    v = verification
+    inliers, alignment = cand.inliers, cand.alignment
+    if (inliers is not None and alignment is not None and v.veto_below <= inliers < v.trust_inliers
+            and alignment < v.min_alignment):
+        return "misaligned" if cand.similarity >= threshold else "none"
+    if inliers is not None and inliers >= v.confirm_inliers:
+        return "confirmed"
+    if inliers is not None and alignment is not None and inliers >= v.aligned_inliers and alignment >= v.full_alignment:
         return "confirmed"
     if cand.similarity < threshold:
         return "none"
     if cand.inliers is not None and cand.inliers < verification.veto_below and cand.similarity < verification.strong_similarity:
         return "vetoed"
     return "matched"
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
 
 
 def _visual(similarity: float, threshold: float) -> float:
@@ -358,7 +382,8 @@ def decide(
     )
     base.matches = [
         {"brand": candidates[i].brand, "product_id": candidates[i].product_id,
-         "similarity": round(candidates[i].similarity, 4), "inliers": candidates[i].inliers}
+         "similarity": round(candidates[i].similarity, 4), "inliers": candidates[i].inliers,
+         "alignment": _rounded(candidates[i].alignment)}
         for i in order
     ]
     best_i = order[0]
@@ -367,11 +392,12 @@ def decide(
     base.brand, base.product_id = cand.brand, cand.product_id
     base.reference_image, base.reference_path = cand.reference_image, cand.reference_path
     base.similarity, base.threshold, base.inliers = round(cand.similarity, 4), round(threshold, 4), cand.inliers
+    base.alignment = _rounded(cand.alignment)
     base.catalogue_price, base.catalogue_currency = cand.price, cand.currency
     visual = _visual(cand.similarity, threshold)
     if state == "confirmed":
         visual = max(visual, 0.5 + 0.5 * min(1.0, cand.inliers / (4.0 * policy.verification.confirm_inliers)))
-    elif state == "vetoed":
+    elif state in ("vetoed", "misaligned"):
         visual = min(visual, 0.49)
     product = f"{cand.brand} {cand.product_id}" + (f" ({cand.title})" if cand.title else "")
 
@@ -421,8 +447,18 @@ def decide(
             *notes,
         ]
         return base
+    if state == "misaligned":
+        base.reasons = [
+            f"closest: {product} at similarity {cand.similarity:.2f} ≥ threshold {threshold:.2f} with"
+            f" {cand.inliers} matching keypoints, but once aligned only {cand.alignment:.0%} of its outline is in"
+            f" the photo (a copy keeps {policy.verification.min_alignment:.0%}): a look-alike or a shared"
+            " element, not a copy",
+            *notes,
+        ]
+        return base
     if state == "confirmed":
-        matched = (f"photo matches {product}: {cand.inliers} matching keypoints in one geometric layout"
+        outline = "" if cand.alignment is None else f", {cand.alignment:.0%} of its outline in place"
+        matched = (f"photo matches {product}: {cand.inliers} matching keypoints in one geometric layout{outline}"
                    f" (similarity {cand.similarity:.2f}, threshold {threshold:.2f})")
     else:
         matched = f"photo matches {product} (similarity {cand.similarity:.2f} ≥ threshold {threshold:.2f}{keypoints})"

@@ -27,7 +27,7 @@ from typing import Callable, Iterator
 from detector.cache import EmbeddingCache
 from detector.embedders import Embedder
 from detector.errors import UserError, disk_full
-from detector.evidence import EvidenceMaker, packed_bytes, pending_rows, unpack_vector
+from detector.evidence import EvidenceMaker, packed_bytes, pending_rows, stored_outcomes, unpack_vector
 from detector.history import PriorEvidence, ScanHistory, parse_night
 from detector.matches import authorized_sellers, candidates
 from detector.outputs import DecisionWriter, wilson_interval, write_json
@@ -40,7 +40,7 @@ from index.search import Hit
 from index.store import ReferenceIndex
 
 STATE_DIR = ".scan"
-STATE_VERSION = 4
+STATE_VERSION = 5
 
 
 @dataclass
@@ -351,9 +351,8 @@ def _finalise(listings, index, embedder, policy, out_dir, state, authorized_over
                     continue
                 paths[row["image"]] = row["path"]
                 stored = json.loads(row["hits"])
-                hits = [Hit(b, r, s) for b, r, s, _ in stored]
-                inliers = {hit: n for hit, (*_, n) in zip(hits, stored) if n is not None}
-                decisions.append(decide(facts, candidates(index, hits, inliers), authorized, policy))
+                hits = [Hit(b, r, s) for b, r, s, *_ in stored]
+                decisions.append(decide(facts, candidates(index, hits, stored_outcomes(hits, stored)), authorized, policy))
             decision = combine(decisions)
             writer.write(decision)
             if history is not None:

@@ -128,8 +128,8 @@ def stages(photo_paths: list[Path], index_dir: Path) -> dict:
     hits = timed("FAISS search", lambda v: index.search(v, 5), vectors)
     local = timed("SIFT keypoints (and their mirror)", extract_query, images)
     references = ReferenceFeatures(index)
-    timed("geometric verification, 3 references", lambda pair: verify_hits(pair[0], to_verify(pair[1][0]), references),
-          list(zip(local, hits)))
+    timed("geometric verification (top three, and any hit above its threshold)",
+          lambda pair: verify_hits(pair[0], to_verify(index, pair[1][0]), references), list(zip(local, hits)))
     return {"backend": embedder.backend, "ms_per_photo": timings}
 
 

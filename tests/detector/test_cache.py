@@ -7,42 +7,46 @@ import sqlite3
 import numpy as np
 
 from detector.cache import EmbeddingCache
+from detector.verify import Outcome
 from tests.conftest import run_cli
 
 
 def test_round_trip_of_vectors_and_verification_outcomes(tmp_path):
     cache = EmbeddingCache(tmp_path / "c.sqlite", "fp", 4)
     cache.put_many({"a": np.arange(8, dtype=np.float32).reshape(2, 4)})
-    cache.put_inliers("v1", {("a", "ref"): 12, ("a", "other"): None})
+    cache.put_outcomes("v1", {("a", "ref"): Outcome(12, 0.875), ("a", "flat"): Outcome(5, None), ("a", "other"): None})
     assert cache.get("a").shape == (2, 4) and cache.get("b") is None
-    assert cache.get_inliers("v1", "a", "ref") == (True, 12)
-    assert cache.get_inliers("v1", "a", "other") == (True, None)
-    assert cache.get_inliers("v2", "a", "ref") == (False, None)
+    assert cache.get_outcome("v1", "a", "ref") == (True, Outcome(12, 0.875))
+    assert cache.get_outcome("v1", "a", "flat") == (True, Outcome(5, None))
+    assert cache.get_outcome("v1", "a", "other") == (True, None)
+    assert cache.get_outcome("v2", "a", "ref") == (False, None)
 
 
 def test_a_damaged_verification_outcome_is_recomputed_not_used(tmp_path):
     cache = EmbeddingCache(tmp_path / "c.sqlite", "fp", 4)
-    cache.put_inliers("v1", {("a", "ref"): 12})
+    cache.put_outcomes("v1", {("a", "ref"): Outcome(12, 0.5), ("b", "ref"): Outcome(12, 0.5)})
     cache.close()
     db = sqlite3.connect(tmp_path / "c.sqlite")
-    db.execute("UPDATE verifications SET inliers = 44")  # one flipped bit turns 12 into 44
+    db.execute("UPDATE verifications SET inliers = 44 WHERE digest = 'a'")  # one flipped bit turns 12 into 44
+    db.execute("UPDATE verifications SET alignment = 0.75 WHERE digest = 'b'")
     db.commit()
     db.close()
     cache = EmbeddingCache(tmp_path / "c.sqlite", "fp", 4)
-    assert cache.get_inliers("v1", "a", "ref") == (False, None) and cache.corrupt == 1
+    assert cache.get_outcome("v1", "a", "ref") == (False, None)
+    assert cache.get_outcome("v1", "b", "ref") == (False, None) and cache.corrupt == 2
 
 
-def test_outcomes_written_without_checksums_are_dropped_on_open(tmp_path):
+def test_outcomes_written_by_an_older_version_are_dropped_on_open(tmp_path):
     db = sqlite3.connect(tmp_path / "c.sqlite")
     db.execute("CREATE TABLE verifications (verifier TEXT, digest TEXT, reference TEXT, inliers INTEGER,"
-               " PRIMARY KEY (verifier, digest, reference)) WITHOUT ROWID")
-    db.execute("INSERT INTO verifications VALUES ('v1', 'a', 'ref', 12)")
+               " crc INTEGER, PRIMARY KEY (verifier, digest, reference)) WITHOUT ROWID")
+    db.execute("INSERT INTO verifications VALUES ('v1', 'a', 'ref', 12, 0)")
     db.commit()
     db.close()
     cache = EmbeddingCache(tmp_path / "c.sqlite", "fp", 4)
-    assert cache.get_inliers("v1", "a", "ref") == (False, None)
-    cache.put_inliers("v1", {("a", "ref"): 12})
-    assert cache.get_inliers("v1", "a", "ref") == (True, 12)
+    assert cache.get_outcome("v1", "a", "ref") == (False, None)
+    cache.put_outcomes("v1", {("a", "ref"): Outcome(12, 1.0)})
+    assert cache.get_outcome("v1", "a", "ref") == (True, Outcome(12, 1.0))
 
 
 def _garble_back_half(path):

@@ -57,7 +57,7 @@ def test_lookup_finds_the_product_and_judges_listing_facts(demo_index, demo_data
     payload = json.loads(judged.output)
     assert payload["verdict"] == "flagged" and len(payload["matches"]) == 3
     assert payload["matches"][0]["product_id"] == "AUR-000"
-    assert set(payload["matches"][0]) == {"brand", "product_id", "image", "similarity", "inliers", "price", "currency"}
+    assert set(payload["matches"][0]) == {"brand", "product_id", "image", "similarity", "inliers", "alignment", "price", "currency"}
     assert payload["matches"][0]["inliers"] >= 8  # a cropped copy keeps its keypoints
     text = " ".join(payload["reasons"])
     assert "not authorised for Aurora" in text and "below 50%" in text and "'replica'" in text

@@ -191,6 +191,32 @@ def test_geometry_vetoes_a_look_alike_unless_the_similarity_is_strong():
     assert decide(listing(price=10.0), with_inliers(0.75, None), SELLERS, POLICY).verdict == FLAGGED
 
 
+def aligned(similarity, inliers, alignment):
+    return [Candidate(brand="Aurelio", product_id="AUR-1", similarity=similarity, price=100.0, currency="USD",
+                      calibrated_threshold=0.7, inliers=inliers, alignment=alignment)]
+
+
+def test_keypoints_whose_outline_does_not_line_up_are_a_look_alike_not_a_copy():
+    # Another colour variant of the design: 15 keypoints agree, but once aligned only 60% of the
+    # reference's outline is in the photo.
+    lookalike = decide(listing(price=10.0), aligned(0.9, 15, 0.6), SELLERS, POLICY)
+    assert lookalike.verdict == CLEAR and not lookalike.visual_match
+    assert "only 60% of its outline" in lookalike.reasons[0] and lookalike.alignment == 0.6
+    assert decide(listing(price=10.0), aligned(0.9, 15, 0.8), SELLERS, POLICY).verdict == FLAGGED
+    # overwhelming keypoint evidence stands even where a caption hides part of the outline
+    assert decide(listing(price=10.0), aligned(0.9, 40, 0.6), SELLERS, POLICY).verdict == FLAGGED
+    # without a fitted layout there is no outline to judge, and the old rules apply
+    assert decide(listing(price=10.0), aligned(0.75, 3, None), SELLERS, POLICY).verdict == FLAGGED
+
+
+def test_few_keypoints_with_the_whole_outline_in_place_confirm_a_copy():
+    # a small, blurred copy: 5 keypoints and a similarity below the threshold, but its whole outline
+    confirmed = decide(listing(price=10.0), aligned(0.5, 5, 0.97), SELLERS, POLICY)
+    assert confirmed.verdict == FLAGGED and "97% of its outline in place" in confirmed.reasons[0]
+    assert decide(listing(price=10.0), aligned(0.5, 5, 0.9), SELLERS, POLICY).verdict == CLEAR
+    assert decide(listing(price=10.0), aligned(0.5, 4, 0.97), SELLERS, POLICY).verdict == CLEAR
+
+
 def test_a_confirmed_candidate_beats_a_higher_similarity():
     candidates = [cand(similarity=0.80, threshold=0.7, product="AUR-1"),
                   Candidate(brand="Aurelio", product_id="AUR-2", similarity=0.72, price=100.0, currency="USD",
@@ -236,6 +262,7 @@ CANDIDATE = st.builds(
     title=TEXT,
     calibrated_threshold=st.one_of(st.none(), st.floats(min_value=0, max_value=1)),
     inliers=st.one_of(st.none(), st.integers(min_value=0, max_value=10_000)),
+    alignment=st.one_of(st.none(), st.floats(min_value=0, max_value=1)),
 )
 LISTING = st.builds(
     Listing,
