@@ -24,7 +24,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-VERIFIER_ID = "sift2000-c0.02-up512-ratio0.75-similarity-ransac4-mirror-edges256-homography-v4"
+VERIFIER_ID = "sift2000-c0.02-up512-ratio0.75-similarity-ransac4-mirror-edges256-homography-layout3-v4"
 MAX_SIDE = 512
 """Both photos are resized (up or down) so that their longer side is this long before SIFT: small
 photos and small pasted products then keep enough keypoints to verify."""
@@ -35,6 +35,9 @@ copies keep keypoints."""
 RATIO = 0.75
 RANSAC_PIXELS = 4.0
 MIN_KEYPOINTS = 4
+MIN_LAYOUT = 3
+"""Inliers below this are no layout (two points fix a similarity transform exactly): no outline is
+measured for them."""
 EDGE_LEVEL = 40.0
 """Gradient magnitude (grey levels per pixel, after a 1-pixel blur) above which a pixel is an edge."""
 EDGE_TOLERANCE = 5
@@ -89,8 +92,8 @@ def mirrored(features: LocalFeatures) -> LocalFeatures:
 
 class Outcome(NamedTuple):
     """A verified pair: matching keypoints in one layout, and the share of the reference's edges
-    found in the listing once aligned (``None`` when no layout was found or the reference has
-    too few edges to tell)."""
+    found in the listing once aligned (``None`` for fewer than MIN_LAYOUT keypoints, or when the
+    reference has too few edges to tell)."""
 
     inliers: int
     alignment: float | None
@@ -107,7 +110,7 @@ def verify_pair(query: QueryFeatures, reference: LocalFeatures) -> Outcome | Non
         if best is None or inliers > best[0]:
             best = (inliers, maps, flipped)
     inliers, maps, flipped = best
-    if not maps:
+    if inliers < MIN_LAYOUT:
         return Outcome(inliers, None)
     found = [edge_alignment(query.plain.thumbnail, reference.thumbnail, m, flipped) for m in maps]
     found = [a for a in found if a is not None]
@@ -149,8 +152,9 @@ def count_inliers(query: LocalFeatures, reference: LocalFeatures) -> int:
 def fit_layout(query: LocalFeatures, reference: LocalFeatures) -> tuple[int, list[np.ndarray]]:
     """Fit the one-to-one keypoint matches: how many distinct reference keypoints fit one
     similarity transform, and the 3 x 3 maps (reference frame to listing frame) worth aligning
-    edges with: that transform, and a homography when one fits as many matches (a photo taken at
-    an angle bends straight layouts). ``(0, [])`` when nothing fits."""
+    edges with: that transform, and, for a layout of MIN_LAYOUT or more, a homography when one
+    fits as many matches (a photo taken at an angle bends straight layouts). ``(0, [])`` when
+    nothing fits."""
     if len(query) < 4 or len(reference) < 4:
         return 0, []
     cv2 = _cv2()
@@ -175,7 +179,7 @@ def fit_layout(query: LocalFeatures, reference: LocalFeatures) -> tuple[int, lis
         return 0, []  # a collapsed or exploded fit is not a copy
     inliers = _distinct(src[mask.ravel().astype(bool)])
     maps = [np.vstack([transform, [0.0, 0.0, 1.0]])]
-    if len(matches) >= 8:
+    if inliers >= MIN_LAYOUT and len(matches) >= 8:
         homography, hmask = cv2.findHomography(src, dst, cv2.RANSAC, RANSAC_PIXELS)
         if homography is not None and _plausible(homography, reference) and _distinct(src[hmask.ravel().astype(bool)]) >= inliers:
             maps.append(homography)

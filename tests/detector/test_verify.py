@@ -38,12 +38,20 @@ def test_other_products_keep_few_keypoints_and_none_of_the_outline():
     reference = extract(draw_product(11))
     for seed in (12, 13, 14, 15):
         outcome = verify_pair(extract_query(draw_product(seed)), reference)
-        assert outcome.inliers < 8 and outcome.alignment < 0.6  # chance keypoints, not the shape
+        assert outcome.inliers < 8  # chance keypoints...
+        # ...in no layout at all (under three: no outline is measured), or one that misses the shape
+        assert (outcome.alignment is None) == (outcome.inliers < 3)
+        assert outcome.alignment is None or outcome.alignment < 0.6
 
 
-def test_deterministic():
-    a, b = extract(recompress(draw_product(5))), extract(draw_product(5))
-    assert count_inliers(a, b) == count_inliers(a, b)
+def test_deterministic_whatever_was_verified_before():
+    # an outcome must not depend on the pairs fitted before it (RANSAC, matcher or cache state),
+    # or two scans (or the local and Ray engines) would decide differently
+    query, reference = extract_query(staged(draw_product(5))), extract(draw_product(5))
+    first = verify_pair(query, reference)
+    for seed in range(6):
+        verify_pair(extract_query(draw_product(seed + 20)), extract(draw_product(seed + 30)))
+    assert verify_pair(query, reference) == first
 
 
 def test_featureless_and_tiny_pictures_give_nothing():
