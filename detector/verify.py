@@ -235,11 +235,12 @@ def edge_alignment(query: np.ndarray, reference: np.ndarray, transform: np.ndarr
 
 
 def pack(features: list[LocalFeatures]) -> bytes:
-    """Serialise a list of feature sets into one .npz payload (row-aligned with products)."""
+    """Serialise a list of feature sets into one compressed .npz payload (row-aligned with
+    products; compression takes the flat grey thumbnails to about a third)."""
     offsets = np.cumsum([0] + [len(f) for f in features]).astype(np.int64)
     shapes = np.array([f.thumbnail.shape for f in features], np.int64).reshape(-1, 2)
     buffer = io.BytesIO()
-    np.savez(
+    np.savez_compressed(
         buffer,
         offsets=offsets,
         points=np.concatenate([f.points for f in features]) if features else EMPTY.points,
