@@ -144,11 +144,6 @@ def extract(image: Image.Image) -> LocalFeatures:
     return LocalFeatures(points, np.clip(descriptors, 0, 255).astype(np.uint8), thumbnail)
 
 
-def count_inliers(query: LocalFeatures, reference: LocalFeatures) -> int:
-    """Distinct reference keypoints consistent with one similarity transform (0 when none)."""
-    return fit_layout(query, reference)[0]
-
-
 def fit_layout(query: LocalFeatures, reference: LocalFeatures) -> tuple[int, list[np.ndarray]]:
     """Fit the one-to-one keypoint matches: how many distinct reference keypoints fit one
     similarity transform, and the 3 x 3 maps (reference frame to listing frame) worth aligning

@@ -166,7 +166,7 @@ def finish(rng: random.Random, image: Image.Image) -> Image.Image:
     return image
 
 
-def harsh(rng: random.Random, image: Image.Image, backgrounds: list[Path]) -> tuple[str, Image.Image]:
+def harsh(rng: random.Random, image: Image.Image, backgrounds: list[Path]) -> Image.Image:
     kind = rng.choice(("perspective", "meme", "stickers", "screenshot", "staged", "staged+meme",
                        "perspective+stickers", "screenshot+perspective"))
     edits = {"perspective": lambda im: perspective(rng, im), "meme": lambda im: meme(rng, im),
@@ -174,7 +174,7 @@ def harsh(rng: random.Random, image: Image.Image, backgrounds: list[Path]) -> tu
              "staged": lambda im: staged(rng, im, backgrounds)}
     for step in kind.split("+"):
         image = edits[step](image)
-    return kind, finish(rng, image)
+    return finish(rng, image)
 
 
 def jpeg(image: Image.Image, quality: int) -> bytes:
@@ -226,10 +226,10 @@ def main() -> None:
         image = load(args.out / row["image"])
         price, brand, pid = row["price"], row["brand"], row["product_id"]
         seller = f"auth-{brand.lower()}-{rng.randint(0, 1)}"
-        _, cheap = harsh(rng, image, backgrounds)
+        cheap = harsh(rng, image, backgrounds)
         listing(cheap, rogue(), price * rng.uniform(0.1, 0.4), rng.choice([row["title"], "great deal"]), 1,
                 "copy_cheap_rogue", brand, pid)
-        _, full = harsh(rng, image, backgrounds)
+        full = harsh(rng, image, backgrounds)
         listing(full, rogue(), price * rng.uniform(0.9, 1.1), row["title"], 1, "copy_fullprice_rogue", brand, pid)
         listing(mild(rng, image), seller, price * rng.uniform(0.95, 1.05), row["title"], 0, "authorized_fullprice",
                 brand, pid)
@@ -238,7 +238,7 @@ def main() -> None:
                     brand, pid)
     for path in others:
         for _ in range(2):
-            _, image = harsh(rng, load(path), backgrounds) if rng.random() < 0.5 else ("mild", mild(rng, load(path)))
+            image = harsh(rng, load(path), backgrounds) if rng.random() < 0.5 else mild(rng, load(path))
             listing(image, rogue(), rng.uniform(5, 60), f"like {rng.choice(brands)} {path.stem}", 0,
                     "other_product_cheap")
     for _ in range(catalogued):

@@ -9,7 +9,12 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from detector.demo import draw_product
-from detector.verify import EMPTY, count_inliers, extract, extract_query, mirrored, pack, unpack, verify_pair
+from detector.verify import EMPTY, extract, extract_query, fit_layout, mirrored, pack, unpack, verify_pair
+
+
+def count_inliers(query, reference):
+    """Distinct reference keypoints in the best similarity layout."""
+    return fit_layout(query, reference)[0]
 
 
 def recompress(image, quality=40):
