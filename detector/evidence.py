@@ -41,7 +41,8 @@ dump's rows is embedded once even without a cache (about 60 MB at six 1280-d vie
 
 class Evidence(NamedTuple):
     """One listing row and what was found for its photo: ``hits`` is a JSON list of
-    ``[brand, row, similarity, inliers, alignment]`` (the last two ``null`` where not verified), or ``None`` when ``error`` says why there is none;
+    ``[brand, row, similarity, inliers, alignment]`` (the last two ``null`` where not verified),
+    or ``None`` when ``error`` says why there is none;
     ``vector`` is the photo's whole-image embedding (:func:`pack_vector`) when the scan keeps
     them for its history, else ``None``."""
 
@@ -80,12 +81,6 @@ def unit_vector(raw: bytes) -> np.ndarray:
 def unpack_vector(text: str) -> np.ndarray:
     """The float32 unit vector :func:`pack_vector` wrote."""
     return unit_vector(packed_bytes(text))
-
-
-def _outcome_fields(outcome: Outcome | None) -> list:
-    if outcome is None:
-        return [None, None]
-    return [outcome.inliers, None if outcome.alignment is None else round(outcome.alignment, 4)]
 
 
 def stored_outcomes(hits: list[Hit], stored: list[list]) -> dict[Hit, Outcome]:
@@ -211,7 +206,7 @@ class EvidenceMaker:
             digest, path, _ = r.info if r.info else (None, None, None)
             error = str(r.error) if r.error else None
             verified = outcomes_of.get(id(r), {})
-            hit_list = [[h.brand, h.row, round(h.similarity, 6), *_outcome_fields(verified.get(h))]
+            hit_list = [[h.brand, h.row, round(h.similarity, 6), *(verified.get(h) or (None, None))]
                         for h in hits_of.get(id(r), [])]
             kept = pack_vector(r.vector[0]) if self.keep_vectors and r.vector is not None else None
             records.append(Evidence(row.row, row.listing_id, row.line, row.seller_id, row.title, row.price,

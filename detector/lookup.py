@@ -49,7 +49,7 @@ class LookupResult:
                     "image": m.reference_image,
                     "similarity": round(m.similarity, 4),
                     "inliers": m.inliers,
-                    "alignment": None if m.alignment is None else round(m.alignment, 4),
+                    "alignment": m.alignment,
                     "price": m.price,
                     "currency": m.currency,
                 }

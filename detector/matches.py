@@ -107,7 +107,7 @@ def candidates(
     outcomes = outcomes or {}
     found = []
     for hit in hits:
-        product = index.product(hit)
+        product, outcome = index.product(hit), outcomes.get(hit)
         found.append(
             Candidate(
                 brand=hit.brand,
@@ -119,8 +119,8 @@ def candidates(
                 currency=product.get("currency"),
                 title=product.get("title", ""),
                 calibrated_threshold=index.brands[hit.brand].threshold,
-                inliers=None if outcomes.get(hit) is None else outcomes[hit].inliers,
-                alignment=None if outcomes.get(hit) is None else outcomes[hit].alignment,
+                inliers=None if outcome is None else outcome.inliers,
+                alignment=None if outcome is None else outcome.alignment,
             )
         )
     return found

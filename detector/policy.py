@@ -323,10 +323,6 @@ def _visual_state(cand: Candidate, threshold: float, verification: Verification)
     return "matched"
 
 
-def _rounded(value: float | None) -> float | None:
-    return None if value is None else round(value, 4)
-
-
 def _visual(similarity: float, threshold: float) -> float:
     if similarity >= threshold:
         return 0.5 + 0.5 * (similarity - threshold) / max(1e-6, 1.0 - threshold)
@@ -383,7 +379,7 @@ def decide(
     base.matches = [
         {"brand": candidates[i].brand, "product_id": candidates[i].product_id,
          "similarity": round(candidates[i].similarity, 4), "inliers": candidates[i].inliers,
-         "alignment": _rounded(candidates[i].alignment)}
+         "alignment": candidates[i].alignment}
         for i in order
     ]
     best_i = order[0]
@@ -392,7 +388,7 @@ def decide(
     base.brand, base.product_id = cand.brand, cand.product_id
     base.reference_image, base.reference_path = cand.reference_image, cand.reference_path
     base.similarity, base.threshold, base.inliers = round(cand.similarity, 4), round(threshold, 4), cand.inliers
-    base.alignment = _rounded(cand.alignment)
+    base.alignment = cand.alignment
     base.catalogue_price, base.catalogue_currency = cand.price, cand.currency
     visual = _visual(cand.similarity, threshold)
     if state == "confirmed":

@@ -24,7 +24,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-VERIFIER_ID = "sift2000-c0.02-up512-ratio0.75-similarity-ransac4-mirror-edges256-homography-layout3-v4"
+VERIFIER_ID = "sift2000-c0.02-up512-ratio0.75-similarity-ransac4-mirror-edges256-homography-layout3-v5"
 MAX_SIDE = 512
 """Both photos are resized (up or down) so that their longer side is this long before SIFT: small
 photos and small pasted products then keep enough keypoints to verify."""
@@ -92,8 +92,8 @@ def mirrored(features: LocalFeatures) -> LocalFeatures:
 
 class Outcome(NamedTuple):
     """A verified pair: matching keypoints in one layout, and the share of the reference's edges
-    found in the listing once aligned (``None`` for fewer than MIN_LAYOUT keypoints, or when the
-    reference has too few edges to tell)."""
+    found in the listing once aligned, to 4 decimals (``None`` for fewer than MIN_LAYOUT
+    keypoints, or when the reference has too few edges to tell)."""
 
     inliers: int
     alignment: float | None
@@ -114,7 +114,7 @@ def verify_pair(query: QueryFeatures, reference: LocalFeatures) -> Outcome | Non
         return Outcome(inliers, None)
     found = [edge_alignment(query.plain.thumbnail, reference.thumbnail, m, flipped) for m in maps]
     found = [a for a in found if a is not None]
-    return Outcome(inliers, max(found) if found else None)
+    return Outcome(inliers, round(max(found), 4) if found else None)
 
 
 def _cv2():
