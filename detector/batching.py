@@ -17,6 +17,7 @@ import numpy as np
 
 from detector.embedders import Embedder
 from detector.images import ImageError
+from detector.profile import StageClock, timed
 
 T = TypeVar("T")
 
@@ -60,8 +61,10 @@ def embed_stream(
     *,
     batch_size: int = 32,
     workers: int = 2,
+    clock: StageClock | None = None,
 ) -> Iterator[Embedded[T]]:
-    """Yield an :class:`Embedded` per item, in order, decoding ahead while the model runs."""
+    """Yield an :class:`Embedded` per item, in order, decoding ahead while the model runs (the
+    model's time goes to ``clock`` as the stage "embed")."""
     source = iter(items)
     pending: deque[tuple[T, Future]] = deque()
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="decode") as pool:
@@ -80,8 +83,9 @@ def embed_stream(
             fill()  # the next batch decodes while this one runs through the model
             outcomes = [(item, future.result()) for item, future in batch]
             arrays = [o.array for _, o in outcomes if isinstance(o, Prepared) and o.vector is None]
-            vectors = iter(_split(embedder.embed_arrays(np.concatenate([_views(a) for a in arrays])), arrays)
-                           if arrays else ())
+            with timed(clock, "embed"):
+                vectors = iter(_split(embedder.embed_arrays(np.concatenate([_views(a) for a in arrays])), arrays)
+                               if arrays else ())
             for item, outcome in outcomes:
                 if isinstance(outcome, ImageError):
                     yield Embedded(item, None, False, error=outcome)

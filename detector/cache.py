@@ -47,7 +47,7 @@ class EmbeddingCache:
         self.fingerprint_id = fingerprint_id
         self.dim = dim
         self.max_entries = max(1, max_bytes // (dim * 4 * LISTING_VIEWS + 96))
-        self.hits = self.misses = self.corrupt = 0
+        self.corrupt = 0  # damaged entries found (and dropped) by get
         self.damaged: str | None = None
         self._lock = threading.Lock()
         self._used: set[str] = set()
@@ -82,16 +82,13 @@ class EmbeddingCache:
                 "SELECT vector, crc FROM vectors WHERE fingerprint=? AND digest=?", (self.fingerprint_id, digest)
             )
             if row is None:
-                self.misses += 1
                 return None
             blob, crc = row
             if not blob or len(blob) % (self.dim * 4) or zlib.crc32(blob) != crc:
                 self.corrupt += 1
-                self.misses += 1
                 self._write(lambda: self._db.execute(
                     "DELETE FROM vectors WHERE fingerprint=? AND digest=?", (self.fingerprint_id, digest)))
                 return None
-            self.hits += 1
             self._used.add(digest)
             vectors = np.frombuffer(blob, dtype=np.float32).reshape(-1, self.dim).copy()
             return vectors[0] if len(vectors) == 1 else vectors

@@ -10,13 +10,14 @@ from typing import Callable
 import numpy as np
 
 from detector.batching import Prepared, embed_stream
-from detector.embedders import Embedder, file_sha256
+from detector.embedders import Embedder
 from detector.errors import UserError
 from detector.images import decode_image, read_image_bytes, resolve_image_path
 from detector.tables import IMAGE_SUFFIXES, CatalogRow, read_authorized, read_catalog
 from detector.verify import VERIFIER_ID, LocalFeatures, extract, pack, unpack
 from detector.views import REFERENCE_VIEW_ID, listing_views, reference_view
 from index.calibrate import CalibrationRule, calibrate_thresholds
+from index.files import file_sha256
 from index.store import BrandEntry, IndexStoreError, build_lock, load_index, write_index
 
 MAX_LISTED_ERRORS = 20

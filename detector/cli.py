@@ -22,6 +22,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from detector.embedders import available_embedders
 from detector.errors import UserError
 
 app = typer.Typer(
@@ -122,6 +123,10 @@ def _rate(task) -> str:
 # --- index ------------------------------------------------------------------------------------
 
 
+EMBEDDER_HELP = "Embedder: " + "; ".join(f"{name}: {summary}" for name, summary in available_embedders().items()) + "."
+EMBEDDER_OVERRIDE_HELP = f"Embedder, one of {', '.join(available_embedders())}; defaults to the one that built the index."
+
+
 @index_app.command("build")
 @friendly_errors
 def index_build(
@@ -129,7 +134,7 @@ def index_build(
     out_dir: Path = typer.Option(..., "--out", help="INDEX_DIR to create or update. The previous index stays usable until the new one is complete."),
     authorized: Optional[Path] = typer.Option(None, "--authorized", help="Table of brand, seller_id: the sellers each brand authorises. Without it, the previous build's lists are kept."),
     background: Optional[Path] = typer.Option(None, "--background", help="Folder of unrelated photos, used only to calibrate match thresholds (more impostors, better thresholds)."),
-    embedder: str = typer.Option("lite0", "--embedder", help="Embedder: lite0 (default), lite2 or resnet50."),
+    embedder: str = typer.Option("lite0", "--embedder", help=EMBEDDER_HELP),
     weights: Optional[str] = typer.Option(None, "--weights", help="Weights file for the embedder (resnet50: or 'torchvision' to download when online)."),
     device: Device = typer.Option(Device.auto, "--device", help="Where the model runs."),
     backend: Backend = typer.Option(Backend.auto, "--backend", help=BACKEND_HELP),
@@ -137,18 +142,16 @@ def index_build(
     memory_budget: Optional[float] = typer.Option(None, "--memory-budget", min=0.001, help="MB of vectors a brand's index may hold; a brand whose full vectors exceed it is compressed (IVF-PQ, about 50x smaller, lower recall)."),
     skip_bad_rows: bool = typer.Option(False, "--skip-bad-rows", help="Build from the good rows when some rows are bad (they are listed)."),
     allow_outside_paths: bool = typer.Option(False, "--allow-outside-paths", help="Trust image paths that are absolute or lead outside the catalogue's folder."),
-    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per model batch."),
-    workers: int = typer.Option(2, "--workers", min=1, help="Threads reading and decoding images."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, max=4096, help="Images per model batch."),
+    workers: int = typer.Option(2, "--workers", min=1, max=64, help="Threads reading and decoding images."),
 ) -> None:
     """Embed a brand catalogue's reference photos into per-brand FAISS indexes.
 
     Re-running on an updated catalogue embeds only photos the index does not hold yet;
     products removed from the catalogue disappear from the index.
     """
-    from detector.catalog import build_catalog_index
-    from detector.embedders import create_embedder
+    from detector.api import build_index
 
-    model = create_embedder(embedder, device=device.value, weights=weights, backend=backend.value)
     with progress_bar() as bar:
         task = bar.add_task("embedding catalogue", total=None, rate="")
 
@@ -156,28 +159,22 @@ def index_build(
             bar.update(task, completed=done, total=total)
             bar.update(task, rate=_rate(bar.tasks[task]))
 
-        report = build_catalog_index(
-            catalog,
-            out_dir,
-            model,
-            authorized_path=authorized,
-            background_dir=background,
-            skip_bad_rows=skip_bad_rows,
-            allow_outside=allow_outside_paths,
-            index_kind=None if index_type is IndexKind.auto else index_type.value,
-            memory_budget=None if memory_budget is None else int(memory_budget * 2**20),
-            batch_size=batch_size,
-            workers=workers,
-            on_progress=advance,
-        )
-    for note in report.notes:
+        info = build_index(catalog, out_dir, authorized=authorized, background=background, embedder=embedder,
+                           weights=weights, device=device.value, backend=backend.value, index_type=index_type.value,
+                           memory_budget_mb=memory_budget, skip_bad_rows=skip_bad_rows,
+                           allow_outside_paths=allow_outside_paths, batch_size=batch_size, workers=workers,
+                           on_progress=advance)
+    _print_build(info)
+
+
+def _print_build(info) -> None:
+    for note in info.notes:
         err.print(f"[yellow]note:[/] {escape(note)}")
-    for skipped in report.skipped:
+    for skipped in info.skipped:
         err.print(f"[yellow]skipped:[/] {escape(skipped)}")
-    counts = report.manifest["counts"]
     out.print(
-        f"Index written to {escape(str(out_dir))}: {counts['brands']} brand(s), {counts['products']} product(s),"
-        f" {counts['vectors']} photo(s); embedded {report.embedded}, reused {report.reused}."
+        f"Index written to {escape(str(info.path))}: {info.brands} brand(s), {info.products} product(s),"
+        f" {info.photos} photo(s); embedded {info.embedded}, reused {info.reused}."
     )
 
 
@@ -227,47 +224,36 @@ def lookup(
     title: Optional[str] = typer.Option(None, "--title", help="The listing's title; searched for counterfeit cues."),
     top_k: int = typer.Option(5, "--top-k", min=1, max=100, help="How many matches to show."),
     policy_file: Optional[Path] = typer.Option(None, "--policy", help="Policy TOML overriding the defaults (see detector/default_policy.toml)."),
-    embedder: Optional[str] = typer.Option(None, "--embedder", help="Embedder; defaults to the one that built the index."),
+    embedder: Optional[str] = typer.Option(None, "--embedder", help=EMBEDDER_OVERRIDE_HELP),
     device: Device = typer.Option(Device.auto, "--device", help="Where the model runs."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (verdict, visual_state, findings with codes, matches) instead of a table."),
 ) -> None:
     """Is this photo one of ours? Show the closest protected products, and a verdict when listing
     facts (--price with --currency, --seller, --title) are given."""
-    from detector.lookup import lookup_photo
-    from detector.matches import open_index
-    from detector.policy import Listing, load_policy
+    from detector.api import Detector
 
     if price is not None and not currency:
         raise UserError("--price needs --currency (for example --currency USD)")
-    if price is not None and (price < 0 or price != price):
-        raise UserError("--price must be a non-negative number")
-    policy = load_policy(policy_file)
-    index, model = open_index(index_dir, embedder=embedder, device=device.value)
-    facts = None
-    if price is not None or seller is not None or title is not None:
-        facts = Listing(listing_id=str(photo), seller_id=seller, title=title or "", price=price,
-                        currency=currency.upper() if currency else None)
-    result = lookup_photo(photo, index, model, policy, top_k=top_k, listing=facts)
+    with Detector.open(index_dir, policy=policy_file, device=device.value, embedder=embedder) as detector:
+        result = detector.lookup(photo, price=price, currency=currency, seller=seller, title=title, top_k=top_k)
     if as_json:
         sys.stdout.write(json.dumps(result.as_json(), ensure_ascii=False) + "\n")
         return
     table = Table("#", "brand", "product", "similarity", "threshold", "keypoints", "outline", "price", "reference photo",
                   title=f"Closest protected products to {escape(str(photo))}")
     for rank, match in enumerate(result.matches, start=1):
-        threshold = policy.brand_threshold(match.brand, match.calibrated_threshold)
-        style = "bold" if match.similarity >= threshold else "dim"
+        style = "bold" if match.similarity >= match.threshold else "dim"
+        price_text = "" if match.price is None else f"{match.price:,.2f} {escape(match.currency or '')}"
         table.add_row(
             str(rank), escape(match.brand), escape(match.product_id), f"[{style}]{match.similarity:.3f}[/]",
-            f"{threshold:.3f}", "" if match.inliers is None else str(match.inliers),
-            "" if match.alignment is None else f"{match.alignment:.0%}",
-            f"{match.price:,.2f} {escape(match.currency or '')}", escape(match.reference_image or ""),
+            f"{match.threshold:.3f}", "" if match.inliers is None else str(match.inliers),
+            "" if match.alignment is None else f"{match.alignment:.0%}", price_text, escape(match.reference_image or ""),
         )
     out.print(table)
-    decision = result.decision
     if result.judged:
-        colour = {"flagged": "bold red", "clear": "bold green"}.get(decision.verdict, "bold yellow")
-        out.print(f"Verdict: [{colour}]{decision.verdict.upper()}[/] (risk score {decision.score:.2f})")
-    for reason in decision.reasons:
+        colour = {"flagged": "bold red", "clear": "bold green"}.get(result.verdict, "bold yellow")
+        out.print(f"Verdict: [{colour}]{result.verdict.upper()}[/] (risk score {result.score:.2f})")
+    for reason in result.reasons:
         out.print(f"  - {escape(reason)}")
 
 
@@ -287,7 +273,7 @@ def scan(
     batch_size: int = typer.Option(32, "--batch-size", min=1, max=4096, help="Photos per batch (and per checkpoint); each photo is six views."),
     workers: int = typer.Option(2, "--workers", min=1, max=64, help="Threads reading and decoding images while the model runs."),
     top_k: int = typer.Option(5, "--top-k", min=1, max=100, help="Nearest references kept per photo."),
-    embedder: Optional[str] = typer.Option(None, "--embedder", help="Embedder; defaults to the one that built the index."),
+    embedder: Optional[str] = typer.Option(None, "--embedder", help=EMBEDDER_OVERRIDE_HELP),
     cache: Optional[Path] = typer.Option(None, "--cache", help="Embedding cache file (default: $COUNTERFEIT_CACHE_DIR or ~/.cache/counterfeit-detector/embeddings.sqlite)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Embed every photo; read and write no cache."),
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip geometric verification (similarity alone decides the visual match)."),
@@ -305,76 +291,52 @@ def scan(
     A killed scan resumes when the same command is run again. With --engine ray the
     reading, decoding, embedding and search run on a Ray cluster; deciding and writing stay here.
     """
-    from detector.cache import EmbeddingCache, default_cache_path
-    from detector.matches import open_index
-    from detector.policy import load_policy
-    from detector.scanner import ScanOptions, cache_key, scan as run_scan
-    from detector.tables import read_authorized
+    from detector.api import Detector
 
-    from detector.history import parse_night
+    if engine == Engine.ray and cache is not None:
+        err.print("[yellow]note:[/] --engine ray does not use the embedding cache; --cache is ignored")
+    with Detector.open(index_dir, policy=policy_file, device=device.value, backend=backend.value,
+                       cache=False if no_cache else (cache or True), embedder=embedder) as detector:
+        _run_scan(detector, listings, out_dir, authorized=authorized, batch_size=batch_size, workers=workers,
+                  top_k=top_k, verify=not no_verify, allow_outside_paths=allow_outside_paths, restart=restart,
+                  engine=engine.value, address=address, ray_actors=ray_actors, history=history, night=night)
 
-    policy = load_policy(policy_file)
-    night = parse_night(night)
-    override = read_authorized(authorized) if authorized else None
-    on_ray = engine == Engine.ray
-    if on_ray:
-        from detector.ray_engine import import_ray
 
-        import_ray()  # a missing Ray is a clear error before anything loads
-        if cache is not None:
-            err.print("[yellow]note:[/] --engine ray does not use the embedding cache; --cache is ignored")
-    # with Ray, this process only decides: the model runs in the actors, on --device
-    index, model = open_index(index_dir, embedder=embedder, device="cpu" if on_ray else device.value,
-                              backend=backend.value)
-    store = None if no_cache or on_ray else EmbeddingCache(cache or default_cache_path(), cache_key(model), model.dim)
-    options = ScanOptions(batch_size=batch_size, workers=workers, top_k=top_k, verify=not no_verify,
-                          allow_outside=allow_outside_paths, restart=restart, cache=store, engine=engine.value,
-                          device=device.value, backend=backend.value, ray_address=address, ray_actors=ray_actors,
-                          history=history, night=night)
-    try:
-        with progress_bar() as bar:
-            task = bar.add_task("scanning", total=None, rate="")
+def _run_scan(detector, listings: Path, out_dir: Path, **options) -> None:
+    """Scan with a progress bar, then print what the scan did and where its outputs are."""
+    with progress_bar() as bar:
+        task = bar.add_task("scanning", total=None, rate="")
 
-            def advance(done: int, total: int | None) -> None:
-                if bar.tasks[task].total is None and total:
-                    bar.update(task, total=total)
-                bar.update(task, completed=done)
-                bar.update(task, rate=_rate(bar.tasks[task]))
+        def advance(done: int, total: int | None) -> None:
+            if bar.tasks[task].total is None and total:
+                bar.update(task, total=total)
+            bar.update(task, completed=done)
+            bar.update(task, rate=_rate(bar.tasks[task]))
 
-            result = run_scan(listings, index, model, policy, out_dir, options=options,
-                              authorized_override=override, on_progress=advance)
-    finally:
-        if store is not None:
-            store.close()
-    s = result.summary
-    v = s["verdicts"]
-    lo, hi = s["flagged_per_10k_ci95"]
+        s = detector.scan(listings, out_dir, on_progress=advance, **options)
+    lo, hi = s.flagged_per_10000_ci95
     out.print(
-        f"{s['listings']:,} listings: [bold red]{v['flagged']:,} flagged[/], {v['clear']:,} clear, "
-        f"[yellow]{v['error']:,} errors[/]  ({s['flagged_per_10k']:.1f} flagged per 10,000, 95% CI {lo:.1f}–{hi:.1f})"
+        f"{s.listings:,} listings: [bold red]{s.flagged:,} flagged[/], {s.clear:,} clear, "
+        f"[yellow]{s.errors:,} errors[/]  ({s.flagged_per_10000:.1f} flagged per 10,000, 95% CI {lo:.1f}–{hi:.1f})"
     )
-    run = s["this_run"]
     out.print(
-        f"{run['rows_processed']:,} photos this run: {run['embedded']:,} embedded, {run['cache_hits']:,} from cache,"
-        f" {s['images_per_second'] or 0:.1f} img/s; {s['elapsed_seconds']:.1f} s in all"
-        + (" (resumed)" if s["resumed"] else "")
+        f"{s.photos_this_run:,} photos this run: {s.embedded:,} embedded, {s.from_cache:,} from cache,"
+        f" {s.images_per_second or 0:.1f} img/s; {s.elapsed_seconds:.1f} s in all" + (" (resumed)" if s.resumed else "")
     )
-    if run["cache_damaged"]:
+    if s.cache_damaged:
+        path = detector.cache_path
         err.print(
-            f"[yellow]warning:[/] the embedding cache {escape(str(store.path))} is damaged"
-            f" ({escape(run['cache_damaged'])}); this run stopped using it and embedded afresh."
-            f" Delete it (it is rebuilt automatically): rm -f {escape(' '.join(shlex.quote(f'{store.path}{x}') for x in ('', '-wal', '-shm')))}"
+            f"[yellow]warning:[/] the embedding cache {escape(str(path))} is damaged"
+            f" ({escape(s.cache_damaged)}); this run stopped using it and embedded afresh."
+            f" Delete it (it is rebuilt automatically): rm -f {escape(' '.join(shlex.quote(f'{path}{x}') for x in ('', '-wal', '-shm')))}"
         )
-    if s["history"]:
-        h = s["history"]
+    h = s.summary["history"]
+    if h:
         out.print(f"history {escape(h['file'])}, night {h['night']}: {h['repeat_offenders']} repeat offender(s),"
                   f" {h['comeback_sellers']} probable comeback seller(s)")
     for name in ("decisions.jsonl", "flagged.csv", "summary.json"):
         out.print(f"  {escape(str(out_dir / name))}")
-    out.print(f"Report: {escape(str(result.report))}")
-
-
-# --- demo -------------------------------------------------------------------------------------
+    out.print(f"Report: {escape(str(s.report))}")
 
 
 # --- history ----------------------------------------------------------------------------------
@@ -525,6 +487,9 @@ def prevalence(
     out.print(table)
 
 
+# --- demo -------------------------------------------------------------------------------------
+
+
 @app.command("demo")
 @friendly_errors
 def demo(
@@ -533,20 +498,15 @@ def demo(
 ) -> None:
     """Run the whole job on a built-in demo data set: draw a small brand catalogue and a listing
     dump, build the index, scan the dump, and print where the report is."""
+    from detector.api import Detector, build_index
     from detector.demo import make_demo_dataset
 
     data = make_demo_dataset(out_dir / "data")
     out.print(f"Demo data: {escape(str(data.catalog))}, {escape(str(data.listings))}")
     index_dir, scan_dir = out_dir / "index", out_dir / "scan"
-    index_build(catalog=data.catalog, out_dir=index_dir, authorized=data.authorized, background=None,
-                embedder="lite0", weights=None, device=device, backend=Backend.auto, index_type=IndexKind.auto, memory_budget=None,
-                skip_bad_rows=False,
-                allow_outside_paths=False, batch_size=32, workers=2)
-    scan(listings=data.listings, index_dir=index_dir, out_dir=scan_dir, authorized=None, policy_file=None,
-         device=device, backend=Backend.auto, batch_size=32, workers=2, top_k=5, embedder=None, cache=out_dir / "cache.sqlite",
-         no_cache=False, no_verify=False, allow_outside_paths=False, restart=True, engine=Engine.local, address=None,
-         history=None, night=None,
-         ray_actors=None)
+    _print_build(build_index(data.catalog, index_dir, authorized=data.authorized, device=device.value))
+    with Detector.open(index_dir, device=device.value, cache=out_dir / "cache.sqlite") as detector:
+        _run_scan(detector, data.listings, scan_dir, restart=True)
     out.print(
         "\nNext: open the report in a browser, or try one photo:\n"
         f"  counterfeit lookup {escape(str(data.folder / 'listings' / 'D000.jpg'))} --index {escape(str(index_dir))}"

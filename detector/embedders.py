@@ -25,6 +25,7 @@ from PIL import Image
 
 from detector.errors import UserError
 from detector.paths import cache_dir
+from index.files import file_sha256, replacing
 
 ONNX_TOLERANCE = 1e-4
 """Largest allowed 1 - cosine between ONNX Runtime and torch vectors on the probe batch."""
@@ -186,7 +187,6 @@ def _probe_batch(size: int) -> np.ndarray:
 
 def _export_onnx(embedder: Embedder, path: Path) -> None:
     """Export backbone + pooling + normalisation to ONNX, atomically."""
-    import os
     import warnings
 
     torch = embedder._torch
@@ -200,13 +200,11 @@ def _export_onnx(embedder: Embedder, path: Path) -> None:
             return torch.nn.functional.normalize(_pool(self.model(images).float(), embedder.pooling), dim=1)
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     example = torch.from_numpy(_probe_batch(embedder.preprocess.size))
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), replacing(path) as tmp:
         warnings.simplefilter("ignore")
         torch.onnx.export(Whole().eval(), example, str(tmp), input_names=["images"], output_names=["vectors"],
                           dynamic_axes={"images": {0: "n"}, "vectors": {0: "n"}}, opset_version=17, dynamo=False)
-    os.replace(tmp, path)
 
 
 def fingerprint_id(fingerprint: dict) -> str:
@@ -229,18 +227,14 @@ def resolve_device(device: str) -> str:
 
 
 @functools.lru_cache(maxsize=16)
-def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def _memoised_sha256(path: str, size: int, mtime_ns: int) -> str:
+    return file_sha256(Path(path))
 
 
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file, memoised on (path, size, mtime) so repeated loads do not rehash."""
+def _weights_digest(path: Path) -> str:
+    """SHA-256 of a weights file, memoised on (path, size, mtime) so repeated loads do not rehash."""
     stat = os.stat(path)
-    return _file_sha256(str(path), stat.st_size, stat.st_mtime_ns)
+    return _memoised_sha256(str(path), stat.st_size, stat.st_mtime_ns)
 
 
 # --- registry -------------------------------------------------------------------------------
@@ -295,7 +289,7 @@ def _finish(name: str, arch: str, model, preprocess: Preprocess, dim: int, weigh
         model=model,
         preprocess=preprocess,
         dim=dim,
-        weights_sha256=file_sha256(weights_path),
+        weights_sha256=_weights_digest(weights_path),
         device=device,
         _torch=torch,
     )

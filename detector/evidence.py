@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, NamedTuple
 
 import numpy as np
+from PIL import Image
 
 from detector.batching import Embedded, Prepared, embed_stream
 from detector.cache import EmbeddingCache
@@ -27,9 +28,11 @@ from detector.images import (
     read_image_bytes,
     resolve_image_path,
 )
-from detector.matches import ReferenceFeatures, search_views, to_verify, verify_hits
+from detector.matches import ReferenceFeatures, candidates, search_views, to_verify, verify_hits
+from detector.policy import Candidate
+from detector.profile import StageClock, timed
 from detector.tables import ListingRow, iter_listings
-from detector.verify import VERIFIER_ID, Outcome, extract_query
+from detector.verify import VERIFIER_ID, Outcome, QueryFeatures, extract_query
 from detector.views import listing_views
 from index.search import Hit
 from index.store import ReferenceIndex
@@ -42,7 +45,8 @@ dump's rows is embedded once even without a cache (about 60 MB at six 1280-d vie
 class Evidence(NamedTuple):
     """One listing row and what was found for its photo: ``hits`` is a JSON list of
     ``[brand, row, similarity, inliers, alignment]`` (the last two ``null`` where not verified),
-    or ``None`` when ``error`` says why there is none;
+    or ``None`` when ``error`` says why there is none (and ``error_code`` names it);
+    ``notes`` is the table reader's remarks, a JSON list of ``[code, text]``;
     ``vector`` is the photo's whole-image embedding (:func:`pack_vector`) when the scan keeps
     them for its history, else ``None``."""
 
@@ -56,6 +60,7 @@ class Evidence(NamedTuple):
     image: str
     path: str | None
     error: str | None
+    error_code: str | None
     notes: str
     digest: str | None
     hits: str | None
@@ -83,9 +88,13 @@ def unpack_vector(text: str) -> np.ndarray:
     return unit_vector(packed_bytes(text))
 
 
-def stored_outcomes(hits: list[Hit], stored: list[list]) -> dict[Hit, Outcome]:
-    """The verified hits' outcomes from an evidence record's ``hits`` rows (see :class:`Evidence`)."""
-    return {hit: Outcome(inliers, alignment) for hit, (*_, inliers, alignment) in zip(hits, stored) if inliers is not None}
+def candidates_of(index: ReferenceIndex, hits: str) -> list[Candidate]:
+    """The policy's candidates from an evidence record's ``hits`` (see :class:`Evidence`)."""
+    stored = json.loads(hits)
+    found = [Hit(brand, row, similarity) for brand, row, similarity, *_ in stored]
+    outcomes = {hit: Outcome(inliers, alignment) for hit, (*_, inliers, alignment) in zip(found, stored)
+                if inliers is not None}
+    return candidates(index, found, outcomes)
 
 
 class Counted(NamedTuple):
@@ -128,10 +137,12 @@ class EvidenceMaker:
         allow_outside: bool = False,
         workers: int = 2,
         keep_vectors: bool = False,
+        clock: StageClock | None = None,
     ):
         self.index, self.embedder, self.root = index, embedder, Path(root)
         self.cache, self.verify, self.top_k = cache, verify, top_k
         self.allow_outside, self.workers, self.keep_vectors = allow_outside, workers, keep_vectors
+        self.clock = clock
         self.references = ReferenceFeatures(index)
         self.recent: dict[str, np.ndarray] = {}
 
@@ -140,7 +151,7 @@ class EvidenceMaker:
         batch: list[Embedded[ListingRow]] = []
         with ThreadPoolExecutor(max_workers=max(1, self.workers), thread_name_prefix="verify") as pool:
             for result in embed_stream(self.embedder, rows, self._prepare, batch_size=batch_size,
-                                       workers=self.workers):
+                                       workers=self.workers, clock=self.clock):
                 batch.append(result)
                 if len(batch) >= batch_size:
                     yield self._finish(batch, pool)
@@ -148,20 +159,36 @@ class EvidenceMaker:
             if batch:
                 yield self._finish(batch, pool)
 
+    def one(self, row: ListingRow) -> Evidence:
+        """The evidence of a single row."""
+        return next(self.batches([row], 1)).records[0]
+
     def _prepare(self, row: ListingRow) -> Prepared:
         if row.error:
             raise ImageError("bad_row", row.error)
-        path = resolve_image_path(row.image, self.root, allow_outside=self.allow_outside)
-        data = read_image_bytes(path)
-        digest = hashlib.sha256(data).hexdigest()
+        with timed(self.clock, "read"):
+            path = resolve_image_path(row.image, self.root, allow_outside=self.allow_outside)
+            data = read_image_bytes(path)
+            digest = hashlib.sha256(data).hexdigest()
         vector = self.recent.get(digest)
         if vector is None and self.cache is not None:
-            vector = self.cache.get(digest)
+            with timed(self.clock, "cache"):
+                vector = self.cache.get(digest)
         if vector is not None:
             return Prepared(vector=vector, info=(digest, str(path), None))
-        image = decode_image(data, draft=self.embedder.decode_size)
-        local = extract_query(image) if self.verify else None
-        return Prepared(array=self.embedder.preprocess_views(listing_views(image)), info=(digest, str(path), local))
+        image = self._decode(data)
+        local = self._keypoints(image) if self.verify else None
+        with timed(self.clock, "views"):
+            views = self.embedder.preprocess_views(listing_views(image))
+        return Prepared(array=views, info=(digest, str(path), local))
+
+    def _decode(self, data: bytes) -> Image.Image:
+        with timed(self.clock, "decode"):
+            return decode_image(data, draft=self.embedder.decode_size)
+
+    def _keypoints(self, image: Image.Image) -> QueryFeatures:
+        with timed(self.clock, "keypoints"):
+            return extract_query(image)
 
     def _verified(self, result: Embedded[ListingRow], hits: list[Hit]) -> dict[Hit, Outcome | None]:
         """Geometric evidence against the closest references, from the cache where known."""
@@ -177,9 +204,9 @@ class EvidenceMaker:
         if missing:
             try:
                 if local is None:  # an embedding-cache hit: decode once more for its keypoints
-                    image = decode_image(read_image_bytes(Path(path)), draft=self.embedder.decode_size)
-                    local = extract_query(image)
-                fresh = verify_hits(local, missing, self.references)
+                    local = self._keypoints(self._decode(read_image_bytes(Path(path))))
+                with timed(self.clock, "verify"):
+                    fresh = verify_hits(local, missing, self.references)
             except ImageError:
                 fresh = {}
             known.update(fresh)
@@ -189,7 +216,8 @@ class EvidenceMaker:
 
     def _finish(self, batch: list[Embedded[ListingRow]], pool: ThreadPoolExecutor) -> Counted:
         found = [r for r in batch if r.vector is not None]
-        hits = search_views(self.index, [r.vector for r in found], self.top_k)
+        with timed(self.clock, "search"):
+            hits = search_views(self.index, [r.vector for r in found], self.top_k)
         hits_of = {id(r): h for r, h in zip(found, hits)}
         outcomes_of = {}
         if self.verify and found:
@@ -204,13 +232,13 @@ class EvidenceMaker:
         for r in batch:
             row = r.item
             digest, path, _ = r.info if r.info else (None, None, None)
-            error = str(r.error) if r.error else None
+            error, code = (str(r.error), r.error.code) if r.error else (None, None)
             verified = outcomes_of.get(id(r), {})
             hit_list = [[h.brand, h.row, round(h.similarity, 6), *(verified.get(h) or (None, None))]
                         for h in hits_of.get(id(r), [])]
             kept = pack_vector(r.vector[0]) if self.keep_vectors and r.vector is not None else None
             records.append(Evidence(row.row, row.listing_id, row.line, row.seller_id, row.title, row.price,
-                                    row.currency, row.image, path, error, json.dumps(row.notes), digest,
+                                    row.currency, row.image, path, error, code, json.dumps(row.notes), digest,
                                     None if error else json.dumps(hit_list), kept))
         return Counted(records, embedded=sum(r.computed for r in batch),
                        cache_hits=sum(1 for r in found if not r.computed),

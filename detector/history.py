@@ -29,6 +29,7 @@ import numpy as np
 
 from detector.errors import UserError
 from detector.evidence import unit_vector
+from index.files import utc_now
 from index.search import build_faiss_index
 
 SCHEMA = """
@@ -49,7 +50,7 @@ SEARCH_CHUNK = 4096
 def parse_night(text: str | None) -> str:
     """A night as ISO ``YYYY-MM-DD``; today (UTC) when not given."""
     if text is None:
-        return dt.datetime.now(dt.timezone.utc).date().isoformat()
+        return utc_now()[:10]
     try:
         return dt.date.fromisoformat(text).isoformat()
     except ValueError:
@@ -212,7 +213,7 @@ class ScanHistory:
     def commit_night(self, scan_id: int, verdicts: dict[str, int]) -> None:
         self.db.execute(
             "UPDATE scans SET recorded = ?, listings = ?, flagged = ?, errors = ? WHERE scan_id = ?",
-            (dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(), sum(verdicts.values()),
+            (utc_now(), sum(verdicts.values()),
              verdicts.get("flagged", 0), verdicts.get("error", 0), scan_id),
         )
         self.db.execute("COMMIT")

@@ -23,8 +23,28 @@ _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 
 
+ERROR_CODES = {
+    "bad_row": "the listing's row is unusable (no listing_id, no image path, invalid JSON, …)",
+    "missing_image": "the row names no image",
+    "path_outside": "the image path is absolute or leads outside the table's folder (see --allow-outside-paths)",
+    "missing_file": "the image file does not exist",
+    "symlink_loop": "the image path is a symlink loop",
+    "not_a_file": "the image path is not a regular file",
+    "unreadable": "the image file cannot be opened or read",
+    "file_too_large": "the image file is over the size limit (64 MiB)",
+    "empty_file": "the image file is empty",
+    "not_an_image": "the file is not a recognised image format",
+    "corrupt": "the image is corrupt or truncated",
+    "too_many_pixels": "the image declares too many pixels (decompression-bomb guard)",
+    "out_of_memory": "decoding the image ran out of memory",
+    "decode_failed": "processing the image failed unexpectedly",
+}
+"""Every ``error_code`` a decision can carry, and what it means."""
+
+
 class ImageError(UserError):
-    """An image that cannot be used; ``code`` is a stable short reason, the message says why."""
+    """An image that cannot be used; ``code`` (one of :data:`ERROR_CODES`) is a stable short
+    reason, the message says why."""
 
     def __init__(self, code: str, message: str):
         super().__init__(message)

@@ -10,10 +10,10 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 from pathlib import Path
 
-from detector.policy import FLAGGED, Decision
+from detector.decisions import FLAGGED, Decision
+from index.files import AtomicText, atomic_write
 
 FLAGGED_COLUMNS = (
     "listing_id", "score", "brand", "product_id", "similarity", "threshold", "price", "currency",
@@ -46,23 +46,6 @@ def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[f
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-class AtomicText:
-    def __init__(self, path: Path, newline: str | None = None):
-        self.path = path
-        self.tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        self.handle = open(self.tmp, "w", encoding="utf-8", newline=newline)
-
-    def commit(self) -> None:
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
-        self.handle.close()
-        os.replace(self.tmp, self.path)
-
-    def abort(self) -> None:
-        self.handle.close()
-        self.tmp.unlink(missing_ok=True)
-
-
 class DecisionWriter:
     """Stream decisions into decisions.jsonl and flagged.csv; both appear only on ``commit``."""
 
@@ -92,6 +75,4 @@ class DecisionWriter:
 
 def write_json(path: Path, payload: dict) -> None:
     """Write a JSON document atomically."""
-    target = AtomicText(path)
-    target.handle.write(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
-    target.commit()
+    atomic_write(path, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")

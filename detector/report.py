@@ -13,7 +13,7 @@ from pathlib import Path
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from detector.images import decode_image, read_image_bytes
-from detector.outputs import AtomicText
+from index.files import atomic_write, replacing
 
 THUMB_SIZE = 240
 REPORT_LIMIT = 2000
@@ -32,9 +32,8 @@ def make_thumbnail(source: str | None, out_dir: Path) -> str | None:
             image = decode_image(read_image_bytes(path), draft=THUMB_SIZE)
             image.thumbnail((THUMB_SIZE, THUMB_SIZE))
             target.parent.mkdir(exist_ok=True)
-            tmp = target.with_suffix(".tmp")
-            image.save(tmp, "JPEG", quality=80)
-            tmp.replace(target)
+            with replacing(target) as tmp:
+                image.save(tmp, "JPEG", quality=80)
         return f"thumbs/{name}"
     except Exception:  # noqa: BLE001 - a missing preview must never stop the report
         return None
@@ -69,7 +68,5 @@ def write_report(out_dir: Path, summary: dict, flagged: list[dict]) -> Path:
     chart = trend_chart(summary["history"]["trend"]) if summary.get("history") else None
     html = env.get_template("report.html").render(summary=summary, rows=rows, shown=len(shown), total=len(ranked),
                                                   chart=chart)
-    target = AtomicText(out_dir / "report.html")
-    target.handle.write(html)
-    target.commit()
+    atomic_write(out_dir / "report.html", html)
     return out_dir / "report.html"

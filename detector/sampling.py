@@ -17,7 +17,6 @@ prevalence` needs to weight the labels; reviewers may edit sample.csv in place.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -26,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from detector.errors import UserError
-from detector.outputs import AtomicText, csv_safe, write_json
+from detector.outputs import csv_safe, write_json
+from index.files import AtomicText, file_sha256
 
 REVIEW_DIR = "review"
 SAMPLE_FILE = "sample.csv"
@@ -63,8 +63,7 @@ def decisions_path(out_dir: Path) -> Path:
 
 def decisions_sha256(out_dir: Path) -> str:
     """The SHA-256 of the scan's decisions.jsonl: a sample belongs to exactly these decisions."""
-    with open(decisions_path(out_dir), "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
+    return file_sha256(decisions_path(out_dir))
 
 
 def read_frame(out_dir: Path) -> Frame:

@@ -11,9 +11,7 @@ uninterrupted one would, and every input listing appears exactly once.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import fcntl
-import hashlib
 import heapq
 import json
 import os
@@ -25,22 +23,24 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from detector.cache import EmbeddingCache
+from detector.decisions import CLEAR, ERROR, FLAGGED, Decision
 from detector.embedders import Embedder
 from detector.errors import UserError, disk_full
-from detector.evidence import EvidenceMaker, packed_bytes, pending_rows, stored_outcomes, unpack_vector
+from detector.evidence import EvidenceMaker, candidates_of, packed_bytes, pending_rows, unpack_vector
 from detector.history import PriorEvidence, ScanHistory, parse_night
-from detector.matches import authorized_sellers, candidates
+from detector.matches import authorized_sellers
 from detector.outputs import DecisionWriter, wilson_interval, write_json
-from detector.policy import CLEAR, ERROR, FLAGGED, Listing, Policy, combine, decide, error_decision
+from detector.policy import Listing, Policy, combine, decide, error_decision
+from detector.profile import StageClock
 from detector.report import REPORT_LIMIT, write_report
 from detector.tables import LISTING_REQUIRED, count_rows, require_columns, table_columns
 from detector.verify import VERIFIER_ID
 from detector.views import VIEWS_ID
-from index.search import Hit
+from index.files import file_sha256, utc_now
 from index.store import ReferenceIndex
 
 STATE_DIR = ".scan"
-STATE_VERSION = 5
+STATE_VERSION = 6
 
 
 @dataclass
@@ -62,15 +62,50 @@ class ScanOptions:
     ray_actors: int | None = None
     history: Path | None = None  # the scan history file to read earlier nights from and append to
     night: str | None = None  # the night this dump belongs to (ISO date); today when None
+    clock: StageClock | None = None  # where the local engine's time per stage goes (scripts/bench.py)
 
 
-@dataclass
-class ScanResult:
-    """Where the outputs are, and the summary written to summary.json."""
+@dataclass(frozen=True)
+class ScanSummary:
+    """What a scan did and where its outputs are; ``summary`` is summary.json's whole content and
+    :meth:`decisions` reads every decision back."""
 
     out_dir: Path
-    summary: dict
+    listings: int
+    flagged: int
+    clear: int
+    errors: int
+    flagged_per_10000: float
+    flagged_per_10000_ci95: tuple[float, float]
+    photos_this_run: int
+    embedded: int
+    from_cache: int
+    images_per_second: float | None
+    elapsed_seconds: float
+    resumed: bool
+    cache_damaged: str | None
     report: Path
+    summary: dict
+
+    @classmethod
+    def of(cls, out_dir: Path, summary: dict, report: Path) -> ScanSummary:
+        verdicts, run = summary["verdicts"], summary["this_run"]
+        return cls(out_dir=out_dir, listings=summary["listings"], flagged=verdicts[FLAGGED], clear=verdicts[CLEAR],
+                   errors=verdicts[ERROR], flagged_per_10000=summary["flagged_per_10000"],
+                   flagged_per_10000_ci95=tuple(summary["flagged_per_10000_ci95"]),
+                   photos_this_run=run["rows_processed"], embedded=run["embedded"], from_cache=run["cache_hits"],
+                   images_per_second=summary["images_per_second"], elapsed_seconds=summary["elapsed_seconds"],
+                   resumed=summary["resumed"], cache_damaged=run["cache_damaged"], report=report, summary=summary)
+
+    @property
+    def decisions_path(self) -> Path:
+        return self.out_dir / "decisions.jsonl"
+
+    def decisions(self) -> Iterator[Decision]:
+        """Every listing's decision, in input order, read back from decisions.jsonl."""
+        with open(self.decisions_path, encoding="utf-8") as fh:
+            for line in fh:
+                yield Decision.from_record(json.loads(line))
 
 
 def cache_key(embedder: Embedder) -> str:
@@ -78,21 +113,16 @@ def cache_key(embedder: Embedder) -> str:
     return f"{embedder.fingerprint_id}/{VIEWS_ID}"
 
 
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
-
-
 def _identity(listings: Path, index: ReferenceIndex, embedder: Embedder, options: ScanOptions) -> dict:
     """What must be equal for a rerun to continue an earlier scan's state."""
     source = Path(listings).resolve()
     stat = source.stat()
-    manifest_bytes = (index.path / "manifest.json").read_bytes()
     return {
         "state_version": STATE_VERSION,
         "listings": str(source),
         "listings_size": stat.st_size if source.is_file() else None,
         "listings_mtime_ns": stat.st_mtime_ns if source.is_file() else None,
-        "index_manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest(),
+        "index_manifest_sha256": file_sha256(index.path / "manifest.json"),
         "embedder_id": embedder.fingerprint_id,
         "views": VIEWS_ID,
         "top_k": options.top_k,
@@ -117,7 +147,7 @@ class ScanState:
         self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
         self.db.execute(
             "CREATE TABLE IF NOT EXISTS rows (row INTEGER PRIMARY KEY, listing_id TEXT, line INTEGER,"
-            " seller_id TEXT, title TEXT, price REAL, currency TEXT, image TEXT, path TEXT, error TEXT,"
+            " seller_id TEXT, title TEXT, price REAL, currency TEXT, image TEXT, path TEXT, error TEXT, error_code TEXT,"
             " notes TEXT, digest TEXT, hits TEXT, vector TEXT, crc INTEGER)"
         )
         self.db.execute("CREATE INDEX IF NOT EXISTS rows_listing ON rows (listing_id, row)")
@@ -138,7 +168,7 @@ class ScanState:
         sealed = [(*record, _row_crc(record)) for record in records]
         self.db.execute("BEGIN IMMEDIATE")
         try:
-            self.db.executemany("INSERT OR REPLACE INTO rows VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", sealed)
+            self.db.executemany("INSERT OR REPLACE INTO rows VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", sealed)
             if next_row is not None:
                 self.db.execute("INSERT OR REPLACE INTO meta VALUES ('next_row', ?)", (json.dumps(next_row),))
             self.db.execute("COMMIT")
@@ -227,7 +257,7 @@ def scan(
     options: ScanOptions = ScanOptions(),
     authorized_override: dict[str, set[str]] | None = None,
     on_progress: Callable[[int, int | None], None] | None = None,
-) -> ScanResult:
+) -> ScanSummary:
     """Scan ``listings`` (a table or a folder of images) into ``out_dir``; resumable."""
     listings, out_dir = Path(listings), Path(out_dir)
     if not listings.exists():
@@ -260,7 +290,7 @@ def scan(
             resumed = earlier is not None and state.recorded() > 0
             state.put("identity", identity)
             if state.get("started") is None:
-                state.put("started", _now())
+                state.put("started", utc_now())
             if options.engine == "ray":
                 from detector.ray_engine import run_on_ray
 
@@ -297,7 +327,7 @@ def _embed_rows(listings, index, embedder, state: ScanState, options: ScanOption
 
     maker = EvidenceMaker(index, embedder, listing_root(listings), cache=options.cache, verify=options.verify,
                           top_k=options.top_k, allow_outside=options.allow_outside, workers=options.workers,
-                          keep_vectors=options.history is not None)
+                          keep_vectors=options.history is not None, clock=options.clock)
     if on_progress:
         on_progress(next_row, total)
     rows = pending_rows(listings, lambda row: row >= next_row, stats)
@@ -320,7 +350,7 @@ def _new_stats() -> dict:
 
 
 def _finalise(listings, index, embedder, policy, out_dir, state, authorized_override, stats, embed_seconds,
-              started, resumed, options: ScanOptions) -> ScanResult:
+              started, resumed, options: ScanOptions) -> ScanSummary:
     """Phase 2: decide every listing from the committed state and write all outputs (and, with
     a history, read earlier nights first and record this one last)."""
     authorized = authorized_sellers(index, authorized_override)
@@ -344,15 +374,14 @@ def _finalise(listings, index, embedder, policy, out_dir, state, authorized_over
             for row in rows:
                 facts = Listing(listing_id=listing_id, seller_id=row["seller_id"], title=row["title"] or "",
                                 price=row["price"], currency=row["currency"], image=row["image"],
-                                notes=json.loads(row["notes"] or "[]"), prior_flags=prior.prior_flags(row["seller_id"]),
+                                notes=[(code, text) for code, text in json.loads(row["notes"] or "[]")],
+                                prior_flags=prior.prior_flags(row["seller_id"]),
                                 comebacks=[link.as_record() for link in prior.comebacks(row["row"], row["seller_id"])])
                 if row["error"]:
-                    decisions.append(error_decision(facts, row["error"]))
+                    decisions.append(error_decision(facts, row["error"], row["error_code"]))
                     continue
                 paths[row["image"]] = row["path"]
-                stored = json.loads(row["hits"])
-                hits = [Hit(b, r, s) for b, r, s, *_ in stored]
-                decisions.append(decide(facts, candidates(index, hits, stored_outcomes(hits, stored)), authorized, policy))
+                decisions.append(decide(facts, candidates_of(index, row["hits"]), authorized, policy))
             decision = combine(decisions)
             writer.write(decision)
             if history is not None:
@@ -401,8 +430,9 @@ def _finalise(listings, index, embedder, policy, out_dir, state, authorized_over
         history.close()
     judged = verdicts[FLAGGED] + verdicts[CLEAR]
     low, high = wilson_interval(verdicts[FLAGGED], judged)
+    per_10000, ci95 = 1e4 * verdicts[FLAGGED] / judged if judged else 0.0, [round(1e4 * low, 2), round(1e4 * high, 2)]
     elapsed = time.monotonic() - started
-    finished = _now()
+    finished = utc_now()
     state.put("finished", finished)
     summary = {
         "listings_source": str(Path(listings).resolve()),
@@ -416,8 +446,10 @@ def _finalise(listings, index, embedder, policy, out_dir, state, authorized_over
         "images": n_images,
         "verdicts": verdicts,
         "by_brand": dict(sorted(by_brand.items())),
-        "flagged_per_10k": 1e4 * verdicts[FLAGGED] / judged if judged else 0.0,
-        "flagged_per_10k_ci95": [round(1e4 * low, 2), round(1e4 * high, 2)],
+        "flagged_per_10000": per_10000,
+        "flagged_per_10000_ci95": ci95,
+        "flagged_per_10k": per_10000,  # the old names, kept as aliases for now (README)
+        "flagged_per_10k_ci95": ci95,
         "flagged_rate_denominator": "listings with a verdict other than error",
         "this_run": {
             "rows_processed": stats["rows"],
@@ -437,4 +469,4 @@ def _finalise(listings, index, embedder, policy, out_dir, state, authorized_over
     report = write_report(out_dir, summary, [item[3] for item in top])
     summary["elapsed_seconds"] = round(time.monotonic() - started, 3)
     write_json(out_dir / "summary.json", summary)
-    return ScanResult(out_dir=out_dir, summary=summary, report=report)
+    return ScanSummary.of(out_dir, summary, report)

@@ -194,7 +194,8 @@ def parse_price(value) -> tuple[float | None, str | None]:
 
 @dataclass
 class ListingRow:
-    """One listing photo row. ``error`` makes the row unusable; ``notes`` are data-quality remarks."""
+    """One listing photo row. ``error`` makes the row unusable; ``notes`` are data-quality remarks,
+    as ``(finding code, text)`` pairs (codes in :data:`detector.decisions.FINDINGS`)."""
 
     row: int
     line: int
@@ -205,7 +206,7 @@ class ListingRow:
     currency: str | None
     image: str
     error: str | None = None
-    notes: list[str] = field(default_factory=list)
+    notes: list[tuple[str, str]] = field(default_factory=list)
 
 
 def listing_from_record(row: int, line: int, record: dict) -> ListingRow:
@@ -232,11 +233,11 @@ def listing_from_record(row: int, line: int, record: dict) -> ListingRow:
     price, why = parse_price(record.get("price"))
     listing.price = price
     if why:
-        listing.notes.append(f"{why}; price not compared")
+        listing.notes.append(("price_unreadable", f"{why}; price not compared"))
     if listing.seller_id is None:
-        listing.notes.append("no seller id given; seller not checked")
+        listing.notes.append(("seller_missing", "no seller id given; seller not checked"))
     if "__extra__" in record:
-        listing.notes.append(f"line {line} has {len(record['__extra__'])} value(s) beyond the header; ignored")
+        listing.notes.append(("extra_values", f"line {line} has {len(record['__extra__'])} value(s) beyond the header; ignored"))
     return listing
 
 

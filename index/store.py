@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime as dt
 import fcntl
 import hashlib
 import json
@@ -33,6 +32,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from index.files import atomic_write, file_sha256, publish, utc_now
 from index.ondisk import build_ondisk_ivf, open_ondisk_ivf
 from index.search import Hit, build_faiss_index, choose_index_kind, effective_kind, hnsw_ef_search, search_brands
 
@@ -60,31 +60,8 @@ class BrandEntry:
     local: bytes | None = None  # the image side's local features for verification, opaque here
 
 
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
-
-
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never a part."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 @contextlib.contextmanager
@@ -147,12 +124,6 @@ def _put(data_dir: Path, payload: bytes, suffix: str) -> dict:
     return {"name": name, "sha256": digest, "bytes": len(payload)}
 
 
-def _file_sha256(path: Path) -> str:
-    """SHA-256 of a file read in chunks, so a file larger than memory can be checked."""
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
 def _scratch(data_dir: Path, suffix: str) -> Path:
     return data_dir / f".new-{os.getpid()}{suffix}"
 
@@ -160,21 +131,18 @@ def _scratch(data_dir: Path, suffix: str) -> Path:
 def _put_file(data_dir: Path, written: Path, suffix: str) -> dict:
     """Commit a file written at ``written`` (a :func:`_scratch` path) under its content address,
     like :func:`_put` but without holding the content in memory."""
-    digest = _file_sha256(written)
+    digest = file_sha256(written)
     size = written.stat().st_size
     name = f"{digest[:24]}{suffix}"
     target = data_dir / name
     try:
-        intact = target.stat().st_size == size and _file_sha256(target) == digest
+        intact = target.stat().st_size == size and file_sha256(target) == digest
     except OSError:
         intact = False
     if intact:
         written.unlink()
     else:
-        with open(written, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(written, target)
-        _fsync_dir(data_dir)
+        publish(written, target)
     return {"name": name, "sha256": digest, "bytes": size}
 
 
@@ -244,7 +212,7 @@ def write_index(
             "calibration": entry.calibration,
             "files": files,
         }
-    now = _now()
+    now = utc_now()
     manifest = {
         "format_version": FORMAT_VERSION,
         "created": (previous or {}).get("created", now),
@@ -287,7 +255,7 @@ def _checked(index_dir: Path, spec: dict, brand: str, *, keep: bool) -> tuple[Pa
     try:
         payload = path.read_bytes() if keep else None
         size = len(payload) if keep else path.stat().st_size
-        intact = size == spec["bytes"] and (_sha256(payload) if keep else _file_sha256(path)) == spec["sha256"]
+        intact = size == spec["bytes"] and (_sha256(payload) if keep else file_sha256(path)) == spec["sha256"]
     except OSError as exc:
         raise IndexStoreError(f"index file {path} for brand {brand!r} is missing ({exc.strerror}); {rebuild}") from None
     if not intact:

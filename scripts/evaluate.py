@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Score the detector on a labelled benchmark folder (e.g. ../shared/eval-public).
 
-It builds the index from BENCH_DIR/catalog.csv and authorized.csv, scans listings.csv with the
-real `counterfeit` CLI, and compares decisions.jsonl with truth.csv (which the detector never
+It builds the index from BENCH_DIR/catalog.csv and authorized.csv, scans listings.csv through the
+library's front door (detector.build_index, Detector.scan), and compares decisions.jsonl with truth.csv (which the detector never
 reads). It prints a table and writes metrics.json into the work folder.
 
     python scripts/evaluate.py ../shared/eval-public [--work eval-work] [--policy P.toml] [--sweep] [--sweep-verify]
@@ -14,11 +14,15 @@ import argparse
 import csv
 import json
 import shutil
-import subprocess
 import sys
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from detector import Detector, build_index  # noqa: E402
 
 
 def precision_recall_f1(predicted: list[bool], actual: list[bool]) -> dict:
@@ -95,27 +99,20 @@ VERIFY_SWEEP = [
 ]
 
 
-def sweep(
-    scan_cmd: list[str], scan_dir: Path, work: Path, policy: Path | None, truth_rows: list[dict],
-    settings: list[tuple[str, dict]],
-) -> dict:
+def sweep(scan: Callable[[Path | None], None], scan_dir: Path, work: Path, policy: Path | None,
+          truth_rows: list[dict], settings: list[tuple[str, dict]]) -> dict:
     """Precision, recall and F1 of the same scan re-decided under each policy change in
     ``settings`` (label, {section: {key: value}}); the scan state is reused, so nothing is
     embedded again."""
     base = policy.read_text() if policy else ""
     results = {}
-    command = list(scan_cmd)
-    if "--policy" in command:
-        at = command.index("--policy")
-        del command[at : at + 2]
     for label, changes in settings:
         changed = work / "sweep-policy.toml"
         changed.write_text(with_keys(base, changes))
-        _run(command + ["--policy", str(changed)])
-        decisions = [json.loads(line) for line in (scan_dir / "decisions.jsonl").read_text().splitlines()]
-        result = score(decisions, truth_rows)
+        scan(changed)
+        result = score(read_decisions(scan_dir), truth_rows)
         results[label] = {k: result[k] for k in ("precision", "recall", "f1")}
-    _run(scan_cmd)  # leave the scan's outputs as the unchanged policy made them
+    scan(policy)  # leave the scan's outputs as the unchanged policy made them
     return results
 
 
@@ -131,10 +128,8 @@ def with_keys(policy_text: str, changes: dict[str, dict]) -> str:
     return policy_text
 
 
-def _run(command: list[str]) -> float:
-    start = time.perf_counter()
-    subprocess.run(command, check=True)
-    return time.perf_counter() - start
+def read_decisions(scan_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (scan_dir / "decisions.jsonl").read_text().splitlines()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,23 +158,22 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(scan_dir, ignore_errors=True)
     if not args.keep_cache:
         cache.unlink(missing_ok=True)
-    cli = [sys.executable, "-m", "detector"]
-    build_s = _run(cli + ["index", "build", str(bench / "catalog.csv"), "--out", str(index_dir),
-                          "--authorized", str(bench / "authorized.csv"), "--embedder", args.embedder,
-                          "--device", args.device])
-    scan_cmd = cli + ["scan", str(bench / "listings.csv"), "--index", str(index_dir), "--out", str(scan_dir),
-                      "--device", args.device, "--engine", args.engine]
-    if args.engine == "local":
-        scan_cmd += ["--cache", str(cache)]
-    if args.address:
-        scan_cmd += ["--address", args.address]
-    if args.policy:
-        scan_cmd += ["--policy", str(args.policy)]
-    if args.no_verify:
-        scan_cmd += ["--no-verify"]
-    scan_s = _run(scan_cmd)
+    start = time.perf_counter()
+    build_index(bench / "catalog.csv", index_dir, authorized=bench / "authorized.csv", embedder=args.embedder,
+                device=args.device)
+    build_s = time.perf_counter() - start
 
-    decisions = [json.loads(line) for line in (scan_dir / "decisions.jsonl").read_text().splitlines()]
+    def scan(policy: Path | None) -> None:
+        with Detector.open(index_dir, policy=policy, device=args.device,
+                           cache=cache if args.engine == "local" else False) as detector:
+            detector.scan(bench / "listings.csv", scan_dir, engine=args.engine, address=args.address,
+                          verify=not args.no_verify)
+
+    start = time.perf_counter()
+    scan(args.policy)
+    scan_s = time.perf_counter() - start
+
+    decisions = read_decisions(scan_dir)
     with open(bench / "truth.csv", newline="", encoding="utf-8") as fh:
         truth_rows = list(csv.DictReader(fh))
     metrics = score(decisions, truth_rows)
@@ -192,9 +186,9 @@ def main(argv: list[str] | None = None) -> int:
         policy=str(args.policy) if args.policy else "default",
     )
     if args.sweep:
-        metrics["threshold_sweep"] = sweep(scan_cmd, scan_dir, work, args.policy, truth_rows, THRESHOLD_SWEEP)
+        metrics["threshold_sweep"] = sweep(scan, scan_dir, work, args.policy, truth_rows, THRESHOLD_SWEEP)
     if args.sweep_verify:
-        metrics["verify_sweep"] = sweep(scan_cmd, scan_dir, work, args.policy, truth_rows, VERIFY_SWEEP)
+        metrics["verify_sweep"] = sweep(scan, scan_dir, work, args.policy, truth_rows, VERIFY_SWEEP)
     (work / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
     print(f"\nBenchmark {bench} ({metrics['listings']} listings, {metrics['missing_decisions']} without a decision)")
@@ -205,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     for kind, value in metrics["per_kind_accuracy"].items():
         print(f"    {kind:<38} {value:.4f}")
     print(f"  {'scan images/s':<40} {metrics['images_per_second']}")
-    print(f"  {'build s / scan s (wall, with start-up)':<40} {metrics['index_build_seconds']} / {metrics['scan_seconds']}")
+    print(f"  {'build s / scan s (wall, in process)':<40} {metrics['index_build_seconds']} / {metrics['scan_seconds']}")
     if args.sweep:
         print("  F1 when every calibrated threshold is shifted by:")
         for offset, values in metrics["threshold_sweep"].items():

@@ -43,12 +43,12 @@ def demo_data(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def demo_index(demo_data, embedder, tmp_path_factory):
+def demo_index(demo_data, tmp_path_factory):
     """A built index of the demo catalogue (read-only for tests: copy it before changing it)."""
-    from detector.catalog import build_catalog_index
+    from detector import build_index
 
     out = tmp_path_factory.mktemp("index") / "idx"
-    build_catalog_index(demo_data.catalog, out, embedder, authorized_path=demo_data.authorized)
+    build_index(demo_data.catalog, out, authorized=demo_data.authorized, device="cpu")
     return out
 
 

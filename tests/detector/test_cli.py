@@ -57,16 +57,19 @@ def test_lookup_finds_the_product_and_judges_listing_facts(demo_index, demo_data
     payload = json.loads(judged.output)
     assert payload["verdict"] == "flagged" and len(payload["matches"]) == 3
     assert payload["matches"][0]["product_id"] == "AUR-000"
-    assert set(payload["matches"][0]) == {"brand", "product_id", "image", "similarity", "inliers", "alignment", "price", "currency"}
+    assert set(payload["matches"][0]) == {"brand", "product_id", "image", "similarity", "threshold", "visual_state",
+                                          "inliers", "alignment", "price", "currency"}
     assert payload["matches"][0]["inliers"] >= 8  # a cropped copy keeps its keypoints
-    text = " ".join(payload["reasons"])
-    assert "not authorised for Aurora" in text and "below 50%" in text and "'replica'" in text
+    assert payload["visual_state"] == payload["matches"][0]["visual_state"] == "copy"
+    assert [f["code"] for f in payload["findings"]] == ["price_below_ratio", "seller_not_authorised", "title_cue"]
+    assert payload["reasons"][1:] == [f["text"] for f in payload["findings"]]
 
     fine = json.loads(invoke("lookup", photo, "--index", demo_index, "--price", "1000", "--currency", "USD",
                              "--seller", "aurora-official", "--json").output)
-    assert fine["verdict"] == "clear"
+    assert fine["verdict"] == "clear" and fine["findings"] == []
     visual_only = json.loads(invoke("lookup", photo, "--index", demo_index, "--json").output)
-    assert visual_only["verdict"] is None and visual_only["reasons"][0].startswith("photo matches")
+    assert visual_only["verdict"] is None and visual_only["visual_state"] == "copy"
+    assert visual_only["findings"] == [] and len(visual_only["reasons"]) == 1
 
 
 @pytest.mark.parametrize(

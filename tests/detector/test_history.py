@@ -80,10 +80,10 @@ def test_second_night_finds_the_comeback_and_the_repeat_offender(nights, demo_in
     comeback = second["N2-1"]
     assert comeback["verdict"] == "flagged"
     assert comeback["comeback"][0]["seller_id"] == "shop-a" and comeback["comeback"][0]["listing_id"] == "N1-1"
-    assert any(f"photos match seller 'shop-a' flagged on {NIGHT1}" in r for r in comeback["reasons"])
+    assert [f["code"] for f in comeback["findings"] if f["weight"] > 0] == ["comeback"]
     repeat = second["N2-2"]
     assert repeat["verdict"] == "flagged" and repeat["prior_flags"] == [NIGHT1]
-    assert any(f"seller 'shop-a' was flagged on 1 earlier night(s), last {NIGHT1}" in r for r in repeat["reasons"])
+    assert [f["code"] for f in repeat["findings"] if f["weight"] > 0] == ["repeat_offender"]
     assert second["N2-3"]["verdict"] == "clear" and not second["N2-3"]["comeback"]
     assert second["N2-4"]["verdict"] == "clear" and not second["N2-4"]["prior_flags"]
 
@@ -114,7 +114,8 @@ def test_the_policy_decides_how_much_history_counts(nights, demo_index, tmp_path
     quiet = POLICY + "[history]\nprior_flag_weight = 0.0\ncomeback_weight = 0.0\n"
     _, second, summary = scan_night(nights, demo_index, NIGHT2, history, tmp_path / "n2", quiet)
     assert second["N2-1"]["verdict"] == "clear" and second["N2-2"]["verdict"] == "clear"
-    assert any("probable comeback" in r for r in second["N2-1"]["reasons"])  # still reported
+    assert {"code": "comeback", "weight": 0.0} in [{k: f[k] for k in ("code", "weight")}
+                                                   for f in second["N2-1"]["findings"]]  # still reported
     assert summary["history"]["comeback_sellers"] == 1 and summary["history"]["repeat_offenders"] == 0
 
 

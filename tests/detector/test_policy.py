@@ -1,4 +1,5 @@
-"""The risk policy: flag = visual match AND at least one inconsistency; reasons say why."""
+"""The risk policy: flag = visual match AND at least one inconsistency; codes say why (visual_state and
+findings), and the reasons word the same evidence."""
 
 from __future__ import annotations
 
@@ -9,13 +10,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from detector.decisions import CLEAR, ERROR, FINDINGS, FLAGGED, MATCHING, VISUAL_STATES, Decision
 from detector.errors import UserError
-from detector.policy import (
-    CLEAR, ERROR, FLAGGED, Candidate, Decision, Listing, combine, decide, error_decision, find_cues, load_policy,
-)
+from detector.policy import Candidate, Listing, combine, decide, error_decision, find_cues, load_policy
 
 POLICY = load_policy()
 SELLERS = {"Aurelio": {"auth-1"}}
+
+
+def codes(decision) -> dict[str, float]:
+    """The decision's findings as {code: weight}."""
+    return {f.code: f.weight for f in decision.findings}
 
 
 def cand(similarity=0.9, threshold=0.7, price=100.0, currency="USD", brand="Aurelio", product="AUR-1"):
@@ -37,14 +42,12 @@ def test_every_combination_of_rules(visual, cheap, rogue, cue):
     decision = decide(facts, [cand(similarity=0.9 if visual else 0.5)], SELLERS, POLICY)
     should_flag = visual and (cheap or rogue or cue)
     assert decision.verdict == (FLAGGED if should_flag else CLEAR)
-    text = " | ".join(decision.reasons)
-    if visual:
-        assert text.startswith("photo matches Aurelio AUR-1")
-        assert ("below 50%" in text) == cheap
-        assert ("not authorised for Aurelio" in text) == rogue
-        assert ("title has counterfeit cue" in text) == cue
-    else:
-        assert text.startswith("no protected product close enough")
+    assert decision.visual_state == ("unverified" if visual else "no_match")
+    counted = [f.code for f in decision.findings if f.weight > 0]
+    expected = ["price_below_ratio"] * cheap + ["seller_not_authorised"] * rogue + ["title_cue"] * cue
+    assert counted == expected  # found against the closest product, whether or not it matched
+    # the reasons word the same evidence: what the photo shows, then each finding that counted
+    assert decision.reasons[1 : 1 + len(counted)] == [f.text for f in decision.findings if f.weight > 0]
     assert decision.seller_authorized is (not rogue)
     assert decision.price_ratio == pytest.approx(0.2 if cheap else 0.95)
     assert 0.0 <= decision.score <= 1.0
@@ -83,7 +86,7 @@ def test_policy_file_overrides_thresholds(tmp_path):
 def test_currency_mismatch_is_reported_not_guessed(tmp_path):
     decision = decide(listing(price=10.0, currency="EUR"), [cand()], SELLERS, POLICY)
     assert decision.verdict == CLEAR and decision.price_ratio is None
-    assert any("cannot be compared" in r and "EUR" in r for r in decision.reasons)
+    assert codes(decision) == {"currency_mismatch": 0.0}
     path = tmp_path / "rates.toml"
     path.write_text("[price]\nrates = { USD = 1.0, EUR = 1.1 }\n")
     with_rates = decide(listing(price=10.0, currency="EUR"), [cand()], SELLERS, load_policy(path))
@@ -91,18 +94,39 @@ def test_currency_mismatch_is_reported_not_guessed(tmp_path):
 
 
 def test_missing_facts_are_noted_and_never_count_as_inconsistent():
-    facts = Listing(listing_id="L", seller_id=None, title="", price=None, currency=None, image="x.jpg")
+    facts = Listing(listing_id="L", seller_id=None, title="", price=None, currency=None, image="x.jpg",
+                    notes=[("seller_missing", "no seller id given; seller not checked")])
     decision = decide(facts, [cand()], SELLERS, POLICY)
     assert decision.verdict == CLEAR and decision.seller_authorized is None
-    assert any("no price given" in r for r in decision.reasons)
+    assert codes(decision) == {"price_missing": 0.0, "seller_missing": 0.0}
+    unreadable = decide(Listing(listing_id="L", notes=[("price_unreadable", "price 'abc' is not a number")]),
+                        [cand()], SELLERS, POLICY)
+    assert codes(unreadable) == {"price_unreadable": 0.0}  # said once, not also as a missing price
+    no_currency = decide(listing(currency=None), [cand()], SELLERS, POLICY)
+    assert codes(no_currency) == {"currency_missing": 0.0}
+    no_catalogue_price = decide(listing(), [cand(price=None)], SELLERS, POLICY)
+    assert codes(no_catalogue_price) == {"catalogue_price_missing": 0.0}
     unknown_brand = decide(listing(seller="anyone"), [cand(brand="Nobody")], SELLERS, POLICY)
     assert unknown_brand.verdict == CLEAR and unknown_brand.seller_authorized is None
-    assert any("declares no authorised sellers" in r for r in unknown_brand.reasons)
+    assert codes(unknown_brand) == {"sellers_not_declared": 0.0}
+
+
+def test_an_overflowing_price_ratio_is_a_remark_not_a_finding():
+    decision = decide(listing(price=1e308), [cand(price=1e-300)], SELLERS, POLICY)
+    assert decision.price_ratio is None and codes(decision) == {"price_out_of_range": 0.0}
 
 
 def test_no_candidates_is_clear():
     decision = decide(listing(), [], SELLERS, POLICY)
-    assert decision.verdict == CLEAR and decision.brand is None
+    assert decision.verdict == CLEAR and decision.brand is None and decision.visual_state == "no_match"
+
+
+def test_a_weight_of_zero_keeps_a_finding_as_a_remark_without_flagging(tmp_path):
+    path = tmp_path / "p.toml"
+    path.write_text("[score]\nseller_weight = 0\n")
+    decision = decide(listing(seller="rogue"), [cand()], SELLERS, load_policy(path))
+    assert decision.verdict == CLEAR and codes(decision) == {"seller_not_authorised": 0.0}
+    assert decision.score == 0.0
 
 
 @pytest.mark.parametrize(
@@ -156,26 +180,28 @@ def test_missing_policy_file_is_clear(tmp_path):
 def test_combine_prefers_flagged_then_error_then_clear():
     flagged = Decision(listing_id="L", verdict=FLAGGED, score=0.5, image="a.jpg", similarity=0.9)
     clear = Decision(listing_id="L", verdict=CLEAR, score=0.1, image="b.jpg", similarity=0.4)
-    broken = error_decision(Listing(listing_id="L", image="c.jpg"), "image file not found: c.jpg")
+    broken = error_decision(Listing(listing_id="L", image="c.jpg"), "image file not found: c.jpg", "missing_file")
+    assert broken.visual_state == ERROR and broken.error_code == "missing_file"
     assert combine([clear, broken, flagged]).verdict == FLAGGED
     both = combine([clear, broken])
     assert both.verdict == ERROR and both.photos == 2
     mixed = combine([clear, flagged, broken])
-    assert any("1 of 3 photos could not be read" in r for r in mixed.reasons)
+    assert {"photos_unreadable", "best_photo"} <= set(codes(mixed))
+    assert mixed.reasons[-len(mixed.findings):] == [f.text for f in mixed.findings]
     assert combine([clear]).verdict == CLEAR
 
 
 def test_conflicting_rows_are_noted():
     a = Decision(listing_id="L", verdict=CLEAR, seller_id="s1", price=10.0, currency="USD", image="a.jpg")
     b = Decision(listing_id="L", verdict=CLEAR, seller_id="s2", price=10.0, currency="USD", image="b.jpg")
-    assert any("disagree" in r for r in combine([a, b]).reasons)
+    assert "rows_disagree" in codes(combine([a, b]))
 
 
 def test_geometry_confirms_a_match_the_similarity_missed():
     decision = decide(listing(price=10.0), [Candidate(brand="Aurelio", product_id="AUR-1", similarity=0.45,
                       price=100.0, currency="USD", calibrated_threshold=0.7, inliers=12)], SELLERS, POLICY)
     assert decision.verdict == FLAGGED and decision.visual_match and decision.inliers == 12
-    assert "12 matching keypoints in one geometric layout" in decision.reasons[0]
+    assert decision.visual_state == "copy"
 
 
 def test_geometry_vetoes_a_look_alike_unless_the_similarity_is_strong():
@@ -184,11 +210,12 @@ def test_geometry_vetoes_a_look_alike_unless_the_similarity_is_strong():
                           currency="USD", calibrated_threshold=0.7, inliers=inliers)]
 
     vetoed = decide(listing(price=10.0), with_inliers(0.75, 1), SELLERS, POLICY)
-    assert vetoed.verdict == CLEAR and not vetoed.visual_match
-    assert "only 1 matching keypoints" in vetoed.reasons[0]
-    assert decide(listing(price=10.0), with_inliers(0.9, 1), SELLERS, POLICY).verdict == FLAGGED
-    assert decide(listing(price=10.0), with_inliers(0.75, 3), SELLERS, POLICY).verdict == FLAGGED
-    assert decide(listing(price=10.0), with_inliers(0.75, None), SELLERS, POLICY).verdict == FLAGGED
+    assert vetoed.verdict == CLEAR and not vetoed.visual_match and vetoed.visual_state == "vetoed"
+    strong = decide(listing(price=10.0), with_inliers(0.9, 1), SELLERS, POLICY)
+    assert strong.verdict == FLAGGED and strong.visual_state == "similar"
+    assert decide(listing(price=10.0), with_inliers(0.75, 3), SELLERS, POLICY).visual_state == "similar"
+    unchecked = decide(listing(price=10.0), with_inliers(0.75, None), SELLERS, POLICY)
+    assert unchecked.verdict == FLAGGED and unchecked.visual_state == "unverified"
 
 
 def aligned(similarity, inliers, alignment):
@@ -201,7 +228,7 @@ def test_keypoints_whose_outline_does_not_line_up_are_a_look_alike_not_a_copy():
     # reference's outline is in the photo.
     lookalike = decide(listing(price=10.0), aligned(0.9, 15, 0.6), SELLERS, POLICY)
     assert lookalike.verdict == CLEAR and not lookalike.visual_match
-    assert "only 60% of its outline" in lookalike.reasons[0] and lookalike.alignment == 0.6
+    assert lookalike.visual_state == "lookalike" and lookalike.alignment == 0.6
     assert decide(listing(price=10.0), aligned(0.9, 15, 0.8), SELLERS, POLICY).verdict == FLAGGED
     # overwhelming keypoint evidence stands even where a caption hides part of the outline
     assert decide(listing(price=10.0), aligned(0.9, 40, 0.6), SELLERS, POLICY).verdict == FLAGGED
@@ -212,7 +239,7 @@ def test_keypoints_whose_outline_does_not_line_up_are_a_look_alike_not_a_copy():
 def test_few_keypoints_with_the_whole_outline_in_place_confirm_a_copy():
     # a small, blurred copy: 5 keypoints and a similarity below the threshold, but its whole outline
     confirmed = decide(listing(price=10.0), aligned(0.5, 5, 0.97), SELLERS, POLICY)
-    assert confirmed.verdict == FLAGGED and "97% of its outline in place" in confirmed.reasons[0]
+    assert confirmed.verdict == FLAGGED and confirmed.visual_state == "copy"
     assert decide(listing(price=10.0), aligned(0.5, 5, 0.9), SELLERS, POLICY).verdict == CLEAR
     assert decide(listing(price=10.0), aligned(0.5, 4, 0.97), SELLERS, POLICY).verdict == CLEAR
 
@@ -223,15 +250,16 @@ def test_a_confirmed_candidate_beats_a_higher_similarity():
                             calibrated_threshold=0.7, inliers=30)]
     decision = decide(listing(price=10.0), candidates, SELLERS, POLICY)
     assert decision.product_id == "AUR-2"
-    assert [m["product_id"] for m in decision.matches] == ["AUR-2", "AUR-1"]  # ranked as the policy prefers
-    assert decision.matches[0]["inliers"] == 30 and decision.matches[1]["inliers"] is None
+    assert [m.product_id for m in decision.matches] == ["AUR-2", "AUR-1"]  # ranked as the policy prefers
+    assert decision.matches[0].inliers == 30 and decision.matches[1].inliers is None
+    assert [m.visual_state for m in decision.matches] == ["copy", "unverified"]
 
 
 def test_matches_put_visual_matches_before_higher_raw_similarity():
     candidates = [cand(similarity=0.80, threshold=0.85, product="AUR-1"),
                   cand(similarity=0.78, threshold=0.60, brand="Brightwell", product="BRI-1")]
     decision = decide(listing(), candidates, SELLERS, POLICY)
-    assert [m["product_id"] for m in decision.matches] == ["BRI-1", "AUR-1"]
+    assert [m.product_id for m in decision.matches] == ["BRI-1", "AUR-1"]
 
 
 def test_among_confirmed_candidates_the_most_keypoints_win_over_the_larger_margin():
@@ -260,7 +288,7 @@ CANDIDATE = st.builds(
     price=PRICE,
     currency=st.sampled_from([None, "USD", "EUR", ""]),
     title=TEXT,
-    calibrated_threshold=st.one_of(st.none(), st.floats(min_value=0, max_value=1)),
+    calibrated_threshold=st.floats(min_value=0, max_value=1),
     inliers=st.one_of(st.none(), st.integers(min_value=0, max_value=10_000)),
     alignment=st.one_of(st.none(), st.floats(min_value=0, max_value=1)),
 )
@@ -280,7 +308,12 @@ def well_formed(decision: Decision) -> None:
     assert 0.0 <= decision.score <= 1.0
     assert decision.reasons and all(isinstance(r, str) for r in decision.reasons)
     assert (decision.verdict == FLAGGED) <= decision.visual_match
-    json.dumps(decision.as_record(), allow_nan=False)  # decisions.jsonl stays strict JSON
+    assert decision.visual_state in VISUAL_STATES and decision.visual_match == (decision.visual_state in MATCHING)
+    assert all(f.code in FINDINGS and 0.0 <= f.weight <= 1.0 for f in decision.findings)
+    if decision.verdict == FLAGGED:
+        assert any(f.weight > 0 for f in decision.findings)
+    record = json.dumps(decision.as_record(), allow_nan=False)  # decisions.jsonl stays strict JSON
+    assert Decision.from_record(json.loads(record)).as_record() == json.loads(record)
 
 
 @settings(max_examples=500, deadline=None)
@@ -296,7 +329,7 @@ def test_fuzzed_facts_and_candidates_give_a_well_formed_decision(facts, candidat
 @given(facts=st.lists(LISTING, min_size=1, max_size=4), candidates=st.lists(CANDIDATE, max_size=3),
        broken=st.lists(st.booleans(), min_size=4, max_size=4))
 def test_fuzzed_photos_of_one_listing_combine_into_one_decision(facts, candidates, broken):
-    parts = [error_decision(f, "image file not found") if bad else decide(f, candidates, SELLERS, POLICY)
+    parts = [error_decision(f, "image file not found", "missing_file") if bad else decide(f, candidates, SELLERS, POLICY)
              for f, bad in zip(facts, broken)]
     combined = combine(parts)
     well_formed(combined)

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from detector.matches import open_index
-from detector.policy import load_policy
-from detector.scanner import STATE_DIR, ScanOptions, scan
+from detector import Detector
+from detector.scanner import STATE_DIR
 from tests.conftest import run_cli
 from tests.detector.test_scanner import hostile_dump
 
@@ -32,12 +31,12 @@ def local_ray():
 
 @pytest.fixture(scope="module")
 def loaded(demo_index):
-    return open_index(demo_index, device="cpu")
+    with Detector.open(demo_index, device="cpu", cache=False) as detector:
+        yield detector
 
 
-def run(listings, out, loaded, **options):
-    index, embedder = loaded
-    return scan(listings, index, embedder, load_policy(), out, options=ScanOptions(**options))
+def run(listings, out, detector, **options):
+    return detector.scan(listings, out, **options)
 
 
 def outputs(out):

@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from detector import Detector
 from detector.cache import EmbeddingCache
+from detector.decisions import FINDINGS, VISUAL_STATES
 from detector.errors import UserError
-from detector.matches import open_index
-from detector.policy import load_policy
-from detector.scanner import STATE_DIR, ScanOptions, _exclusive, cache_key, scan
+from detector.scanner import STATE_DIR, _exclusive
 from tests.conftest import png_with_declared_size, run_cli
 
 HEADER = ["listing_id", "seller_id", "title", "price", "currency", "image"]
@@ -31,12 +31,13 @@ HEADER = ["listing_id", "seller_id", "title", "price", "currency", "image"]
 
 @pytest.fixture(scope="module")
 def loaded(demo_index):
-    return open_index(demo_index, device="cpu")
+    """The demo index opened once through the front door, without an embedding cache."""
+    with Detector.open(demo_index, device="cpu", cache=False) as detector:
+        yield detector
 
 
-def run_scan(listings, out, loaded, cache=None, **options):
-    index, embedder = loaded
-    return scan(listings, index, embedder, load_policy(), out, options=ScanOptions(cache=cache, **options))
+def run_scan(listings, out, detector, **options):
+    return detector.scan(listings, out, **options)
 
 
 def decisions(out):
@@ -84,26 +85,32 @@ def test_every_listing_appears_exactly_once_with_errors_as_data(tmp_path, demo_d
               "price_ratio", "seller_authorized", "reasons", "error"}
     assert all(fields <= set(d) for d in got)
     expected_errors = {
-        "X1": "image file not found", "X2": "empty", "X3": "not a recognised image format",
-        "X4": "leads outside", "X5": "absolute image path", "(line 45)": "missing listing_id",
+        "X1": "missing_file", "X2": "empty_file", "X3": "not_an_image", "X4": "path_outside", "X5": "path_outside",
+        "(line 45)": "bad_row",
     }
-    for listing_id, fragment in expected_errors.items():
-        assert by_id[listing_id]["verdict"] == "error", listing_id
-        assert fragment in by_id[listing_id]["error"], (listing_id, by_id[listing_id]["error"])
-    assert by_id["X7"]["verdict"] != "error" and any("not a number" in r for r in by_id["X7"]["reasons"])
-    assert by_id["X8"]["seller_authorized"] is None
+    for listing_id, code in expected_errors.items():
+        error = by_id[listing_id]
+        assert (error["verdict"], error["visual_state"], error["error_code"]) == ("error", "error", code), error
+        assert error["error"] and error["reasons"][0] == error["error"]
+    codes = {d["listing_id"]: [f["code"] for f in d["findings"]] for d in got}
+    assert by_id["X7"]["verdict"] != "error" and "price_unreadable" in codes["X7"]
+    assert by_id["X8"]["seller_authorized"] is None and "seller_missing" in codes["X8"]
     assert by_id["X9"]["verdict"] == "flagged" and by_id["X9"]["photos"] == 2
-    assert any("1 of 2 photos could not be read" in r for r in by_id["X9"]["reasons"])
+    assert {"photos_unreadable", "best_photo"} <= set(codes["X9"])
     assert by_id["X10"]["verdict"] == "flagged" and by_id["X10"]["seller_id"] == "rogue"
-    assert any("disagree on seller, price or currency" in r for r in by_id["X10"]["reasons"])
+    assert "rows_disagree" in codes["X10"]
+    for d in got:  # every decision carries codes; every flag at least one finding that counted
+        assert d["visual_state"] in VISUAL_STATES and all(f["code"] in FINDINGS for f in d["findings"])
+        assert d["verdict"] != "flagged" or any(f["weight"] > 0 for f in d["findings"])
     # the demo's own listings are unaffected by their hostile neighbours
     truth = {r["listing_id"]: r for r in csv.DictReader(open(demo_data.truth))}
     for listing_id, row in truth.items():
         assert (by_id[listing_id]["verdict"] == "flagged") == (row["should_flag"] == "1"), listing_id
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["verdicts"]["error"] == 6 and sum(summary["verdicts"].values()) == expected
-    lo, hi = summary["flagged_per_10k_ci95"]
-    assert lo <= summary["flagged_per_10k"] <= hi
+    lo, hi = summary["flagged_per_10000_ci95"]
+    assert lo <= summary["flagged_per_10000"] <= hi
+    assert (summary["flagged_per_10k"], summary["flagged_per_10k_ci95"]) == (summary["flagged_per_10000"], [lo, hi])
     assert summary["embedder"]["name"] == "lite0" and summary["index"]["counts"]["brands"] == 3
 
 
@@ -207,47 +214,42 @@ def test_attacker_strings_are_inert_in_report_and_csv(tmp_path, demo_data, loade
 
 
 def test_warm_cache_rescan_embeds_nothing(tmp_path, demo_data, loaded):
-    index, embedder = loaded
-    cache = EmbeddingCache(tmp_path / "cache.sqlite", cache_key(embedder), embedder.dim)
-    cold = run_scan(demo_data.listings, tmp_path / "cold", loaded, cache=cache)
-    warm = run_scan(demo_data.listings, tmp_path / "warm", loaded, cache=cache)
-    assert cold.summary["this_run"]["embedded"] == 38 and cold.summary["this_run"]["cache_hits"] == 0
-    assert warm.summary["this_run"]["embedded"] == 0 and warm.summary["this_run"]["cache_hits"] == 38
+    with loaded.using(cache=tmp_path / "cache.sqlite") as cached:
+        cold = run_scan(demo_data.listings, tmp_path / "cold", cached)
+        warm = run_scan(demo_data.listings, tmp_path / "warm", cached)
+    assert (cold.embedded, cold.from_cache) == (38, 0)
+    assert (warm.embedded, warm.from_cache) == (0, 38)
     assert decisions(tmp_path / "cold") == decisions(tmp_path / "warm")
-    cache.close()
 
 
 def test_warm_rescan_decodes_nothing(tmp_path, demo_data, loaded, monkeypatch):
     """Embeddings and verification outcomes both come from the cache: no photo is decoded."""
     import detector.evidence as evidence
 
-    index, embedder = loaded
-    cache = EmbeddingCache(tmp_path / "cache.sqlite", cache_key(embedder), embedder.dim)
-    run_scan(demo_data.listings, tmp_path / "cold", loaded, cache=cache)
+    cached = loaded.using(cache=tmp_path / "cache.sqlite")
+    run_scan(demo_data.listings, tmp_path / "cold", cached)
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("a warm rescan decoded a photo")
 
     monkeypatch.setattr(evidence, "decode_image", no_decoding)
-    run_scan(demo_data.listings, tmp_path / "warm", loaded, cache=cache)
+    run_scan(demo_data.listings, tmp_path / "warm", cached)
     assert decisions(tmp_path / "cold") == decisions(tmp_path / "warm")
     assert any(d["inliers"] for d in decisions(tmp_path / "warm"))
-    cache.close()
+    cached.close()
 
 
 def test_damaged_cache_entries_are_recomputed_not_used(tmp_path, demo_data, loaded):
-    index, embedder = loaded
     path = tmp_path / "cache.sqlite"
-    cache = EmbeddingCache(path, cache_key(embedder), embedder.dim)
-    run_scan(demo_data.listings, tmp_path / "a", loaded, cache=cache)
-    cache.close()
+    with loaded.using(cache=path) as cached:
+        run_scan(demo_data.listings, tmp_path / "a", cached)
     db = sqlite3.connect(path)
     db.execute("UPDATE vectors SET vector = zeroblob(length(vector))")
     db.commit()
     db.close()
-    cache = EmbeddingCache(path, cache_key(embedder), embedder.dim)
-    again = run_scan(demo_data.listings, tmp_path / "b", loaded, cache=cache)
-    assert again.summary["this_run"]["embedded"] == 38 and cache.corrupt == 38
+    with loaded.using(cache=path) as cached:
+        again = run_scan(demo_data.listings, tmp_path / "b", cached)
+        assert again.embedded == 38 and cached.cache.corrupt == 38
     assert decisions(tmp_path / "a") == decisions(tmp_path / "b")
 
 
@@ -335,8 +337,8 @@ def test_out_dir_of_another_input_is_refused_unless_restarted(tmp_path, demo_dat
     other = tmp_path / "other.csv"
     other.write_text(",".join(HEADER) + "\nA,s,t,1,USD," + str(demo_data.folder / "listings" / "D001.jpg") + "\n")
     with pytest.raises(UserError, match="holds a scan of different input.*--restart"):
-        run_scan(other, out, loaded, allow_outside=True)
-    result = run_scan(other, out, loaded, allow_outside=True, restart=True)
+        run_scan(other, out, loaded, allow_outside_paths=True)
+    result = run_scan(other, out, loaded, allow_outside_paths=True, restart=True)
     assert result.summary["listings"] == 1 and len(decisions(out)) == 1
 
 
@@ -439,7 +441,6 @@ def test_report_shows_the_summary_counts(tmp_path, demo_data, loaded):
 
 
 def test_unusable_output_and_cache_paths_are_clear_errors(tmp_path, demo_data, loaded):
-    index, embedder = loaded
     with pytest.raises(UserError, match="cannot use .* as the output folder"):
         run_scan(demo_data.listings, demo_data.catalog, loaded)
     with pytest.raises(UserError, match="embedding cache .* is unusable"):
@@ -454,7 +455,8 @@ def test_the_gpu_path_gives_the_cpu_paths_decisions(tmp_path, demo_data, demo_in
     # fp16 autocast moves similarities by ~1e-3, so verdicts and products must agree and
     # similarities within 0.01
     run_scan(demo_data.listings, tmp_path / "cpu", loaded)
-    run_scan(demo_data.listings, tmp_path / "gpu", open_index(demo_index, device="cuda"))
+    with Detector.open(demo_index, device="cuda", cache=False) as gpu:
+        run_scan(demo_data.listings, tmp_path / "gpu", gpu)
     cpu, gpu = decisions(tmp_path / "cpu"), decisions(tmp_path / "gpu")
     assert [(d["listing_id"], d["verdict"], d["product_id"]) for d in cpu] == \
         [(d["listing_id"], d["verdict"], d["product_id"]) for d in gpu]

@@ -1,0 +1,366 @@
+"""The front door: register a catalogue, open a detector, look up one photo or scan a dump.
+
+    from detector import Detector, build_index
+
+    info = build_index("catalog.csv", "IDX", authorized="authorized.csv")
+    det = Detector.open("IDX")
+    res = det.lookup("photo.jpg", price=20.0, currency="USD", seller="shop-1", title="...")
+    res.verdict, res.score, res.visual_state, res.findings, res.matches[0].product_id
+    summary = det.scan("listings.csv", "OUT")
+    for decision in summary.decisions(): ...
+
+The CLI, ``counterfeit demo`` and scripts/evaluate.py are thin layers on these calls. Options are
+checked when given, before any photo is embedded; a problem the caller can fix raises
+:class:`~detector.errors.UserError` with one sentence that says what to do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator
+
+from detector.decisions import Decision, Finding, Match
+from detector.errors import UserError
+from detector.policy import Listing, Policy, decide, load_policy
+from detector.scanner import ScanSummary
+
+if TYPE_CHECKING:
+    from detector.cache import EmbeddingCache
+    from detector.embedders import Embedder
+    from detector.evidence import EvidenceMaker
+    from detector.profile import StageClock
+    from index.store import ReferenceIndex
+
+DEVICES = ("auto", "cpu", "cuda")
+BACKENDS = ("auto", "torch", "onnx")
+ENGINES = ("local", "ray")
+INDEX_TYPES = ("auto", "flat", "hnsw", "ivf", "ivfpq", "ivfdisk")
+LIMITS = {"batch_size": (1, 4096), "workers": (1, 64), "top_k": (1, 100), "ray_actors": (1, 100_000)}
+"""The range each whole-number option accepts (the CLI shows the same bounds in its help)."""
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise UserError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+    return value
+
+
+def _whole(name: str, value: int | None) -> None:
+    low, high = LIMITS[name]
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high):
+        raise UserError(f"{name} must be a whole number from {low} to {high}, not {value!r}")
+
+
+@contextlib.contextmanager
+def _index_errors() -> Iterator[None]:
+    """An index that cannot be used (missing, damaged, locked) is the caller's to fix: a UserError."""
+    from index.store import IndexStoreError
+
+    try:
+        yield
+    except IndexStoreError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _existing(what: str, path: str | Path | None) -> Path | None:
+    if path is None:
+        return None
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{what} not found: {path}")
+    return path
+
+
+# --- build_index ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    """What :func:`build_index` committed."""
+
+    path: Path
+    brands: int
+    products: int
+    photos: int
+    embedded: int
+    reused: int
+    skipped: list[str] = field(default_factory=list)  # bad catalogue rows left out (with skip_bad_rows)
+    notes: list[str] = field(default_factory=list)
+    manifest: dict = field(default_factory=dict)
+
+
+def build_index(
+    catalog: str | Path,
+    out: str | Path,
+    *,
+    authorized: str | Path | None = None,
+    background: str | Path | None = None,
+    embedder: str = "lite0",
+    weights: str | Path | None = None,
+    device: str = "auto",
+    backend: str = "auto",
+    index_type: str = "auto",
+    memory_budget_mb: float | None = None,
+    skip_bad_rows: bool = False,
+    allow_outside_paths: bool = False,
+    batch_size: int = 32,
+    workers: int = 2,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> IndexInfo:
+    """Embed a catalogue's reference photos into per-brand FAISS indexes at ``out`` (what
+    ``counterfeit index build`` does). Rebuilding embeds only photos the index lacks; the previous
+    index stays usable until the new one is committed."""
+    catalog = _existing("catalogue", catalog)
+    _existing("authorised-seller table", authorized)
+    _existing("background folder", background)
+    _choice("device", device, DEVICES)
+    _choice("backend", backend, BACKENDS)
+    _choice("index_type", index_type, INDEX_TYPES)
+    _whole("batch_size", batch_size)
+    _whole("workers", workers)
+    if memory_budget_mb is not None and not memory_budget_mb > 0:
+        raise UserError(f"memory_budget_mb must be a positive number of MB, not {memory_budget_mb!r}")
+    from detector.catalog import build_catalog_index
+    from detector.embedders import create_embedder
+
+    model = create_embedder(embedder, device=device, weights=weights, backend=backend)
+    with _index_errors():
+        report = build_catalog_index(
+            catalog, Path(out), model, authorized_path=authorized and Path(authorized),
+            background_dir=background and Path(background), skip_bad_rows=skip_bad_rows,
+            allow_outside=allow_outside_paths, index_kind=None if index_type == "auto" else index_type,
+            memory_budget=None if memory_budget_mb is None else int(memory_budget_mb * 2**20),
+            batch_size=batch_size, workers=workers, on_progress=on_progress,
+        )
+    counts = report.manifest["counts"]
+    return IndexInfo(path=Path(out), brands=counts["brands"], products=counts["products"], photos=counts["vectors"],
+                     embedded=report.embedded, reused=report.reused, skipped=report.skipped, notes=report.notes,
+                     manifest=report.manifest)
+
+
+# --- lookup results -------------------------------------------------------------------------
+
+
+@dataclass
+class LookupResult:
+    """One photo's nearest protected products and its decision. ``verdict`` and ``score`` are
+    ``None`` when no listing facts (price, seller, title) were given to judge."""
+
+    photo: str
+    decision: Decision
+    judged: bool
+
+    @property
+    def verdict(self) -> str | None:
+        return self.decision.verdict if self.judged else None
+
+    @property
+    def score(self) -> float | None:
+        return self.decision.score if self.judged else None
+
+    @property
+    def visual_state(self) -> str:
+        return self.decision.visual_state
+
+    @property
+    def findings(self) -> list[Finding]:
+        return self.decision.findings
+
+    @property
+    def reasons(self) -> list[str]:
+        return self.decision.reasons
+
+    @property
+    def matches(self) -> list[Match]:
+        """The nearest references, as the policy ranks them: the first is the one decided on."""
+        return self.decision.matches
+
+    def as_json(self) -> dict:
+        """What ``counterfeit lookup --json`` prints."""
+        d = self.decision
+        return {
+            "photo": self.photo,
+            "verdict": self.verdict,
+            "score": self.score,
+            "visual_state": d.visual_state,
+            "reasons": d.reasons,
+            "findings": [f.as_record() for f in d.findings],
+            "best": {"brand": d.brand, "product_id": d.product_id, "similarity": d.similarity, "threshold": d.threshold,
+                     "inliers": d.inliers, "alignment": d.alignment, "visual_match": d.visual_match,
+                     "price_ratio": d.price_ratio, "seller_authorized": d.seller_authorized},
+            "matches": [{**m.as_record(), "image": m.reference_image, "price": m.price, "currency": m.currency}
+                        for m in d.matches],
+        }
+
+
+# --- the detector ---------------------------------------------------------------------------
+
+
+def _cache_path(cache: str | Path | bool) -> Path | None:
+    """The embedding cache file ``cache`` names: True, the default one; False, none."""
+    from detector.cache import default_cache_path
+
+    return default_cache_path() if cache is True else (Path(cache) if cache else None)
+
+
+class Detector:
+    """An opened index with its embedder, a policy and an embedding cache: looks up photos and
+    scans dumps. Open it with :meth:`open`; close it (or use ``with``) to release the cache."""
+
+    def __init__(self, index: ReferenceIndex, embedder: Embedder, policy: Policy, *, device: str, backend: str,
+                 cache: Path | None):
+        self.index, self.embedder, self.policy = index, embedder, policy
+        self.device, self.backend, self.cache_path = device, backend, cache
+        self._cache: EmbeddingCache | None = None
+        self._makers: dict[int, EvidenceMaker] = {}
+
+    @classmethod
+    def open(
+        cls,
+        index_dir: str | Path,
+        *,
+        policy: str | Path | Policy | None = None,
+        device: str = "auto",
+        backend: str = "auto",
+        cache: str | Path | bool = True,
+        embedder: str | None = None,
+        weights: str | Path | None = None,
+    ) -> Detector:
+        """Open INDEX_DIR with the embedder that built it. ``policy``: a TOML file overriding the
+        defaults, or a :class:`Policy`; ``cache``: True for the default embedding cache, a file
+        for another, False for none."""
+        policy = policy if isinstance(policy, Policy) else load_policy(None if policy is None else Path(policy))
+        _choice("device", device, DEVICES)
+        _choice("backend", backend, BACKENDS)
+        from detector.matches import open_index
+
+        with _index_errors():
+            index, model = open_index(Path(index_dir), embedder=embedder, device=device, weights=weights,
+                                      backend=backend)
+        return cls(index, model, policy, device=device, backend=backend, cache=_cache_path(cache))
+
+    def using(self, *, policy: str | Path | Policy | None = None, cache: str | Path | bool | None = None) -> Detector:
+        """The same index and model with another policy or cache (nothing is loaded again)."""
+        if policy is not None and not isinstance(policy, Policy):
+            policy = load_policy(Path(policy))
+        cache_path = self.cache_path if cache is None else _cache_path(cache)
+        return Detector(self.index, self.embedder, policy or self.policy, device=self.device, backend=self.backend,
+                        cache=cache_path)
+
+    def close(self) -> None:
+        """Release the embedding cache."""
+        if self._cache is not None:
+            self._cache.close()
+            self._cache = None
+
+    def __enter__(self) -> Detector:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def cache(self) -> EmbeddingCache | None:
+        """The embedding cache, opened on first use (``None`` when opened with ``cache=False``)."""
+        if self._cache is None and self.cache_path is not None:
+            from detector.cache import EmbeddingCache
+            from detector.scanner import cache_key
+
+            self._cache = EmbeddingCache(self.cache_path, cache_key(self.embedder), self.embedder.dim)
+        return self._cache
+
+    def lookup(
+        self,
+        photo: str | Path,
+        *,
+        price: float | None = None,
+        currency: str | None = None,
+        seller: str | None = None,
+        title: str | None = None,
+        top_k: int = 5,
+    ) -> LookupResult:
+        """Is this photo one of ours? Its nearest protected products, and a verdict when listing
+        facts (``price`` with ``currency``, ``seller``, ``title``) are given. The photo's path is
+        the caller's, so it is trusted (no folder boundary)."""
+        if price is not None and not currency:
+            raise UserError("a price needs its currency (for example currency='USD')")
+        if price is not None and (isinstance(price, bool) or not isinstance(price, (int, float))
+                                  or not math.isfinite(price) or price < 0):
+            raise UserError(f"price must be a non-negative number, not {price!r}")
+        _whole("top_k", top_k)
+        from detector.evidence import EvidenceMaker, candidates_of
+        from detector.matches import authorized_sellers
+        from detector.tables import ListingRow
+
+        if top_k not in self._makers:
+            self._makers[top_k] = EvidenceMaker(self.index, self.embedder, Path("/"), cache=self.cache, top_k=top_k,
+                                                allow_outside=True, workers=1)
+        currency = currency.upper() if currency else None
+        row = ListingRow(row=0, line=0, listing_id=str(photo), seller_id=seller, title=title or "", price=price,
+                         currency=currency, image=str(Path(photo).absolute()))
+        evidence = self._makers[top_k].one(row)
+        if evidence.error:
+            raise UserError(evidence.error)
+        judged = price is not None or seller is not None or title is not None
+        facts = Listing(listing_id=str(photo), seller_id=seller, title=title or "", price=price, currency=currency,
+                        image=str(photo))
+        decision = decide(facts, candidates_of(self.index, evidence.hits), authorized_sellers(self.index), self.policy)
+        if not judged:  # the visual finding alone: there is nothing else to judge
+            decision.reasons, decision.findings = decision.reasons[:1], []
+        return LookupResult(photo=str(photo), decision=decision, judged=judged)
+
+    def scan(
+        self,
+        listings: str | Path,
+        out: str | Path,
+        *,
+        authorized: str | Path | None = None,
+        batch_size: int = 32,
+        workers: int = 2,
+        top_k: int = 5,
+        verify: bool = True,
+        allow_outside_paths: bool = False,
+        restart: bool = False,
+        engine: str = "local",
+        address: str | None = None,
+        ray_actors: int | None = None,
+        history: str | Path | None = None,
+        night: str | None = None,
+        on_progress: Callable[[int, int | None], None] | None = None,
+        clock: StageClock | None = None,
+    ) -> ScanSummary:
+        """Scan a night's listings (a table, or a folder of images) into ``out``: decisions.jsonl,
+        flagged.csv, summary.json and report.html (what ``counterfeit scan`` does). Rerunning
+        into the same ``out`` resumes a killed scan. ``authorized`` replaces the index's
+        authorised sellers for the brands it names; ``history`` is the file earlier nights are
+        read from and this one appended to; ``engine="ray"`` runs the evidence stage on Ray (no
+        embedding cache there)."""
+        from detector.history import parse_night
+        from detector.scanner import ScanOptions, scan
+        from detector.tables import read_authorized
+
+        listings = _existing("listings", listings)
+        for name, value in (("batch_size", batch_size), ("workers", workers), ("top_k", top_k),
+                            ("ray_actors", ray_actors)):
+            _whole(name, value)
+        _choice("engine", engine, ENGINES)
+        night = parse_night(night)
+        override = read_authorized(Path(authorized)) if authorized is not None else None
+        if history is not None:
+            history = Path(history)
+            if history.exists() and not history.is_file() or not history.parent.is_dir():
+                raise UserError(f"cannot keep a scan history at {history}: its folder must exist and it must be a file")
+        if engine == "ray":
+            from detector.ray_engine import import_ray
+
+            import_ray()  # a missing Ray is a clear error before anything is embedded
+        options = ScanOptions(batch_size=batch_size, workers=workers, top_k=top_k, verify=verify,
+                              allow_outside=allow_outside_paths, restart=restart,
+                              cache=self.cache if engine == "local" else None, engine=engine, device=self.device,
+                              backend=self.backend, ray_address=address, ray_actors=ray_actors, history=history,
+                              night=night, clock=clock)
+        return scan(listings, self.index, self.embedder, self.policy, Path(out), options=options,
+                    authorized_override=override, on_progress=on_progress)
