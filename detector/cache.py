@@ -13,6 +13,7 @@ When the file holds more than ``max_entries`` vectors, the least recently used o
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 import threading
 import time
@@ -29,8 +30,8 @@ from detector.views import LISTING_VIEWS
 DEFAULT_MAX_BYTES = 4 << 30
 
 
-def _verification_crc(verifier: str, digest: str, reference: str, inliers: int | None, alignment: float | None) -> int:
-    return zlib.crc32(f"{verifier}|{digest}|{reference}|{inliers}|{alignment!r}".encode())
+def _verification_crc(verifier: str, digest: str, reference: str, outcome: str | None) -> int:
+    return zlib.crc32(f"{verifier}|{digest}|{reference}|{outcome}".encode())
 
 
 def default_cache_path() -> Path:
@@ -62,11 +63,11 @@ class EmbeddingCache:
             )
             self._db.execute("CREATE INDEX IF NOT EXISTS vectors_used ON vectors (used)")
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(verifications)")}
-            if columns and "alignment" not in columns:  # written before outcomes carried an alignment
+            if columns and "outcome" not in columns:  # written before outcomes were stored whole
                 self._db.execute("DROP TABLE verifications")
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS verifications (verifier TEXT, digest TEXT, reference TEXT,"
-                " inliers INTEGER, alignment REAL, crc INTEGER, PRIMARY KEY (verifier, digest, reference)) WITHOUT ROWID"
+                " outcome TEXT, crc INTEGER, PRIMARY KEY (verifier, digest, reference)) WITHOUT ROWID"
             )
             (self._count,) = self._db.execute("SELECT COUNT(*) FROM vectors").fetchone()
         except (sqlite3.DatabaseError, OSError) as exc:
@@ -141,29 +142,26 @@ class EmbeddingCache:
         unverifiable pair."""
         with self._lock:
             row = self._read(
-                "SELECT inliers, alignment, crc FROM verifications WHERE verifier=? AND digest=? AND reference=?",
+                "SELECT outcome, crc FROM verifications WHERE verifier=? AND digest=? AND reference=?",
                 (verifier, digest, reference),
             )
         if row is None:
             return False, None
-        inliers = None if row[0] is None else int(row[0])
-        alignment = None if row[1] is None else float(row[1])
-        if row[2] != _verification_crc(verifier, digest, reference, inliers, alignment):
+        if row[1] != _verification_crc(verifier, digest, reference, row[0]):
             self.corrupt += 1
             return False, None
-        return True, None if inliers is None else Outcome(inliers, alignment)
+        return True, None if row[0] is None else Outcome(*json.loads(row[0]))
 
     def put_outcomes(self, verifier: str, outcomes: dict[tuple[str, str], Outcome | None]) -> None:
-        """Store verification outcomes keyed by (photo hash, reference photo hash)."""
+        """Store verification outcomes keyed by (photo hash, reference key)."""
         if not outcomes:
             return
         rows = []
         for (digest, reference), outcome in outcomes.items():
-            inliers, alignment = (None, None) if outcome is None else (outcome.inliers, outcome.alignment)
-            rows.append((verifier, digest, reference, inliers, alignment,
-                         _verification_crc(verifier, digest, reference, inliers, alignment)))
+            text = None if outcome is None else json.dumps(list(outcome))
+            rows.append((verifier, digest, reference, text, _verification_crc(verifier, digest, reference, text)))
         with self._lock:
-            self._write(lambda: self._db.executemany("INSERT OR REPLACE INTO verifications VALUES (?, ?, ?, ?, ?, ?)", rows))
+            self._write(lambda: self._db.executemany("INSERT OR REPLACE INTO verifications VALUES (?, ?, ?, ?, ?)", rows))
 
     def _read(self, sql: str, args: tuple):
         """One row, or ``None`` when absent or when the file turns out damaged."""

@@ -14,9 +14,9 @@ from detector.embedders import Embedder
 from detector.errors import UserError
 from detector.images import decode_image, read_image_bytes, resolve_image_path
 from detector.tables import IMAGE_SUFFIXES, CatalogRow, read_authorized, read_catalog
-from detector.verify import VERIFIER_ID, LocalFeatures, extract, pack, unpack
+from detector.verify import VERIFIER_ID, LocalFeatures, QueryFeatures, extract, mirrored, pack, unpack, verify_candidates
 from detector.views import REFERENCE_VIEW_ID, listing_views, reference_view
-from index.calibrate import CalibrationRule, calibrate_thresholds
+from index.calibrate import CalibrationRule, CountRule, calibrate_counts, calibrate_thresholds
 from index.files import file_sha256
 from index.store import BrandEntry, IndexStoreError, build_lock, load_index, write_index
 
@@ -24,6 +24,12 @@ MAX_LISTED_ERRORS = 20
 MAX_CALIBRATION_PHOTOS = 1000
 """At most this many reference photos (a fixed pseudo-random sample, by content hash) are seen
 through the scanner's views to calibrate thresholds."""
+MAX_PRODUCT_IMPOSTORS = 200
+"""At most this many other brands' reference photos are verified against each brand to calibrate
+how many matching keypoints a new photo of its products needs."""
+PRODUCT_CANDIDATES = 5
+"""Each product impostor is verified against this many of the brand's nearest references, as a
+scanned photo is against its nearest hits."""
 
 
 @dataclass
@@ -84,6 +90,7 @@ def build_catalog_index(
     batch_size: int = 32,
     workers: int = 2,
     rule: CalibrationRule = CalibrationRule(),
+    count_rule: CountRule = CountRule(),
     on_progress: Callable[[int, int], None] | None = None,
 ) -> BuildReport:
     """Build or update ``out_dir`` from a catalogue; the previous index stays intact on any failure."""
@@ -150,6 +157,9 @@ def build_catalog_index(
         stacked = {brand: np.stack(vs).astype(np.float32) for brand, vs in vectors.items()}
         queries = _calibration_queries(products, embedder, batch_size, workers)
         calibration = calibrate_thresholds(stacked, background, rule, queries)
+        products_need = calibrate_counts(_product_impostors(products, stacked, local), count_rule)
+        for brand, found in products_need.items():
+            calibration[brand].update(found)
         if authorized is None and previous_sellers:
             report.notes.append("no --authorized given: authorised sellers kept from the previous build")
         sellers = authorized if authorized is not None else previous_sellers
@@ -174,6 +184,7 @@ def build_catalog_index(
             "reference_view": REFERENCE_VIEW_ID,
             "verifier": VERIFIER_ID,
             "calibration_rule": asdict(rule),
+            "product_rule": asdict(count_rule),
             "background_images": 0 if background is None else len(background),
         }
         report.manifest = write_index(
@@ -181,6 +192,25 @@ def build_catalog_index(
             memory_budget=memory_budget,
         )
     return report
+
+
+def _product_impostors(products: dict[str, list[dict]], vectors: dict[str, np.ndarray],
+                       local: dict[str, list[LocalFeatures]]) -> dict[str, np.ndarray]:
+    """For each brand, the most matching keypoints each impostor reaches against the brand's
+    products: other brands' reference photos (a fixed sample of at most MAX_PRODUCT_IMPOSTORS,
+    by content hash), each verified as a listing photo would be, against the PRODUCT_CANDIDATES
+    of the brand's references nearest to it."""
+    every = sorted((p["image_sha256"], brand, row) for brand, ps in products.items() for row, p in enumerate(ps))
+    counts = {}
+    for brand, mine in vectors.items():
+        found = []
+        for _, other, row in [item for item in every if item[1] != brand][:MAX_PRODUCT_IMPOSTORS]:
+            nearest = np.argsort(-(mine @ vectors[other][row]))[:PRODUCT_CANDIDATES]
+            query = QueryFeatures(local[other][row], mirrored(local[other][row]))
+            outcomes = verify_candidates(query, [local[brand][i] for i in nearest])
+            found.append(max((max(o.inliers, o.unique) for o in outcomes if o is not None), default=0))
+        counts[brand] = np.array(found, np.float64)
+    return counts
 
 
 def _views_of(path: Path, embedder: Embedder) -> Prepared:

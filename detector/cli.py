@@ -198,13 +198,17 @@ def index_info(
     out.print(f"built      {manifest['created']}   updated {manifest['updated']}")
     c = manifest["counts"]
     out.print(f"holds      {c['brands']} brands, {c['products']} products, {c['vectors']} photos, {c['authorized_sellers']} authorised sellers")
-    table = Table("brand", "products", "photos", "sellers", "index", "threshold", "calibrated from")
+    table = Table("brand", "products", "photos", "sellers", "index", "threshold", "calibrated from",
+                  "new photos need", "from")
     for brand, entry in manifest["brands"].items():
         cal = entry.get("calibration", {})
         source = f"{cal.get('impostors', 0)} impostors ({cal.get('source', '?')})"
+        needs = cal.get("product_inliers")
         table.add_row(
             escape(brand), str(entry["products"]), str(entry["vectors"]), str(entry["authorized_sellers"]),
             entry["index_kind"], f"{entry['threshold']:.3f}", source,
+            "-" if needs is None else f"{needs} keypoints",
+            f"{cal.get('product_impostors', 0)} impostors ({cal.get('product_source', '?')})" if needs else "",
         )
     out.print(table)
     out.print("checksums  all files verified")

@@ -15,11 +15,15 @@ from dataclasses import dataclass, field
 
 FLAGGED, CLEAR, ERROR = "flagged", "clear", "error"
 
-COPY, SIMILAR, UNVERIFIED, LOOKALIKE, VETOED, NO_MATCH = "copy", "similar", "unverified", "lookalike", "vetoed", "no_match"
+COPY, PRODUCT, SIMILAR, UNVERIFIED = "copy", "product", "similar", "unverified"
+LOOKALIKE, VETOED, NO_MATCH = "lookalike", "vetoed", "no_match"
 
 VISUAL_STATES = {
     COPY: "geometric verification confirms an edited copy of the reference photo: enough matching keypoints in"
           " one layout, or fewer with the reference's whole outline in place",
+    PRODUCT: "a new photo of the product (the seller's own, not an edit of the catalogue photo): fewer matching"
+             " keypoints than a copy needs, but as many as the brand's calibrated product threshold, in one"
+             " layout with the outline in place",
     SIMILAR: "the similarity reaches the brand's threshold and the matching keypoints do not contradict it",
     UNVERIFIED: "the similarity reaches the brand's threshold; no geometric check could be made (too few keypoints"
                 " in either photo, or the scan ran with --no-verify)",
@@ -29,7 +33,7 @@ VISUAL_STATES = {
     NO_MATCH: "no protected product is close enough (or the index has none to compare with)",
     ERROR: "the photo or its row could not be judged (see error_code)",
 }
-MATCHING = frozenset({COPY, SIMILAR, UNVERIFIED})
+MATCHING = frozenset({COPY, PRODUCT, SIMILAR, UNVERIFIED})
 """The visual states that show a protected product: with an inconsistency, the listing is flagged."""
 
 FINDINGS = {
@@ -81,11 +85,12 @@ class Match:
     visual_state: str
     inliers: int | None = None  # matching keypoints in one geometric layout; None where not verified
     alignment: float | None = None  # share of the reference's outline found once aligned
+    unique: int | None = None  # of the keypoints, those that favour this reference over the other candidates
     reference_image: str | None = None
     price: float | None = None
     currency: str | None = None
 
-    RECORD = ("brand", "product_id", "similarity", "threshold", "visual_state", "inliers", "alignment")
+    RECORD = ("brand", "product_id", "similarity", "threshold", "visual_state", "inliers", "alignment", "unique")
 
     def as_record(self) -> dict:
         """The match as decisions.jsonl stores it."""

@@ -44,7 +44,8 @@ dump's rows is embedded once even without a cache (about 60 MB at six 1280-d vie
 
 class Evidence(NamedTuple):
     """One listing row and what was found for its photo: ``hits`` is a JSON list of
-    ``[brand, row, similarity, inliers, alignment]`` (the last two ``null`` where not verified),
+    ``[brand, row, similarity, inliers, alignment, unique]`` (the last three ``null`` where not
+    verified; see :class:`detector.verify.Outcome`),
     or ``None`` when ``error`` says why there is none (and ``error_code`` names it);
     ``notes`` is the table reader's remarks, a JSON list of ``[code, text]``;
     ``vector`` is the photo's whole-image embedding (:func:`pack_vector`) when the scan keeps
@@ -92,7 +93,7 @@ def candidates_of(index: ReferenceIndex, hits: str) -> list[Candidate]:
     """The policy's candidates from an evidence record's ``hits`` (see :class:`Evidence`)."""
     stored = json.loads(hits)
     found = [Hit(brand, row, similarity) for brand, row, similarity, *_ in stored]
-    outcomes = {hit: Outcome(inliers, alignment) for hit, (*_, inliers, alignment) in zip(found, stored)
+    outcomes = {hit: Outcome(inliers, alignment, unique) for hit, (*_, inliers, alignment, unique) in zip(found, stored)
                 if inliers is not None}
     return candidates(index, found, outcomes)
 
@@ -191,28 +192,29 @@ class EvidenceMaker:
             return extract_query(image)
 
     def _verified(self, result: Embedded[ListingRow], hits: list[Hit]) -> dict[Hit, Outcome | None]:
-        """Geometric evidence against the closest references, from the cache where known."""
+        """Geometric evidence against the closest references, verified together (each outcome
+        depends on the whole candidate set, so the cache keys it by the set too)."""
         digest, path, local = result.info
-        reference_of = {hit: self.index.product(hit)["image_sha256"] for hit in to_verify(self.index, hits)}
-        known, missing = {}, []
-        for hit, ref in reference_of.items():
-            found, outcome = self.cache.get_outcome(VERIFIER_ID, digest, ref) if self.cache else (False, None)
-            if found:
-                known[hit] = outcome
-            else:
-                missing.append(hit)
-        if missing:
-            try:
-                if local is None:  # an embedding-cache hit: decode once more for its keypoints
-                    local = self._keypoints(self._decode(read_image_bytes(Path(path))))
-                with timed(self.clock, "verify"):
-                    fresh = verify_hits(local, missing, self.references)
-            except ImageError:
-                fresh = {}
-            known.update(fresh)
-            if self.cache is not None:
-                self.cache.put_outcomes(VERIFIER_ID, {(digest, reference_of[h]): o for h, o in fresh.items()})
-        return known
+        chosen = to_verify(self.index, hits)
+        if not chosen:
+            return {}
+        references = [self.index.product(hit)["image_sha256"] for hit in chosen]
+        group = hashlib.sha256("|".join(sorted(references)).encode()).hexdigest()[:16]
+        keys = {hit: f"{reference}|{group}" for hit, reference in zip(chosen, references)}
+        if self.cache is not None:
+            cached = {hit: self.cache.get_outcome(VERIFIER_ID, digest, key) for hit, key in keys.items()}
+            if all(found for found, _ in cached.values()):
+                return {hit: outcome for hit, (_, outcome) in cached.items()}
+        try:
+            if local is None:  # an embedding-cache hit: decode once more for its keypoints
+                local = self._keypoints(self._decode(read_image_bytes(Path(path))))
+            with timed(self.clock, "verify"):
+                fresh = verify_hits(local, chosen, self.references)
+        except ImageError:
+            return {}
+        if self.cache is not None:
+            self.cache.put_outcomes(VERIFIER_ID, {(digest, keys[hit]): outcome for hit, outcome in fresh.items()})
+        return fresh
 
     def _finish(self, batch: list[Embedded[ListingRow]], pool: ThreadPoolExecutor) -> Counted:
         found = [r for r in batch if r.vector is not None]
@@ -234,7 +236,7 @@ class EvidenceMaker:
             digest, path, _ = r.info if r.info else (None, None, None)
             error, code = (str(r.error), r.error.code) if r.error else (None, None)
             verified = outcomes_of.get(id(r), {})
-            hit_list = [[h.brand, h.row, round(h.similarity, 6), *(verified.get(h) or (None, None))]
+            hit_list = [[h.brand, h.row, round(h.similarity, 6), *(verified.get(h) or (None, None, None))]
                         for h in hits_of.get(id(r), [])]
             kept = pack_vector(r.vector[0]) if self.keep_vectors and r.vector is not None else None
             records.append(Evidence(row.row, row.listing_id, row.line, row.seller_id, row.title, row.price,

@@ -10,7 +10,7 @@ import numpy as np
 from detector.embedders import Embedder, create_embedder
 from detector.errors import UserError
 from detector.policy import Candidate
-from detector.verify import VERIFIER_ID, LocalFeatures, Outcome, QueryFeatures, unpack, verify_pair
+from detector.verify import VERIFIER_ID, LocalFeatures, Outcome, QueryFeatures, unpack, verify_candidates
 from detector.views import REFERENCE_VIEW_ID
 from index.search import Hit
 from index.store import ReferenceIndex, load_index, read_manifest
@@ -79,24 +79,28 @@ def search_views(index: ReferenceIndex, vectors: list[np.ndarray], k: int) -> li
 def to_verify(
     index: ReferenceIndex, hits: list[Hit], top: int = VERIFY_TOP, min_similarity: float = VERIFY_MIN_SIMILARITY
 ) -> list[Hit]:
-    """The hits worth a geometric check: the closest few that are not plainly unrelated, and every
-    hit at or above its brand's calibrated threshold (any of those could become the match once
-    closer ones are vetoed, and none should win unchecked)."""
+    """The hits worth a geometric check: the closest few that are not plainly unrelated, the other
+    hits of their brands (a new photo of a product must be verified beside its siblings, which
+    share the brand's logo and layout, for the keypoints unique to one of them to tell which
+    product it is), and every hit at or above its brand's calibrated threshold (any of those could
+    become the match once closer ones are vetoed, and none should win unchecked)."""
+    closest = [hit for hit in hits[:top] if hit.similarity >= min_similarity]
+    brands = {hit.brand for hit in closest}
     return [
-        hit for rank, hit in enumerate(hits)
-        if (rank < top and hit.similarity >= min_similarity) or hit.similarity >= index.brands[hit.brand].threshold
+        hit for hit in hits
+        if hit in closest or (hit.brand in brands and hit.similarity >= min_similarity)
+        or hit.similarity >= index.brands[hit.brand].threshold
     ]
 
 
 def verify_hits(features: QueryFeatures, hits: list[Hit], references: ReferenceFeatures) -> dict[Hit, Outcome | None]:
-    """Geometric evidence between a photo and each hit's reference; ``None`` where the pair has too
-    few keypoints to tell (hits whose index holds no features are left out)."""
-    result = {}
-    for hit in hits:
-        reference = references.get(hit)
-        if reference is not None:
-            result[hit] = verify_pair(features, reference)
-    return result
+    """Geometric evidence between a photo and each hit's reference, the hits verified together
+    (see :func:`detector.verify.verify_candidates`); ``None`` where the pair has too few
+    keypoints to tell (hits whose index holds no features are left out)."""
+    found = [(hit, references.get(hit)) for hit in hits]
+    found = [(hit, reference) for hit, reference in found if reference is not None]
+    outcomes = verify_candidates(features, [reference for _, reference in found])
+    return {hit: outcome for (hit, _), outcome in zip(found, outcomes)}
 
 
 def candidates(
@@ -119,8 +123,10 @@ def candidates(
                 currency=product.get("currency"),
                 title=product.get("title", ""),
                 calibrated_threshold=index.brands[hit.brand].threshold,
+                product_inliers=index.brands[hit.brand].calibration.get("product_inliers"),
                 inliers=None if outcome is None else outcome.inliers,
                 alignment=None if outcome is None else outcome.alignment,
+                unique=None if outcome is None else outcome.unique,
             )
         )
     return found

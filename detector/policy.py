@@ -21,8 +21,8 @@ from importlib import resources
 from pathlib import Path
 
 from detector.decisions import (
-    CLEAR, COPY, ERROR, FLAGGED, LOOKALIKE, MATCHING, NO_MATCH, SIMILAR, UNVERIFIED, VETOED, Decision, Finding,
-    Match,
+    CLEAR, COPY, ERROR, FLAGGED, LOOKALIKE, MATCHING, NO_MATCH, PRODUCT, SIMILAR, UNVERIFIED, VETOED, Decision,
+    Finding, Match,
 )
 from detector.errors import UserError
 
@@ -53,6 +53,15 @@ class Verification:
 
 
 @dataclass(frozen=True)
+class ProductRules:
+    """When local features recognise a new photo of a product (the ``product`` visual state):
+    ``inliers`` is the number every brand needs, or ``None`` for each brand's calibrated one."""
+
+    enabled: bool
+    inliers: int | None
+
+
+@dataclass(frozen=True)
 class HistoryRules:
     """How earlier nights (``scan --history``) count: weights of a seller's earlier flags and of a
     comeback, and the cosine at which two listing photos are the same photo."""
@@ -75,6 +84,7 @@ class Policy:
     cues: tuple[str, ...]
     weights: Weights
     verification: Verification
+    product: ProductRules
     history: HistoryRules
     brands: dict[str, dict] = field(default_factory=dict)
 
@@ -83,6 +93,13 @@ class Policy:
         override = self.brands.get(brand, {}).get("threshold")
         value = override if override is not None else (self.threshold if self.threshold is not None else calibrated)
         return max(self.min_similarity, float(value) + self.threshold_offset)
+
+    def product_inliers(self, calibrated: int | None) -> int | None:
+        """The matching keypoints a new photo needs to show a product of a brand whose calibrated
+        need is ``calibrated``; ``None`` when the product path is off (or the index predates it)."""
+        if not self.product.enabled:
+            return None
+        return self.product.inliers if self.product.inliers is not None else calibrated
 
     def brand_price_ratio(self, brand: str) -> float:
         return float(self.brands.get(brand, {}).get("min_price_ratio", self.min_price_ratio))
@@ -117,8 +134,8 @@ def load_policy(path: Path | None = None) -> Policy:
 
 
 def _policy_from(config: dict) -> Policy:
-    match, price, seller, title, score, verify, history = (
-        config[k] for k in ("match", "price", "seller", "title", "score", "verify", "history")
+    match, price, seller, title, score, verify, product, history = (
+        config[k] for k in ("match", "price", "seller", "title", "score", "verify", "product", "history")
     )
     threshold = None if match["threshold"] == "calibrated" else _number(match, "threshold", "match", 0.0, 1.0)
     rates = price.get("rates", {})
@@ -159,6 +176,10 @@ def _policy_from(config: dict) -> Policy:
             aligned_inliers=int(_number(verify, "aligned_inliers", "verify", 1, 10_000)),
             full_alignment=_number(verify, "full_alignment", "verify", 0.0, 1.01),
             trust_inliers=int(_number(verify, "trust_inliers", "verify", 1, 10_000)),
+        ),
+        product=ProductRules(
+            enabled=bool(product["enabled"]),
+            inliers=None if product["inliers"] == "calibrated" else int(_number(product, "inliers", "product", 1, 10_000)),
         ),
         history=HistoryRules(
             prior_flag_weight=_number(history, "prior_flag_weight", "history", 0.0, 1.0),
@@ -211,6 +232,7 @@ class Candidate:
     product_id: str
     similarity: float
     calibrated_threshold: float
+    product_inliers: int | None = None  # the brand's calibrated keypoints for a new photo (index build)
     reference_image: str | None = None
     reference_path: str | None = None
     price: float | None = None
@@ -218,6 +240,7 @@ class Candidate:
     title: str = ""
     inliers: int | None = None  # matching keypoints from geometric verification; None if not verified
     alignment: float | None = None  # share of the reference's edges found in the photo once aligned
+    unique: int | None = None  # of those keypoints, the ones that favour this reference over the other candidates
 
 
 @dataclass
@@ -227,6 +250,7 @@ class Ranked:
     candidate: Candidate
     threshold: float
     state: str
+    needs: int | None = None  # the matching keypoints a new photo of it needs (None: product path off)
 
     @property
     def product(self) -> str:
@@ -236,7 +260,7 @@ class Ranked:
     def as_match(self) -> Match:
         c = self.candidate
         return Match(brand=c.brand, product_id=c.product_id, similarity=c.similarity, threshold=self.threshold,
-                     visual_state=self.state, inliers=c.inliers, alignment=c.alignment,
+                     visual_state=self.state, inliers=c.inliers, alignment=c.alignment, unique=c.unique,
                      reference_image=c.reference_image, price=c.price, currency=c.currency)
 
 
@@ -279,16 +303,26 @@ def _usable_price(price: float | None) -> float | None:
 # --- step 1: rank ----------------------------------------------------------------------------------
 
 
-def visual_state(cand: Candidate, threshold: float, verification: Verification) -> str:
-    """What the photo shows of one candidate (a code of :data:`detector.decisions.VISUAL_STATES`)."""
+def visual_state(cand: Candidate, threshold: float, verification: Verification, product_inliers: int | None = None) -> str:
+    """What the photo shows of one candidate (a code of :data:`detector.decisions.VISUAL_STATES`);
+    ``product_inliers`` is what a new photo of it needs (``None``: the product path is off).
+
+    Fewer keypoints than a copy needs, but at least the brand's product count, make a new photo
+    of the product whatever the outline: a seller's own photo, at an angle and of a carton in 3D,
+    does not keep the catalogue photo's outline the way an edited copy does. At copy counts the
+    outline still vetoes, as it always has: many keypoints agreeing on a shared element while the
+    rest of the outline is missing is a look-alike."""
     v = verification
     inliers, alignment = cand.inliers, cand.alignment
+    if inliers is not None and alignment is not None and inliers >= v.aligned_inliers and alignment >= v.full_alignment:
+        return COPY
+    if (product_inliers is not None and inliers is not None and inliers < v.confirm_inliers
+            and max(inliers, cand.unique or 0) >= product_inliers):
+        return PRODUCT
     if (inliers is not None and alignment is not None and v.veto_below <= inliers < v.trust_inliers
             and alignment < v.min_alignment):
         return LOOKALIKE if cand.similarity >= threshold else NO_MATCH
     if inliers is not None and inliers >= v.confirm_inliers:
-        return COPY
-    if inliers is not None and alignment is not None and inliers >= v.aligned_inliers and alignment >= v.full_alignment:
         return COPY
     if cand.similarity < threshold:
         return NO_MATCH
@@ -299,21 +333,28 @@ def visual_state(cand: Candidate, threshold: float, verification: Verification) 
     return SIMILAR
 
 
+GEOMETRIC = frozenset({COPY, PRODUCT})
+"""Matches that local features establish; among them, keypoints unique to one candidate rank first."""
+
+
 def rank(candidates: list[Candidate], policy: Policy) -> list[Ranked]:
-    """Judge each candidate and order them as the policy prefers: visual matches first,
-    geometrically confirmed copies first among them and the most matching keypoints first among
-    those (the strongest evidence of a copy), then the margin over the brand's threshold. The
-    first is the one the decision is about."""
+    """Judge each candidate and order them as the policy prefers: visual matches first, those
+    local features establish (copies, new photos of the product) first among them, ranked by the
+    keypoints that favour them over the other candidates and then by all their matching
+    keypoints (the strongest evidence of which product it is: sibling products share a brand's
+    logo), then the margin over the brand's threshold. The first is the one the decision is about."""
     judged = []
     for cand in candidates:
         threshold = policy.brand_threshold(cand.brand, cand.calibrated_threshold)
-        judged.append(Ranked(cand, threshold, visual_state(cand, threshold, policy.verification)))
-    return sorted(
-        judged,
-        key=lambda r: (r.state in MATCHING, r.state == COPY, r.candidate.inliers if r.state == COPY else 0,
-                       r.candidate.similarity - r.threshold, r.candidate.similarity),
-        reverse=True,
-    )
+        needs = policy.product_inliers(cand.product_inliers)
+        judged.append(Ranked(cand, threshold, visual_state(cand, threshold, policy.verification, needs), needs))
+
+    def key(r: Ranked):
+        geometric = r.state in GEOMETRIC
+        return (r.state in MATCHING, geometric, (r.candidate.unique or 0) if geometric else 0,
+                r.candidate.inliers if geometric else 0, r.candidate.similarity - r.threshold, r.candidate.similarity)
+
+    return sorted(judged, key=key, reverse=True)
 
 
 def visual_confidence(best: Ranked, verification: Verification) -> float:
@@ -323,7 +364,7 @@ def visual_confidence(best: Ranked, verification: Verification) -> float:
         visual = 0.5 + 0.5 * (cand.similarity - threshold) / max(1e-6, 1.0 - threshold)
     else:
         visual = 0.5 * max(0.0, cand.similarity) / max(threshold, 1e-6)
-    if best.state == COPY:
+    if best.state in GEOMETRIC:
         return max(visual, 0.5 + 0.5 * min(1.0, cand.inliers / (4.0 * verification.confirm_inliers)))
     if best.state in (VETOED, LOOKALIKE):
         return min(visual, 0.49)
@@ -435,6 +476,10 @@ def visual_reason(best: Ranked, verification: Verification) -> str:
         outline = "" if cand.alignment is None else f", {cand.alignment:.0%} of its outline in place"
         return (f"photo matches {product}: {cand.inliers} matching keypoints in one geometric layout{outline}"
                 f" (similarity {cand.similarity:.2f}, threshold {threshold:.2f})")
+    if best.state == PRODUCT:
+        return (f"photo shows {product}: a new photo of it, with {cand.inliers} matching keypoints in one layout"
+                f" ({cand.unique or 0} of them on no other candidate product; this brand's new photos need"
+                f" {best.needs}) at similarity {cand.similarity:.2f}")
     return f"photo matches {product} (similarity {cand.similarity:.2f} ≥ threshold {threshold:.2f}{keypoints})"
 
 

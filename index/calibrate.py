@@ -80,3 +80,37 @@ def calibrate_thresholds(
             "impostor_max": round(float(sample.max()), 4),
         }
     return result
+
+
+@dataclass(frozen=True)
+class CountRule:
+    """How many matching keypoints a brand's products need before local features alone say a
+    new photo shows one: a high quantile of what impostors reach, plus a margin, never under a
+    floor (docs/index.md)."""
+
+    quantile: float = 0.99
+    margin: int = 1
+    floor: int = 5
+    min_impostors: int = 20
+    default: int = 8
+
+
+def calibrate_counts(counts_by_brand: dict[str, np.ndarray], rule: CountRule = CountRule()) -> dict[str, dict]:
+    """``{brand: {"product_inliers": n, ...evidence}}`` from each brand's impostor counts (the most
+    matching keypoints each impostor reached against the brand's products). Brands with too few
+    impostors borrow the pooled counts, as thresholds do; with none at all, ``rule.default``."""
+    pooled = np.concatenate([np.asarray(c, np.float64) for c in counts_by_brand.values()]) if counts_by_brand else np.zeros(0)
+    result = {}
+    for brand, own in counts_by_brand.items():
+        own = np.asarray(own, np.float64)
+        if len(own) >= rule.min_impostors:
+            sample, source = own, "brand"
+        elif len(pooled) >= rule.min_impostors:
+            sample, source = pooled, "pooled"
+        else:
+            result[brand] = {"product_inliers": rule.default, "product_source": "default", "product_impostors": int(len(own))}
+            continue
+        needed = max(rule.floor, int(np.ceil(np.quantile(sample, rule.quantile))) + rule.margin)
+        result[brand] = {"product_inliers": needed, "product_source": source, "product_impostors": int(len(sample)),
+                         "product_impostor_max": int(sample.max())}
+    return result

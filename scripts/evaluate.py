@@ -6,6 +6,7 @@ library's front door (detector.build_index, Detector.scan), and compares decisio
 reads). It prints a table and writes metrics.json into the work folder.
 
     python scripts/evaluate.py ../shared/eval-public [--work eval-work] [--policy P.toml] [--sweep] [--sweep-verify]
+                                                     [--profile]
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Callable
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from detector import Detector, build_index  # noqa: E402
+from detector.profile import StageClock  # noqa: E402
 
 
 def precision_recall_f1(predicted: list[bool], actual: list[bool]) -> dict:
@@ -148,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also re-decide the same scan with every threshold shifted by -0.10..+0.10 (no re-embedding)")
     parser.add_argument("--sweep-verify", action="store_true",
                         help="also re-decide the same scan under a grid of [verify] constants (no re-embedding)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also time each stage of the scan (milliseconds per photo, summed over threads)")
     args = parser.parse_args(argv)
 
     bench, work = args.bench, args.work
@@ -163,14 +167,15 @@ def main(argv: list[str] | None = None) -> int:
                 device=args.device)
     build_s = time.perf_counter() - start
 
-    def scan(policy: Path | None) -> None:
+    def scan(policy: Path | None, clock: StageClock | None = None) -> None:
         with Detector.open(index_dir, policy=policy, device=args.device,
                            cache=cache if args.engine == "local" else False) as detector:
             detector.scan(bench / "listings.csv", scan_dir, engine=args.engine, address=args.address,
-                          verify=not args.no_verify)
+                          verify=not args.no_verify, clock=clock)
 
+    clock = StageClock() if args.profile else None
     start = time.perf_counter()
-    scan(args.policy)
+    scan(args.policy, clock)
     scan_s = time.perf_counter() - start
 
     decisions = read_decisions(scan_dir)
@@ -185,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         embedder=args.embedder,
         policy=str(args.policy) if args.policy else "default",
     )
+    if clock is not None:
+        metrics["stage_ms_per_photo"] = clock.per_photo_ms(summary["this_run"]["embedded"])
     if args.sweep:
         metrics["threshold_sweep"] = sweep(scan, scan_dir, work, args.policy, truth_rows, THRESHOLD_SWEEP)
     if args.sweep_verify:
@@ -200,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    {kind:<38} {value:.4f}")
     print(f"  {'scan images/s':<40} {metrics['images_per_second']}")
     print(f"  {'build s / scan s (wall, in process)':<40} {metrics['index_build_seconds']} / {metrics['scan_seconds']}")
+    for stage, ms in metrics.get("stage_ms_per_photo", {}).items():
+        print(f"  {'ms/photo ' + stage:<40} {ms}")
     if args.sweep:
         print("  F1 when every calibrated threshold is shifted by:")
         for offset, values in metrics["threshold_sweep"].items():

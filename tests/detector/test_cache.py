@@ -14,9 +14,9 @@ from tests.conftest import run_cli
 def test_round_trip_of_vectors_and_verification_outcomes(tmp_path):
     cache = EmbeddingCache(tmp_path / "c.sqlite", "fp", 4)
     cache.put_many({"a": np.arange(8, dtype=np.float32).reshape(2, 4)})
-    cache.put_outcomes("v1", {("a", "ref"): Outcome(12, 0.875), ("a", "flat"): Outcome(5, None), ("a", "other"): None})
+    cache.put_outcomes("v1", {("a", "ref"): Outcome(12, 0.875, 7), ("a", "flat"): Outcome(5, None), ("a", "other"): None})
     assert cache.get("a").shape == (2, 4) and cache.get("b") is None
-    assert cache.get_outcome("v1", "a", "ref") == (True, Outcome(12, 0.875))
+    assert cache.get_outcome("v1", "a", "ref") == (True, Outcome(12, 0.875, 7))
     assert cache.get_outcome("v1", "a", "flat") == (True, Outcome(5, None))
     assert cache.get_outcome("v1", "a", "other") == (True, None)
     assert cache.get_outcome("v2", "a", "ref") == (False, None)
@@ -24,11 +24,11 @@ def test_round_trip_of_vectors_and_verification_outcomes(tmp_path):
 
 def test_a_damaged_verification_outcome_is_recomputed_not_used(tmp_path):
     cache = EmbeddingCache(tmp_path / "c.sqlite", "fp", 4)
-    cache.put_outcomes("v1", {("a", "ref"): Outcome(12, 0.5), ("b", "ref"): Outcome(12, 0.5)})
+    cache.put_outcomes("v1", {("a", "ref"): Outcome(12, 0.5, 3), ("b", "ref"): Outcome(12, 0.5, 3)})
     cache.close()
     db = sqlite3.connect(tmp_path / "c.sqlite")
-    db.execute("UPDATE verifications SET inliers = 44 WHERE digest = 'a'")  # one flipped bit turns 12 into 44
-    db.execute("UPDATE verifications SET alignment = 0.75 WHERE digest = 'b'")
+    db.execute("UPDATE verifications SET outcome = '[44, 0.5, 3]' WHERE digest = 'a'")  # one flipped bit turns 12 into 44
+    db.execute("UPDATE verifications SET outcome = '[12, 0.75, 3]' WHERE digest = 'b'")
     db.commit()
     db.close()
     cache = EmbeddingCache(tmp_path / "c.sqlite", "fp", 4)

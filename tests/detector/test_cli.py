@@ -40,6 +40,7 @@ def test_index_info_describes_the_index(demo_index):
     assert result.exit_code == 0, result.output
     assert "lite0" in result.output and "3 brands, 12 products, 12 photos" in result.output
     assert "Aurora" in result.output and "all files verified" in result.output
+    assert "new photos need" in result.output and "keypoints" in result.output
     manifest = json.loads(invoke("index", "info", demo_index, "--json").output)
     assert manifest["counts"]["brands"] == 3 and manifest["embedder"]["name"] == "lite0"
 
@@ -58,7 +59,7 @@ def test_lookup_finds_the_product_and_judges_listing_facts(demo_index, demo_data
     assert payload["verdict"] == "flagged" and len(payload["matches"]) == 3
     assert payload["matches"][0]["product_id"] == "AUR-000"
     assert set(payload["matches"][0]) == {"brand", "product_id", "image", "similarity", "threshold", "visual_state",
-                                          "inliers", "alignment", "price", "currency"}
+                                          "inliers", "alignment", "unique", "price", "currency"}
     assert payload["matches"][0]["inliers"] >= 8  # a cropped copy keeps its keypoints
     assert payload["visual_state"] == payload["matches"][0]["visual_state"] == "copy"
     assert [f["code"] for f in payload["findings"]] == ["price_below_ratio", "seller_not_authorised", "title_cue"]

@@ -336,3 +336,57 @@ def test_fuzzed_photos_of_one_listing_combine_into_one_decision(facts, candidate
     assert combined.photos == len(parts)
     verdicts = {p.verdict for p in parts}  # any flagged photo flags it, else any unreadable one makes an error
     assert combined.verdict == (FLAGGED if FLAGGED in verdicts else ERROR if ERROR in verdicts else CLEAR)
+
+
+# --- the product path: a seller's own new photo ----------------------------------------------
+
+
+def new_photo(product="AUR-1", similarity=0.55, inliers=6, alignment=0.6, unique=6, needs=5):
+    """A candidate as a new photo of a product leaves it: a similarity below the copy threshold,
+    a handful of keypoints, an outline that does not line up."""
+    return Candidate(brand="Aurelio", product_id=product, similarity=similarity, price=100.0, currency="USD",
+                     calibrated_threshold=0.8, product_inliers=needs, inliers=inliers, alignment=alignment,
+                     unique=unique)
+
+
+def test_a_new_photo_with_the_brands_product_count_of_keypoints_shows_the_product():
+    decision = decide(listing(price=10.0), [new_photo()], SELLERS, POLICY)
+    assert decision.verdict == FLAGGED and decision.visual_state == "product" and decision.visual_match
+    assert [f.code for f in decision.findings if f.weight > 0] == ["price_below_ratio"]
+    # keypoints unique to the product count as much as its plain inliers
+    assert decide(listing(price=10.0), [new_photo(inliers=4, unique=5)], SELLERS, POLICY).visual_state == "product"
+    # under the brand's count, and under the copy threshold, it is not a match
+    assert decide(listing(price=10.0), [new_photo(inliers=4, unique=4)], SELLERS, POLICY).visual_state == "no_match"
+    # a brand whose impostors reach more keypoints needs more
+    assert decide(listing(price=10.0), [new_photo(needs=9)], SELLERS, POLICY).visual_state == "no_match"
+    # an index built before the product path (no calibrated count) keeps the copy rules
+    assert decide(listing(price=10.0), [new_photo(needs=None)], SELLERS, POLICY).visual_state == "no_match"
+
+
+def test_at_copy_counts_the_outline_still_vetoes_a_look_alike():
+    lookalike = decide(listing(price=10.0), [new_photo(similarity=0.9, inliers=12, alignment=0.6, unique=12)],
+                       SELLERS, POLICY)
+    assert lookalike.visual_state == "lookalike" and lookalike.verdict == CLEAR
+
+
+def test_the_policy_can_turn_the_product_path_off_or_fix_its_count(tmp_path):
+    off = tmp_path / "off.toml"
+    off.write_text("[product]\nenabled = false\n")
+    assert decide(listing(price=10.0), [new_photo()], SELLERS, load_policy(off)).visual_state == "no_match"
+    fixed = tmp_path / "fixed.toml"
+    fixed.write_text("[product]\ninliers = 7\n")
+    assert decide(listing(price=10.0), [new_photo()], SELLERS, load_policy(fixed)).visual_state == "no_match"
+    assert decide(listing(price=10.0), [new_photo(unique=7)], SELLERS, load_policy(fixed)).visual_state == "product"
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[product]\ninliers = 0\n")
+    with pytest.raises(UserError, match="product.inliers must be a number between 1"):
+        load_policy(bad)
+
+
+def test_among_siblings_the_keypoints_unique_to_one_product_decide_which_it_is():
+    # both siblings share the brand's logo, so their plain keypoint counts are close, and the one
+    # with more of them is not the product shown
+    siblings = [new_photo("AUR-1", inliers=7, unique=1), new_photo("AUR-2", inliers=6, unique=6)]
+    decision = decide(listing(price=10.0), siblings, SELLERS, POLICY)
+    assert decision.product_id == "AUR-2" and [m.product_id for m in decision.matches] == ["AUR-2", "AUR-1"]
+    assert [m.unique for m in decision.matches] == [6, 1]

@@ -9,7 +9,9 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from detector.demo import draw_product
-from detector.verify import EMPTY, extract, extract_query, fit_layout, mirrored, pack, unpack, verify_pair
+from detector.verify import (
+    EMPTY, extract, extract_query, fit_layout, mirrored, pack, unpack, verify_candidates, verify_pair,
+)
 
 
 def count_inliers(query, reference):
@@ -123,3 +125,29 @@ def test_permuted_descriptors_are_the_features_of_the_mirror_image():
     assert count_inliers(own, extracted) < matched / 4
     assert count_inliers(EMPTY, extracted) == 0
     assert mirrored(mirrored(own)).descriptors.tolist() == own.descriptors.tolist()
+
+
+def sibling(body_seed, logo_seed=1):
+    """A brand's product shot: the brand's big logo on top, the product's own small picture below."""
+    shot = Image.new("RGB", (320, 480), "white")
+    shot.paste(draw_product(logo_seed, size=320).resize((300, 300)), (10, 10))
+    shot.paste(draw_product(body_seed, size=320).resize((150, 150)), (85, 320))
+    return shot
+
+
+def held_up(shot):
+    """The product photographed in a shop: turned, smaller, in a scene, re-compressed."""
+    scene = draw_product(777, size=640)
+    scene.paste(shot.rotate(8, expand=True, fillcolor=(230, 230, 230)).resize((240, 360)), (200, 140))
+    return recompress(scene, 60)
+
+
+def test_keypoints_unique_to_one_candidate_tell_a_product_from_its_siblings():
+    for own, other in ((2, 3), (4, 5)):
+        product, sibling_product = sibling(own), sibling(other)
+        shown, beside = verify_candidates(extract_query(held_up(product)), [extract(product), extract(sibling_product)])
+        # the shared logo alone gives the sibling a copy's worth of keypoints, whole outline and all...
+        assert beside.inliers >= 8 and beside.alignment > 0.9
+        # ...but only the product shown has keypoints that match it better than the other candidate
+        assert shown.unique >= 10 and beside.unique <= 2
+        assert verify_pair(extract_query(held_up(product)), extract(sibling_product)).inliers == beside.inliers

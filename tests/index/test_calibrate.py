@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from index.calibrate import CalibrationRule, calibrate_thresholds
+from index.calibrate import CalibrationRule, CountRule, calibrate_counts, calibrate_thresholds
 
 
 def unit(v):
@@ -61,3 +61,15 @@ def test_impostors_seen_through_several_views_score_their_best_view():
     plain = calibrate_thresholds({"a": a, "b": b_single}, rule=rule)
     viewed = calibrate_thresholds({"a": a, "b": b_single}, rule=rule, queries_by_brand={"a": a[:, None], "b": b_views})
     assert plain["a"]["threshold"] == 0.0 and viewed["a"]["threshold"] == 0.8
+
+
+def test_product_counts_sit_above_what_impostors_reach():
+    rule = CountRule(quantile=0.99, margin=1, floor=5, min_impostors=20, default=8)
+    crowded = np.r_[np.full(95, 3.0), [10, 12, 20, 30, 40]]  # other brands share its designs
+    quiet = np.r_[np.full(99, 2.0), [4]]
+    got = calibrate_counts({"Crowded": crowded, "Quiet": quiet, "Tiny": np.array([2.0, 3.0])}, rule)
+    assert got["Crowded"]["product_inliers"] == int(np.ceil(np.quantile(crowded, 0.99))) + 1 == 32
+    assert got["Quiet"]["product_inliers"] == 5  # the floor: chance layouts of 3-4 keypoints are common
+    assert got["Tiny"]["product_source"] == "pooled"
+    assert calibrate_counts({"Alone": np.zeros(0)}, rule)["Alone"] == {
+        "product_inliers": 8, "product_source": "default", "product_impostors": 0}
