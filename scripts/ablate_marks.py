@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""Measure brand-mark search (detector/marks.py) on a labelled folder with a marks.csv.
+
+For every listing photo: which registered marks are found, at several keypoint counts, against
+truth.csv's brand (empty for photos that carry no protected mark). Prints, per kind of listing,
+how often the right brand's mark is found, a wrong one, or none, and the search's cost per photo
+(SIFT extraction not included: the scanner takes it for verification anyway).
+
+    python scripts/ablate_marks.py ../shared/public-logo [--counts 3,4,5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from detector.marks import find_marks, prepare_mark  # noqa: E402
+from detector.verify import extract  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("bench", type=Path, help="folder with marks.csv, listings.csv and truth.csv")
+    parser.add_argument("--counts", default="3,4,5", help="comma-separated keypoint counts to report")
+    args = parser.parse_args(argv)
+    for name in ("marks.csv", "listings.csv", "truth.csv"):
+        if not (args.bench / name).is_file():
+            parser.error(f"{args.bench / name} not found")
+    counts = [int(c) for c in args.counts.split(",")]
+
+    def rows(name: str) -> list[dict]:
+        with open(args.bench / name, newline="", encoding="utf-8") as fh:
+            return list(csv.DictReader(fh))
+
+    marks = [prepare_mark(Image.open(args.bench / r["image"]), r["brand"], r["image"]) for r in rows("marks.csv")]
+    truth = {r["listing_id"]: r for r in rows("truth.csv")}
+    tally: dict[tuple[int, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    missed: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    search_s, photos = 0.0, 0
+    for row in rows("listings.csv"):
+        photo = Image.open(args.bench / row["image"]).convert("RGB")
+        features = extract(photo)
+        start = time.perf_counter()
+        found = find_marks(features, photo.size, marks, min_inliers=min(counts))
+        search_s += time.perf_counter() - start
+        photos += 1
+        kind, brand = truth[row["listing_id"]]["kind"], truth[row["listing_id"]].get("brand", "")
+        for count in counts:
+            seen = [s for s in found if s.inliers >= count]
+            outcome = ("none" if not seen else "right" if seen[0].brand == brand else "wrong")
+            tally[(count, kind)][outcome] += 1
+            if brand and outcome != "right":
+                missed[count][brand] += 1
+
+    print(f"{len(marks)} marks, {photos} photos; mark search {1000 * search_s / max(1, photos):.1f} ms/photo")
+    print(f"{'keypoints':>9}  {'kind':<28} {'right':>6} {'wrong':>6} {'none':>6}")
+    for (count, kind), outcome in sorted(tally.items()):
+        print(f"{count:>9}  {kind:<28} {outcome['right']:>6} {outcome['wrong']:>6} {outcome['none']:>6}")
+    for count, brands in sorted(missed.items()):
+        print(f"marks missed at {count}+ keypoints:", ", ".join(f"{b} {n}" for b, n in sorted(brands.items())))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
