@@ -97,6 +97,7 @@ def build_index(
     out: str | Path,
     *,
     authorized: str | Path | None = None,
+    marks: str | Path | None = None,
     background: str | Path | None = None,
     embedder: str = "lite0",
     weights: str | Path | None = None,
@@ -115,6 +116,7 @@ def build_index(
     index stays usable until the new one is committed."""
     catalog = _existing("catalogue", catalog)
     _existing("authorised-seller table", authorized)
+    _existing("marks table", marks)
     _existing("background folder", background)
     _choice("device", device, DEVICES)
     _choice("backend", backend, BACKENDS)
@@ -130,7 +132,7 @@ def build_index(
     with _index_errors():
         report = build_catalog_index(
             catalog, Path(out), model, authorized_path=authorized and Path(authorized),
-            background_dir=background and Path(background), skip_bad_rows=skip_bad_rows,
+            marks_path=marks and Path(marks), background_dir=background and Path(background), skip_bad_rows=skip_bad_rows,
             allow_outside=allow_outside_paths, index_kind=None if index_type == "auto" else index_type,
             memory_budget=None if memory_budget_mb is None else int(memory_budget_mb * 2**20),
             batch_size=batch_size, workers=workers, on_progress=on_progress,
@@ -178,6 +180,11 @@ class LookupResult:
         """The nearest references, as the policy ranks them: the first is the one decided on."""
         return self.decision.matches
 
+    @property
+    def marks(self) -> list[dict]:
+        """The registered marks found in the photo: brand, mark, inliers, inverted, box (fractions)."""
+        return self.decision.marks
+
     def as_json(self) -> dict:
         """What ``counterfeit lookup --json`` prints."""
         d = self.decision
@@ -193,6 +200,7 @@ class LookupResult:
                      "price_ratio": d.price_ratio, "seller_authorized": d.seller_authorized},
             "matches": [{**m.as_record(), "image": m.reference_image, "price": m.price, "currency": m.currency}
                         for m in d.matches],
+            "marks": d.marks,
         }
 
 
@@ -291,8 +299,8 @@ class Detector:
                                   or not math.isfinite(price) or price < 0):
             raise UserError(f"price must be a non-negative number, not {price!r}")
         _whole("top_k", top_k)
-        from detector.evidence import EvidenceMaker, candidates_of
-        from detector.matches import authorized_sellers
+        from detector.evidence import EvidenceMaker, candidates_of, sightings_of
+        from detector.matches import authorized_sellers, marked_brands
         from detector.tables import ListingRow
 
         if top_k not in self._makers:
@@ -307,7 +315,8 @@ class Detector:
         judged = price is not None or seller is not None or title is not None
         facts = Listing(listing_id=str(photo), seller_id=seller, title=title or "", price=price, currency=currency,
                         image=str(photo))
-        decision = decide(facts, candidates_of(self.index, evidence.hits), authorized_sellers(self.index), self.policy)
+        decision = decide(facts, candidates_of(self.index, evidence.hits), authorized_sellers(self.index), self.policy,
+                          sightings_of(evidence.marks), marked_brands(self.index))
         if not judged:  # the visual finding alone: there is nothing else to judge
             decision.reasons, decision.findings = decision.reasons[:1], []
         return LookupResult(photo=str(photo), decision=decision, judged=judged)

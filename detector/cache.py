@@ -140,6 +140,16 @@ class EmbeddingCache:
     def get_outcome(self, verifier: str, digest: str, reference: str) -> tuple[bool, Outcome | None]:
         """``(found, outcome)`` for a cached verification; ``outcome`` is ``None`` for an
         unverifiable pair."""
+        found, value = self.get_json(verifier, digest, reference)
+        return found, None if value is None else Outcome(*value)
+
+    def put_outcomes(self, verifier: str, outcomes: dict[tuple[str, str], Outcome | None]) -> None:
+        """Store verification outcomes keyed by (photo hash, reference key)."""
+        self.put_json(verifier, {key: None if outcome is None else list(outcome) for key, outcome in outcomes.items()})
+
+    def get_json(self, verifier: str, digest: str, reference: str) -> tuple[bool, object]:
+        """``(found, value)`` for a JSON value cached beside a photo's vector by ``verifier``
+        (a verification outcome, the marks found in it) under a ``reference`` key."""
         with self._lock:
             row = self._read(
                 "SELECT outcome, crc FROM verifications WHERE verifier=? AND digest=? AND reference=?",
@@ -150,15 +160,15 @@ class EmbeddingCache:
         if row[1] != _verification_crc(verifier, digest, reference, row[0]):
             self.corrupt += 1
             return False, None
-        return True, None if row[0] is None else Outcome(*json.loads(row[0]))
+        return True, None if row[0] is None else json.loads(row[0])
 
-    def put_outcomes(self, verifier: str, outcomes: dict[tuple[str, str], Outcome | None]) -> None:
-        """Store verification outcomes keyed by (photo hash, reference key)."""
-        if not outcomes:
+    def put_json(self, verifier: str, values: dict[tuple[str, str], object]) -> None:
+        """Store JSON values keyed by (photo hash, reference key); see :meth:`get_json`."""
+        if not values:
             return
         rows = []
-        for (digest, reference), outcome in outcomes.items():
-            text = None if outcome is None else json.dumps(list(outcome))
+        for (digest, reference), value in values.items():
+            text = None if value is None else json.dumps(value)
             rows.append((verifier, digest, reference, text, _verification_crc(verifier, digest, reference, text)))
         with self._lock:
             self._write(lambda: self._db.executemany("INSERT OR REPLACE INTO verifications VALUES (?, ?, ?, ?, ?)", rows))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -13,7 +13,9 @@ from detector.batching import Prepared, embed_stream
 from detector.embedders import Embedder
 from detector.errors import UserError
 from detector.images import decode_image, read_image_bytes, resolve_image_path
-from detector.tables import IMAGE_SUFFIXES, CatalogRow, read_authorized, read_catalog
+from detector.mark_shapes import SHAPE_KEYPOINTS, calibrate_level, photo_pixels
+from detector.marks import find_marks, mark_from, prepare_mark
+from detector.tables import IMAGE_SUFFIXES, CatalogRow, read_authorized, read_catalog, read_marks
 from detector.verify import VERIFIER_ID, LocalFeatures, QueryFeatures, extract, mirrored, pack, unpack, verify_candidates
 from detector.views import REFERENCE_VIEW_ID, listing_views, reference_view
 from index.calibrate import CalibrationRule, CountRule, calibrate_counts, calibrate_thresholds
@@ -27,6 +29,8 @@ through the scanner's views to calibrate thresholds."""
 MAX_PRODUCT_IMPOSTORS = 200
 """At most this many other brands' reference photos are verified against each brand to calibrate
 how many matching keypoints a new photo of its products needs."""
+MAX_SHAPE_IMPOSTORS = 100
+"""At most this many other brands' reference photos calibrate a simple mark's shape level."""
 PRODUCT_CANDIDATES = 5
 """Each product impostor is verified against this many of the brand's nearest references, as a
 scanned photo is against its nearest hits."""
@@ -43,23 +47,30 @@ class BuildReport:
     notes: list[str] = field(default_factory=list)
 
 
-def _previous_vectors(
-    out_dir: Path, embedder: Embedder, notes: list[str]
-) -> tuple[dict[str, tuple[np.ndarray, LocalFeatures]], dict]:
-    """Vectors and local features of the current index keyed by image hash, when it was built by
-    this embedder (photos without stored local features are not reused)."""
+class Previous(NamedTuple):
+    """What a build reuses from the index it replaces: vectors and local features by image hash,
+    and each brand's authorised sellers and registered marks (rows, packed features)."""
+
+    known: dict[str, tuple[np.ndarray, LocalFeatures]]
+    sellers: dict[str, list[str]]
+    marks: dict[str, tuple[list[dict], bytes | None]]
+
+
+def _previous_index(out_dir: Path, embedder: Embedder, notes: list[str]) -> Previous:
+    """What the current index offers this build, when it was built by this embedder and
+    verifier (photos without stored local features are not reused)."""
     try:
         previous = load_index(out_dir, load_indexes=False)
     except IndexStoreError as exc:
         if (out_dir / "manifest.json").exists():
             notes.append(f"previous index not reused ({exc})")
-        return {}, {}
+        return Previous({}, {}, {})
     if previous.manifest.get("embedder_id") != embedder.fingerprint_id:
         notes.append("previous index was built by another embedder: every photo is embedded again")
-        return {}, {}
+        return Previous({}, {}, {})
     if (previous.manifest.get("reference_view"), previous.manifest.get("verifier")) != (REFERENCE_VIEW_ID, VERIFIER_ID):
         notes.append("previous index embedded or described its photos another way: every photo is embedded again")
-        return {}, {}
+        return Previous({}, {}, {})
     known = {}
     for entry in previous.brands.values():
         if entry.local is None:
@@ -67,7 +78,8 @@ def _previous_vectors(
         for product, vector, local in zip(entry.products, entry.vectors, unpack(entry.local)):
             known[product["image_sha256"]] = (vector, local)
     sellers = {name: entry.authorized for name, entry in previous.brands.items()}
-    return known, sellers
+    marks = {name: (entry.marks, entry.mark_features) for name, entry in previous.brands.items() if entry.marks}
+    return Previous(known, sellers, marks)
 
 
 def _format_errors(errors: list[str]) -> str:
@@ -82,6 +94,7 @@ def build_catalog_index(
     embedder: Embedder,
     *,
     authorized_path: Path | None = None,
+    marks_path: Path | None = None,
     background_dir: Path | None = None,
     skip_bad_rows: bool = False,
     allow_outside: bool = False,
@@ -107,8 +120,12 @@ def build_catalog_index(
         except UserError as exc:
             errors.append(f"{catalog_path.name} line {row.line}: {exc}")
 
+    mark_rows, mark_errors = read_marks(marks_path) if marks_path else ([], [])
+    errors += mark_errors
+
     with build_lock(out_dir):
-        known, previous_sellers = _previous_vectors(out_dir, embedder, report.notes)
+        previous = _previous_index(out_dir, embedder, report.notes)
+        known, previous_sellers = previous.known, previous.sellers
 
         def prepare(item: tuple[CatalogRow, Path]) -> Prepared:
             data = read_image_bytes(item[1])
@@ -147,6 +164,8 @@ def build_catalog_index(
             vectors.setdefault(row.brand, []).append(result.vector)
             local.setdefault(row.brand, []).append(result.info[1])
 
+        marks = _prepare_marks(Path(marks_path), mark_rows, set(products), allow_outside, errors) if marks_path else None
+
         if errors and not skip_bad_rows:
             raise UserError(_format_errors(errors))
         report.skipped = errors
@@ -166,6 +185,10 @@ def build_catalog_index(
         unknown = sorted(set(authorized or {}) - set(products))
         if unknown:
             report.notes.append(f"authorised sellers given for brands not in the catalogue: {', '.join(unknown)}")
+        if marks is None and previous.marks:
+            report.notes.append("no --marks given: registered marks kept from the previous build")
+            marks = {brand: found for brand, found in previous.marks.items() if brand in products}
+        marks = _calibrate_shapes(_count_marks_in_references(marks or {}, local), products)
         entries = [
             BrandEntry(
                 brand=brand,
@@ -175,6 +198,8 @@ def build_catalog_index(
                 threshold=calibration[brand]["threshold"],
                 calibration=calibration[brand],
                 local=pack(local[brand]),
+                marks=marks.get(brand, ([], None))[0],
+                mark_features=marks.get(brand, ([], None))[1],
             )
             for brand in products
         ]
@@ -192,6 +217,72 @@ def build_catalog_index(
             memory_budget=memory_budget,
         )
     return report
+
+
+def _count_marks_in_references(marks: dict[str, tuple[list[dict], bytes]],
+                               local: dict[str, list[LocalFeatures]]) -> dict[str, tuple[list[dict], bytes]]:
+    """Each mark row with ``in_references``: how many of its brand's reference photos show it. A
+    brand whose catalogue shows its marks puts them on its products; one whose catalogue never
+    shows them (marks registered for a catalogue of unmarked goods) is judged without them."""
+    counted = {}
+    for brand, (rows, packed) in marks.items():
+        found = [mark_from(brand, row["image"], features, row["box"]) for row, features in zip(rows, unpack(packed))]
+        seen = [{s.name for s in find_marks(features, found)} for features in local.get(brand, [])]
+        counted[brand] = ([{**row, "in_references": sum(row["image"] in names for names in seen)} for row in rows],
+                          packed)
+    return counted
+
+
+def _calibrate_shapes(marks: dict[str, tuple[list[dict], bytes]],
+                      products: dict[str, list[dict]]) -> dict[str, tuple[list[dict], bytes]]:
+    """Each simple mark's ``shape_level`` (see :mod:`detector.mark_shapes`): calibrated on other
+    brands' reference photos (at most MAX_SHAPE_IMPOSTORS, a fixed sample by content hash)."""
+    pixels: dict[str, np.ndarray] = {}
+
+    def impostors(brand: str) -> list[np.ndarray]:
+        others = sorted((p for name, rows in products.items() if name != brand for p in rows),
+                        key=lambda p: p["image_sha256"])[:MAX_SHAPE_IMPOSTORS]
+        for product in others:
+            if product["image_path"] not in pixels:
+                try:
+                    image = decode_image(read_image_bytes(Path(product["image_path"])))
+                except UserError:
+                    continue
+                pixels[product["image_path"]] = photo_pixels(image)
+        return [pixels[p["image_path"]] for p in others if p["image_path"] in pixels]
+
+    calibrated = {}
+    for brand, (rows, packed) in marks.items():
+        found = [mark_from(brand, row["image"], features, row["box"]) for row, features in zip(rows, unpack(packed))]
+        levels = [calibrate_level(mark, impostors(brand)) if len(mark.plain) < SHAPE_KEYPOINTS else None
+                  for mark in found]
+        calibrated[brand] = ([{**row, "shape_level": level} for row, level in zip(rows, levels)], packed)
+    return calibrated
+
+
+def _prepare_marks(marks_path: Path, rows: list, brands: set[str], allow_outside: bool,
+                   errors: list[str]) -> dict[str, tuple[list[dict], bytes]]:
+    """Each brand's registered marks, read and described (see :mod:`detector.marks`); a bad row
+    (a missing or unreadable file, a brand the catalogue lacks) is one message in ``errors``."""
+    root = marks_path.resolve().parent
+    found: dict[str, tuple[list[dict], list[LocalFeatures]]] = {}
+    for row in rows:
+        where = f"{marks_path.name} line {row.line}"
+        if row.brand not in brands:
+            errors.append(f"{where}: brand {row.brand!r} has no products in the catalogue")
+            continue
+        try:
+            path = resolve_image_path(row.image, root, allow_outside=allow_outside)
+            data = read_image_bytes(path)
+            mark = prepare_mark(decode_image(data), row.brand, row.image)
+        except UserError as exc:
+            errors.append(f"{where}: {exc}")
+            continue
+        rows_of, features = found.setdefault(row.brand, ([], []))
+        rows_of.append({"image": row.image, "image_path": str(path), "image_sha256": hashlib.sha256(data).hexdigest(),
+                        "keypoints": len(mark.plain), "box": list(mark.box)})
+        features.append(mark.plain)
+    return {brand: (rows_of, pack(features)) for brand, (rows_of, features) in found.items()}
 
 
 def _product_impostors(products: dict[str, list[dict]], vectors: dict[str, np.ndarray],

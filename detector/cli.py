@@ -133,6 +133,7 @@ def index_build(
     catalog: Path = typer.Argument(..., help="Catalogue table (CSV, JSONL or Parquet): brand, product_id, image, price, currency[, title]. Image paths are relative to its folder."),
     out_dir: Path = typer.Option(..., "--out", help="INDEX_DIR to create or update. The previous index stays usable until the new one is complete."),
     authorized: Optional[Path] = typer.Option(None, "--authorized", help="Table of brand, seller_id: the sellers each brand authorises. Without it, the previous build's lists are kept."),
+    marks: Optional[Path] = typer.Option(None, "--marks", help="Table of brand, image: each brand's registered marks (logo files: PNG with or without transparency, JPEG), relative to its folder. A photo showing a brand's mark is that brand's product. Without it, the previous build's marks are kept."),
     background: Optional[Path] = typer.Option(None, "--background", help="Folder of unrelated photos, used only to calibrate match thresholds (more impostors, better thresholds)."),
     embedder: str = typer.Option("lite0", "--embedder", help=EMBEDDER_HELP),
     weights: Optional[str] = typer.Option(None, "--weights", help="Weights file for the embedder (resnet50: or 'torchvision' to download when online)."),
@@ -159,7 +160,7 @@ def index_build(
             bar.update(task, completed=done, total=total)
             bar.update(task, rate=_rate(bar.tasks[task]))
 
-        info = build_index(catalog, out_dir, authorized=authorized, background=background, embedder=embedder,
+        info = build_index(catalog, out_dir, authorized=authorized, marks=marks, background=background, embedder=embedder,
                            weights=weights, device=device.value, backend=backend.value, index_type=index_type.value,
                            memory_budget_mb=memory_budget, skip_bad_rows=skip_bad_rows,
                            allow_outside_paths=allow_outside_paths, batch_size=batch_size, workers=workers,
@@ -211,6 +212,18 @@ def index_info(
             f"{cal.get('product_impostors', 0)} impostors ({cal.get('product_source', '?')})" if needs else "",
         )
     out.print(table)
+    marks = [(brand, mark) for brand, entry in index.brands.items() for mark in entry.marks]
+    if marks:
+        listed = Table("brand", "mark", "keypoints", "in the brand's photos", "found by shape at",
+                       title="registered marks")
+        for brand, mark in marks:
+            level = mark.get("shape_level")
+            listed.add_row(escape(brand), escape(mark["image"]), str(mark["keypoints"]),
+                           f"{mark.get('in_references', 0)} of {index.brands[brand].vectors.shape[0]}",
+                           "-" if level is None else f"correlation {level:.3f}")
+        out.print(listed)
+    else:
+        out.print("marks      none registered (index build --marks MARKS.csv)")
     out.print("checksums  all files verified")
 
 

@@ -17,23 +17,31 @@ FLAGGED, CLEAR, ERROR = "flagged", "clear", "error"
 
 COPY, PRODUCT, SIMILAR, UNVERIFIED = "copy", "product", "similar", "unverified"
 LOOKALIKE, VETOED, NO_MATCH = "lookalike", "vetoed", "no_match"
+MARK, OTHER_MARK, MARK_MISSING = "mark", "other_mark", "mark_missing"
 
 VISUAL_STATES = {
     COPY: "geometric verification confirms an edited copy of the reference photo: enough matching keypoints in"
           " one layout, or fewer with the reference's whole outline in place",
     PRODUCT: "a new photo of the product (the seller's own, not an edit of the catalogue photo): fewer matching"
-             " keypoints than a copy needs, but as many as the brand's calibrated product threshold, in one"
-             " layout with the outline in place",
+             " keypoints than a copy needs, but as many as the brand's calibrated product count, in one"
+             " layout (plain, or unique to that product among the candidates)",
+    MARK: "the photo carries one of the brand's registered marks (index build --marks), on a product like one"
+          " the brand sells (similarity at least the policy's [marks] min_similarity); the mark's box is in"
+          " the decision's marks",
     SIMILAR: "the similarity reaches the brand's threshold and the matching keypoints do not contradict it",
     UNVERIFIED: "the similarity reaches the brand's threshold; no geometric check could be made (too few keypoints"
                 " in either photo, or the scan ran with --no-verify)",
     LOOKALIKE: "the similarity reaches the threshold and some keypoints agree, but once aligned much of the"
                " reference's outline is missing: another variant, or a shared element such as a logo",
     VETOED: "the similarity reaches the threshold, but too few keypoints match for a copy",
+    OTHER_MARK: "the photo looks like a brand's product but carries another brand's registered mark: it is"
+                " not that brand's product",
+    MARK_MISSING: "the photo matches a product of a brand that registered marks (a copy included), but none of"
+                  " the brand's marks is found in it (policy [marks] required)",
     NO_MATCH: "no protected product is close enough (or the index has none to compare with)",
     ERROR: "the photo or its row could not be judged (see error_code)",
 }
-MATCHING = frozenset({COPY, PRODUCT, SIMILAR, UNVERIFIED})
+MATCHING = frozenset({COPY, PRODUCT, MARK, SIMILAR, UNVERIFIED})
 """The visual states that show a protected product: with an inconsistency, the listing is flagged."""
 
 FINDINGS = {
@@ -41,6 +49,7 @@ FINDINGS = {
     "price_below_ratio": "the price is below the policy's share of the matched product's catalogue price",
     "seller_not_authorised": "the seller is not on the matched brand's list of authorised sellers",
     "title_cue": "the title carries counterfeit cues (replica, AAA, 1:1, …)",
+    "brand_misspelt": "the title spells the matched brand's name evasively (N1ke, adidass, g-u-c-c-i, Addidas)",
     "repeat_offender": "the seller had listings flagged on earlier nights (scan --history)",
     "comeback": "a seller never seen before uses the same photo as a listing flagged earlier under another seller"
                 " id (scan --history)",
@@ -132,6 +141,7 @@ class Decision:
     matches: list[Match] = field(default_factory=list)
     prior_flags: list[str] = field(default_factory=list)
     comeback: list[dict] = field(default_factory=list)
+    marks: list[dict] = field(default_factory=list)  # registered marks found in the photo, with their boxes
     reference_path: str | None = None  # local file of the reference photo, for the report only
 
     def as_record(self) -> dict:

@@ -28,7 +28,11 @@ from detector.images import (
     read_image_bytes,
     resolve_image_path,
 )
-from detector.matches import ReferenceFeatures, candidates, search_views, to_verify, verify_hits
+from detector.mark_shapes import ShapeSearch, photo_pixels
+from detector.marks import Sighting, find_marks
+from detector.matches import (
+    ReferenceFeatures, candidates, index_marks, marks_key, search_views, shape_levels, to_verify, verify_hits,
+)
 from detector.policy import Candidate
 from detector.profile import StageClock, timed
 from detector.tables import ListingRow, iter_listings
@@ -37,6 +41,14 @@ from detector.views import listing_views
 from index.search import Hit
 from index.store import ReferenceIndex
 
+MARKS_ID = f"{VERIFIER_ID}|marks-v2"
+"""What a cached mark search is filed under: the verifier's features, searched as detector/marks.py does."""
+SHAPE_GATE = 0.5
+"""A photo is searched for simple marks by shape (the slow search) only when no mark's keypoints
+were found and it looks like some protected product at least this much: elsewhere no mark can
+make it one."""
+MARK_PRODUCTS = 3
+"""A brand whose mark is in a photo adds its closest products (by similarity) to the candidates."""
 RECENT_PHOTOS = 2_000
 """Vectors of this many recently embedded photos stay in memory, so a photo repeated across a
 dump's rows is embedded once even without a cache (about 60 MB at six 1280-d views each)."""
@@ -49,7 +61,8 @@ class Evidence(NamedTuple):
     or ``None`` when ``error`` says why there is none (and ``error_code`` names it);
     ``notes`` is the table reader's remarks, a JSON list of ``[code, text]``;
     ``vector`` is the photo's whole-image embedding (:func:`pack_vector`) when the scan keeps
-    them for its history, else ``None``."""
+    them for its history, else ``None``; ``marks`` is a JSON list of the registered marks found
+    in the photo, as :class:`detector.marks.Sighting` fields."""
 
     row: int
     listing_id: str
@@ -66,6 +79,7 @@ class Evidence(NamedTuple):
     digest: str | None
     hits: str | None
     vector: str | None = None
+    marks: str | None = None
 
 
 def pack_vector(vector: np.ndarray) -> str:
@@ -87,6 +101,12 @@ def unit_vector(raw: bytes) -> np.ndarray:
 def unpack_vector(text: str) -> np.ndarray:
     """The float32 unit vector :func:`pack_vector` wrote."""
     return unit_vector(packed_bytes(text))
+
+
+def sightings_of(marks: str | None) -> list[Sighting]:
+    """The marks found in a photo, from an evidence record's ``marks``."""
+    return [Sighting(brand, name, inliers, inverted, tuple(box), *rest) for brand, name, inliers, inverted, box, *rest
+            in json.loads(marks or "[]")]
 
 
 def candidates_of(index: ReferenceIndex, hits: str) -> list[Candidate]:
@@ -145,6 +165,8 @@ class EvidenceMaker:
         self.allow_outside, self.workers, self.keep_vectors = allow_outside, workers, keep_vectors
         self.clock = clock
         self.references = ReferenceFeatures(index)
+        self.marks, self.marks_key = index_marks(index), marks_key(index)
+        self.shapes = ShapeSearch(self.marks, shape_levels(index))
         self.recent: dict[str, np.ndarray] = {}
 
     def batches(self, rows: Iterable[ListingRow], batch_size: int) -> Iterator[Counted]:
@@ -176,12 +198,13 @@ class EvidenceMaker:
             with timed(self.clock, "cache"):
                 vector = self.cache.get(digest)
         if vector is not None:
-            return Prepared(vector=vector, info=(digest, str(path), None))
+            return Prepared(vector=vector, info=(digest, str(path), None, None))
         image = self._decode(data)
         local = self._keypoints(image) if self.verify else None
+        pixels = photo_pixels(image) if self.verify and self.shapes else None
         with timed(self.clock, "views"):
             views = self.embedder.preprocess_views(listing_views(image))
-        return Prepared(array=views, info=(digest, str(path), local))
+        return Prepared(array=views, info=(digest, str(path), local, pixels))
 
     def _decode(self, data: bytes) -> Image.Image:
         with timed(self.clock, "decode"):
@@ -191,39 +214,63 @@ class EvidenceMaker:
         with timed(self.clock, "keypoints"):
             return extract_query(image)
 
-    def _verified(self, result: Embedded[ListingRow], hits: list[Hit]) -> dict[Hit, Outcome | None]:
-        """Geometric evidence against the closest references, verified together (each outcome
-        depends on the whole candidate set, so the cache keys it by the set too)."""
-        digest, path, local = result.info
+    def _local(self, result: Embedded[ListingRow], hits: list[Hit]) -> tuple[dict[Hit, Outcome | None], list[Sighting]]:
+        """What the photo's local features show: geometric evidence against the closest
+        references, verified together (each outcome depends on the whole candidate set, so the
+        cache keys it by the set too), and the registered marks found in it. Both are cached."""
+        digest, path, local, pixels = result.info
         chosen = to_verify(self.index, hits)
-        if not chosen:
-            return {}
         references = [self.index.product(hit)["image_sha256"] for hit in chosen]
         group = hashlib.sha256("|".join(sorted(references)).encode()).hexdigest()[:16]
         keys = {hit: f"{reference}|{group}" for hit, reference in zip(chosen, references)}
-        if self.cache is not None:
+        outcomes: dict[Hit, Outcome | None] | None = {} if not chosen else None
+        sightings: list[Sighting] | None = [] if not self.marks else None
+        if self.cache is not None and outcomes is None:
             cached = {hit: self.cache.get_outcome(VERIFIER_ID, digest, key) for hit, key in keys.items()}
             if all(found for found, _ in cached.values()):
-                return {hit: outcome for hit, (_, outcome) in cached.items()}
+                outcomes = {hit: outcome for hit, (_, outcome) in cached.items()}
+        if self.cache is not None and sightings is None:
+            found, stored = self.cache.get_json(MARKS_ID, digest, self.marks_key)
+            sightings = sightings_of(json.dumps(stored)) if found and stored is not None else None
+        if outcomes is not None and sightings is not None:
+            return outcomes, sightings
         try:
             if local is None:  # an embedding-cache hit: decode once more for its keypoints
-                local = self._keypoints(self._decode(read_image_bytes(Path(path))))
-            with timed(self.clock, "verify"):
-                fresh = verify_hits(local, chosen, self.references)
+                image = self._decode(read_image_bytes(Path(path)))
+                local = self._keypoints(image)
+                pixels = photo_pixels(image) if self.shapes else None
         except ImageError:
-            return {}
-        if self.cache is not None:
-            self.cache.put_outcomes(VERIFIER_ID, {(digest, keys[hit]): outcome for hit, outcome in fresh.items()})
-        return fresh
+            return outcomes or {}, sightings or []
+        if outcomes is None:
+            with timed(self.clock, "verify"):
+                outcomes = verify_hits(local, chosen, self.references)
+            if self.cache is not None:
+                self.cache.put_outcomes(VERIFIER_ID, {(digest, keys[hit]): o for hit, o in outcomes.items()})
+        if sightings is None:
+            with timed(self.clock, "marks"):
+                sightings = find_marks(local.plain, self.marks)
+            if not sightings and self.shapes and hits and hits[0].similarity >= SHAPE_GATE:
+                with timed(self.clock, "mark shapes"):
+                    sightings = self.shapes.find(pixels)
+            if self.cache is not None:
+                self.cache.put_json(MARKS_ID, {(digest, self.marks_key): [list(s) for s in sightings]})
+        return outcomes, sightings
 
     def _finish(self, batch: list[Embedded[ListingRow]], pool: ThreadPoolExecutor) -> Counted:
         found = [r for r in batch if r.vector is not None]
         with timed(self.clock, "search"):
             hits = search_views(self.index, [r.vector for r in found], self.top_k)
         hits_of = {id(r): h for r, h in zip(found, hits)}
-        outcomes_of = {}
+        local_of = {}
         if self.verify and found:
-            outcomes_of = dict(zip((id(r) for r in found), pool.map(self._verified, found, hits)))
+            local_of = dict(zip((id(r) for r in found), pool.map(self._local, found, hits)))
+        for r in found:
+            sighted = {s.brand for s in local_of.get(id(r), ({}, []))[1]}
+            if sighted:  # the products of a brand whose mark is in the photo are candidates, however far
+                with timed(self.clock, "search"):
+                    extra = search_views(self.index, [r.vector], MARK_PRODUCTS, brands=sighted)[0]
+                known = {(h.brand, h.row) for h in hits_of[id(r)]}
+                hits_of[id(r)] = hits_of[id(r)] + [h for h in extra if (h.brand, h.row) not in known]
         fresh = {r.info[0]: r.vector for r in found if r.computed}
         if self.cache is not None:
             self.cache.put_many(fresh)
@@ -233,15 +280,16 @@ class EvidenceMaker:
         records = []
         for r in batch:
             row = r.item
-            digest, path, _ = r.info if r.info else (None, None, None)
+            digest, path = r.info[:2] if r.info else (None, None)
             error, code = (str(r.error), r.error.code) if r.error else (None, None)
-            verified = outcomes_of.get(id(r), {})
+            verified, sightings = local_of.get(id(r), ({}, []))
             hit_list = [[h.brand, h.row, round(h.similarity, 6), *(verified.get(h) or (None, None, None))]
                         for h in hits_of.get(id(r), [])]
             kept = pack_vector(r.vector[0]) if self.keep_vectors and r.vector is not None else None
             records.append(Evidence(row.row, row.listing_id, row.line, row.seller_id, row.title, row.price,
                                     row.currency, row.image, path, error, code, json.dumps(row.notes), digest,
-                                    None if error else json.dumps(hit_list), kept))
+                                    None if error else json.dumps(hit_list), kept,
+                                    None if error else json.dumps([list(s) for s in sightings])))
         return Counted(records, embedded=sum(r.computed for r in batch),
                        cache_hits=sum(1 for r in found if not r.computed),
                        errors=sum(r.error is not None for r in batch))

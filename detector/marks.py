@@ -8,13 +8,15 @@ a turn, so the inverted mark's descriptors are the plain ones with their 4 x 4 c
 (no second extraction). A similarity layout of ``min_inliers`` or more keypoints places the mark,
 at any position, scale and rotation, and gives its box in the photo.
 
-Simple round marks with few corners give few keypoints; ``scripts/ablate_marks.py`` measures
-what this finds on a labelled folder with a ``marks.csv``.
+Simple round marks with few corners give few keypoints: :mod:`detector.mark_shapes` searches
+those by their shape. ``scripts/ablate_marks.py`` measures both on a labelled folder with a
+``marks.csv``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -33,6 +35,10 @@ MIN_INLIERS = 4
 without the brand's mark reached 4 and marks in listings reached 4 to 80."""
 
 
+OUTSIDE = 0.1
+"""How far (a share of the photo's size) a found mark's drawing may reach beyond the photo's edges."""
+
+
 @dataclass(frozen=True)
 class Mark:
     """One brand's mark, ready to search for: its features as drawn and inverted, and the box of
@@ -45,23 +51,25 @@ class Mark:
     box: tuple[float, float, float, float]
 
 
-@dataclass(frozen=True)
-class Sighting:
+class Sighting(NamedTuple):
     """A mark found in a photo: keypoints in its layout, whether it was found in the other
-    polarity, and its box (x0, y0, x1, y1) as fractions of the photo's width and height."""
+    polarity, its box (x0, y0, x1, y1) as fractions of the photo's width and height, and, for a
+    mark found by its shape (:mod:`detector.mark_shapes`; ``inliers`` 0), the correlation."""
 
     brand: str
     name: str
     inliers: int
     inverted: bool
     box: tuple[float, float, float, float]
+    score: float | None = None
 
 
 def prepare_mark(image: Image.Image, brand: str, name: str) -> Mark:
     """A mark's features from its image: transparency flattened on white, cropped to the drawing,
     padded by PAD."""
+    rgba = image.convert("RGBA")
     flat = Image.new("RGB", image.size, "white")
-    flat.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
+    flat.paste(rgba, mask=rgba.getchannel("A"))
     grey = np.asarray(flat.convert("L"))
     rows, cols = np.nonzero(grey < BACKGROUND_LEVEL)
     if len(rows):
@@ -69,30 +77,41 @@ def prepare_mark(image: Image.Image, brand: str, name: str) -> Mark:
     pad = round(PAD * max(flat.size))
     canvas = Image.new("RGB", (flat.width + 2 * pad, flat.height + 2 * pad), "white")
     canvas.paste(flat, (pad, pad))
-    features = extract(canvas)
     scale = MAX_SIDE / max(canvas.size)
     box = (pad * scale, pad * scale, (pad + flat.width) * scale, (pad + flat.height) * scale)
+    return mark_from(brand, name, extract(canvas), tuple(round(v, 2) for v in box))
+
+
+def mark_from(brand: str, name: str, features: LocalFeatures, box: tuple[float, ...]) -> Mark:
+    """A mark from its stored features and drawing box (the inverted features are derived)."""
     inverted = LocalFeatures(features.points, features.descriptors[:, POLARITY], features.thumbnail)
-    return Mark(brand, name, features, inverted, box)
+    return Mark(brand, name, features, inverted, tuple(box))
 
 
-def find_marks(photo: LocalFeatures, size: tuple[int, int], marks: list[Mark],
-               min_inliers: int = MIN_INLIERS) -> list[Sighting]:
-    """The marks found in a photo (its SIFT features and its size in pixels), most keypoints first."""
-    frame = MAX_SIDE / max(size)
-    width, height = size[0] * frame, size[1] * frame
+def _frame(photo: LocalFeatures) -> tuple[float, float]:
+    """Width and height of the frame a photo's keypoints are in (its longer side is MAX_SIDE)."""
+    height, width = photo.thumbnail.shape[:2] if photo.thumbnail.size else (MAX_SIDE, MAX_SIDE)
+    longer = max(width, height)
+    return MAX_SIDE * width / longer, MAX_SIDE * height / longer
+
+
+def find_marks(photo: LocalFeatures, marks: list[Mark], min_inliers: int = MIN_INLIERS) -> list[Sighting]:
+    """The marks found in a photo (its SIFT features), most keypoints first."""
+    if len(photo) == 0 or not marks:
+        return []
+    width, height = _frame(photo)
     found = []
     for mark in marks:
-        best = max(((fit_layout(photo, features), inverted)
-                    for features, inverted in ((mark.plain, False), (mark.inverted, True))),
-                   key=lambda fit: fit[0][0])
-        (inliers, maps), inverted = best
+        (inliers, maps), inverted = max(((fit_layout(photo, features), inverted)
+                                         for features, inverted in ((mark.plain, False), (mark.inverted, True))),
+                                        key=lambda fit: fit[0][0])
         if inliers < min_inliers or not maps:
             continue
         x0, y0, x1, y1 = mark.box
         corners = np.array([[x0, y0, 1], [x1, y0, 1], [x1, y1, 1], [x0, y1, 1]]) @ maps[0].T
-        xs, ys = corners[:, 0] / corners[:, 2], corners[:, 1] / corners[:, 2]
-        box = (max(0.0, xs.min() / width), max(0.0, ys.min() / height),
-               min(1.0, xs.max() / width), min(1.0, ys.max() / height))
-        found.append(Sighting(mark.brand, mark.name, inliers, inverted, tuple(round(v, 4) for v in box)))
+        xs, ys = corners[:, 0] / corners[:, 2] / width, corners[:, 1] / corners[:, 2] / height
+        if min(xs.min(), ys.min()) < -OUTSIDE or max(xs.max(), ys.max()) > 1 + OUTSIDE:
+            continue  # a layout that puts the mark largely outside the photo is chance
+        box = (max(0.0, xs.min()), max(0.0, ys.min()), min(1.0, xs.max()), min(1.0, ys.max()))
+        found.append(Sighting(mark.brand, mark.name, inliers, inverted, tuple(round(float(v), 4) for v in box)))
     return sorted(found, key=lambda s: -s.inliers)

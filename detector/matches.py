@@ -3,12 +3,15 @@ and turn index hits into the candidates the policy judges."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
 
 from detector.embedders import Embedder, create_embedder
 from detector.errors import UserError
+from detector.marks import Mark, mark_from
 from detector.policy import Candidate
 from detector.verify import VERIFIER_ID, LocalFeatures, Outcome, QueryFeatures, unpack, verify_candidates
 from detector.views import REFERENCE_VIEW_ID
@@ -56,13 +59,46 @@ class ReferenceFeatures:
         return None if features is None else features[hit.row]
 
 
-def search_views(index: ReferenceIndex, vectors: list[np.ndarray], k: int) -> list[list[Hit]]:
-    """Top-``k`` references per photo, where a photo is one vector [d] or several views [v, d] and
-    its similarity to a reference is the best over its views."""
+def index_marks(index: ReferenceIndex) -> list[Mark]:
+    """Every brand's registered marks, ready to search for in photos."""
+    found = []
+    for name, entry in index.brands.items():
+        if entry.mark_features is None:
+            continue
+        for row, features in zip(entry.marks, unpack(entry.mark_features)):
+            found.append(mark_from(name, row["image"], features, row["box"]))
+    return found
+
+
+def shape_levels(index: ReferenceIndex) -> dict[tuple[str, str], float | None]:
+    """Each mark's calibrated shape level (see :mod:`detector.mark_shapes`), by (brand, mark);
+    ``None`` for a mark none of its brand's catalogue photos shows: a shape is weak evidence,
+    searched only for marks the brand is known to put on its products."""
+    return {(name, mark["image"]): mark.get("shape_level") if mark.get("in_references", 0) > 0 else None
+            for name, entry in index.brands.items() for mark in entry.marks}
+
+
+def marked_brands(index: ReferenceIndex) -> frozenset[str]:
+    """The brands whose products carry their marks: they registered marks, and at least one shows
+    in their own catalogue photos (``index build`` counts them)."""
+    return frozenset(name for name, entry in index.brands.items()
+                     if any(mark.get("in_references", 0) > 0 for mark in entry.marks))
+
+
+def marks_key(index: ReferenceIndex) -> str:
+    """A short digest of an index's registered marks: what a cached search for them is keyed by."""
+    rows = sorted((name, m["image_sha256"]) for name, entry in index.brands.items() for m in entry.marks)
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+
+
+def search_views(index: ReferenceIndex, vectors: list[np.ndarray], k: int,
+                 brands: set[str] | None = None) -> list[list[Hit]]:
+    """Top-``k`` references per photo (among ``brands`` when given), where a photo is one vector
+    [d] or several views [v, d] and its similarity to a reference is the best over its views."""
     if not vectors:
         return []
     counts = [1 if v.ndim == 1 else len(v) for v in vectors]
-    flat = index.search(np.concatenate([v.reshape(-1, v.shape[-1]) for v in vectors]), k=k)
+    flat = index.search(np.concatenate([v.reshape(-1, v.shape[-1]) for v in vectors]), k=k, brands=brands)
     merged, start = [], 0
     for count in counts:
         best: dict[tuple[str, int], Hit] = {}

@@ -19,14 +19,19 @@ import unicodedata
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from detector.decisions import (
-    CLEAR, COPY, ERROR, FLAGGED, LOOKALIKE, MATCHING, NO_MATCH, PRODUCT, SIMILAR, UNVERIFIED, VETOED, Decision,
-    Finding, Match,
+    CLEAR, COPY, ERROR, FLAGGED, LOOKALIKE, MARK, MARK_MISSING, MATCHING, NO_MATCH, OTHER_MARK, PRODUCT, SIMILAR,
+    UNVERIFIED, VETOED, Decision, Finding, Match,
 )
 from detector.errors import UserError
 
+if TYPE_CHECKING:
+    from detector.marks import Sighting
+
 _LEET = str.maketrans({"0": "o", "1": "l", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s"})
+_LEET_I = str.maketrans({"0": "o", "1": "i", "!": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s"})
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,20 @@ class ProductRules:
 
 
 @dataclass(frozen=True)
+class MarkRules:
+    """How registered brand marks (``index build --marks``) count: a brand's mark in the photo makes
+    it that brand's product when the photo also looks like one of the brand's products
+    (``min_similarity``); with ``required``, any match (a copy included) to the product of a
+    brand whose catalogue photos show its marks needs one of them in the photo;
+    ``misspelt_weight`` is what an evasive spelling of the brand in the title adds."""
+
+    enabled: bool
+    min_similarity: float
+    required: bool
+    misspelt_weight: float
+
+
+@dataclass(frozen=True)
 class HistoryRules:
     """How earlier nights (``scan --history``) count: weights of a seller's earlier flags and of a
     comeback, and the cosine at which two listing photos are the same photo."""
@@ -85,6 +104,7 @@ class Policy:
     weights: Weights
     verification: Verification
     product: ProductRules
+    marks: MarkRules
     history: HistoryRules
     brands: dict[str, dict] = field(default_factory=dict)
 
@@ -134,8 +154,8 @@ def load_policy(path: Path | None = None) -> Policy:
 
 
 def _policy_from(config: dict) -> Policy:
-    match, price, seller, title, score, verify, product, history = (
-        config[k] for k in ("match", "price", "seller", "title", "score", "verify", "product", "history")
+    match, price, seller, title, score, verify, product, marks, history = (
+        config[k] for k in ("match", "price", "seller", "title", "score", "verify", "product", "marks", "history")
     )
     threshold = None if match["threshold"] == "calibrated" else _number(match, "threshold", "match", 0.0, 1.0)
     rates = price.get("rates", {})
@@ -181,6 +201,12 @@ def _policy_from(config: dict) -> Policy:
             enabled=bool(product["enabled"]),
             inliers=None if product["inliers"] == "calibrated" else int(_number(product, "inliers", "product", 1, 10_000)),
         ),
+        marks=MarkRules(
+            enabled=bool(marks["enabled"]),
+            min_similarity=_number(marks, "min_similarity", "marks", 0.0, 1.0),
+            required=bool(marks["required"]),
+            misspelt_weight=_number(marks, "misspelt_weight", "marks", 0.0, 1.0),
+        ),
         history=HistoryRules(
             prior_flag_weight=_number(history, "prior_flag_weight", "history", 0.0, 1.0),
             comeback_weight=_number(history, "comeback_weight", "history", 0.0, 1.0),
@@ -203,6 +229,42 @@ def find_cues(title: str, cues: tuple[str, ...]) -> list[str]:
     plain = f" {_normalise(title)} "
     variants = {plain, plain.translate(_LEET)}
     return [cue for cue in cues if any(f" {cue} " in variant for variant in variants)]
+
+
+def _squeeze(text: str) -> str:
+    """Runs of one letter made one (adidass → adidas, addidas → adidas)."""
+    return re.sub(r"(.)\1+", r"\1", text)
+
+
+def misspelt_brand(title: str, brand: str) -> str | None:
+    """The word of ``title`` that spells ``brand`` evasively, or ``None``: digits or symbols for
+    letters (N1ke), letters spaced or hyphenated apart (g-u-c-c-i), a letter doubled or dropped
+    from a double (adidass, Addidas), two neighbours swapped (Nkie). The brand's own spelling, in
+    any case, is not evasive; neither is a one-letter change, which real words make (idea, Ikea)."""
+    written = " ".join(unicodedata.normalize("NFKC", brand).casefold().split())
+    name = re.sub(r"\W+", "", written)
+    if len(name) < 3 or not title:
+        return None
+    words = unicodedata.normalize("NFKC", title).casefold().split()
+    tokens = [w.strip(".,;:()[]{}\"'") for w in words]
+    spaced = re.findall(r"(?:\b\w\b[\s.\-_*]*){3,}", unicodedata.normalize("NFKC", title).casefold())
+    found = [(t, t) for t in tokens] + [(s.strip(), re.sub(r"[\s.\-_*]+", "", s)) for s in spaced]
+    found += [(f"{a} {b}", a + b) for a, b in zip(tokens, tokens[1:])]
+    for shown, word in found:
+        plain = re.sub(r"[\-_.*]+", "", word)
+        if plain == name:
+            if shown not in (name, written) and min(map(len, re.split(r"[\s\-_.*]+", shown))) == 1:
+                return shown  # spelt out letter by letter
+            continue
+        variants = {plain.translate(_LEET), plain.translate(_LEET_I)}
+        if name in variants:
+            return shown
+        if plain.isalpha() and len(plain) >= 4 and plain != name and _squeeze(plain) == _squeeze(name):
+            return shown
+        if len(plain) == len(name) >= 5 and any(plain == name[:i] + name[i + 1] + name[i] + name[i + 2:]
+                                                for i in range(len(name) - 1)):
+            return shown
+    return None
 
 
 # --- what a decision is made from ---------------------------------------------------------------
@@ -251,6 +313,7 @@ class Ranked:
     threshold: float
     state: str
     needs: int | None = None  # the matching keypoints a new photo of it needs (None: product path off)
+    mark: Sighting | None = None  # the brand's mark seen in the photo (state MARK), or the other brand's (OTHER_MARK)
 
     @property
     def product(self) -> str:
@@ -337,24 +400,48 @@ GEOMETRIC = frozenset({COPY, PRODUCT})
 """Matches that local features establish; among them, keypoints unique to one candidate rank first."""
 
 
-def rank(candidates: list[Candidate], policy: Policy) -> list[Ranked]:
+def rank(candidates: list[Candidate], policy: Policy, sightings: list[Sighting] = (),
+         marked: frozenset[str] = frozenset()) -> list[Ranked]:
     """Judge each candidate and order them as the policy prefers: visual matches first, those
     local features establish (copies, new photos of the product) first among them, ranked by the
     keypoints that favour them over the other candidates and then by all their matching
     keypoints (the strongest evidence of which product it is: sibling products share a brand's
-    logo), then the margin over the brand's threshold. The first is the one the decision is about."""
+    logo), then matches on a brand's mark, then the margin over the brand's threshold. The first
+    is the one the decision is about.
+
+    ``sightings`` are the registered marks found in the photo, ``marked`` the brands that
+    registered marks (see :class:`MarkRules` for what they change)."""
     judged = []
     for cand in candidates:
         threshold = policy.brand_threshold(cand.brand, cand.calibrated_threshold)
         needs = policy.product_inliers(cand.product_inliers)
         judged.append(Ranked(cand, threshold, visual_state(cand, threshold, policy.verification, needs), needs))
+    if policy.marks.enabled:
+        judged = [_with_marks(r, policy.marks, sightings, marked) for r in judged]
 
     def key(r: Ranked):
         geometric = r.state in GEOMETRIC
         return (r.state in MATCHING, geometric, (r.candidate.unique or 0) if geometric else 0,
-                r.candidate.inliers if geometric else 0, r.candidate.similarity - r.threshold, r.candidate.similarity)
+                r.candidate.inliers if geometric else 0, r.state == MARK,
+                r.mark.inliers if r.state == MARK else 0,
+                r.candidate.similarity - r.threshold, r.candidate.similarity)
 
     return sorted(judged, key=key, reverse=True)
+
+
+def _with_marks(r: Ranked, rules: MarkRules, sightings: list[Sighting], marked: frozenset[str]) -> Ranked:
+    """One judged candidate, reconsidered in the light of the marks found in the photo."""
+    cand = r.candidate
+    own = next((s for s in sightings if s.brand == cand.brand), None)
+    if own is not None:
+        if r.state in MATCHING:
+            return replace(r, mark=own)
+        return replace(r, state=MARK, mark=own) if cand.similarity >= rules.min_similarity else r
+    if sightings and r.state in MATCHING:
+        return replace(r, state=OTHER_MARK, mark=sightings[0])
+    if rules.required and cand.brand in marked and r.state in MATCHING:
+        return replace(r, state=MARK_MISSING)
+    return r
 
 
 def visual_confidence(best: Ranked, verification: Verification) -> float:
@@ -366,7 +453,10 @@ def visual_confidence(best: Ranked, verification: Verification) -> float:
         visual = 0.5 * max(0.0, cand.similarity) / max(threshold, 1e-6)
     if best.state in GEOMETRIC:
         return max(visual, 0.5 + 0.5 * min(1.0, cand.inliers / (4.0 * verification.confirm_inliers)))
-    if best.state in (VETOED, LOOKALIKE):
+    if best.state == MARK:
+        return 0.5 + 0.5 * min(1.0, max(best.mark.inliers, verification.confirm_inliers * (best.mark.score or 0))
+                               / (4.0 * verification.confirm_inliers))
+    if best.state in (VETOED, LOOKALIKE, OTHER_MARK, MARK_MISSING):
         return min(visual, 0.49)
     return visual
 
@@ -430,6 +520,10 @@ def find(listing: Listing, cand: Candidate, authorized: dict[str, set[str]], pol
     if facts.seller_authorized is False:
         facts.findings.append(Finding("seller_not_authorised", policy.weights.seller,
                                       f"seller {listing.seller_id!r} is not authorised for {cand.brand}"))
+    misspelt = misspelt_brand(listing.title, cand.brand) if policy.marks.enabled else None
+    if misspelt is not None and policy.marks.misspelt_weight > 0:
+        facts.findings.append(Finding("brand_misspelt", policy.marks.misspelt_weight,
+                                      f"title spells {cand.brand} evasively: {misspelt!r}"))
     cues = find_cues(listing.title, policy.cues)
     if cues:
         facts.findings.append(Finding("title_cue", policy.weights.title,
@@ -480,7 +574,23 @@ def visual_reason(best: Ranked, verification: Verification) -> str:
         return (f"photo shows {product}: a new photo of it, with {cand.inliers} matching keypoints in one layout"
                 f" ({cand.unique or 0} of them on no other candidate product; this brand's new photos need"
                 f" {best.needs}) at similarity {cand.similarity:.2f}")
+    if best.state == MARK:
+        return f"photo carries {_sighting(best.mark)}, on a product like {product} (similarity {cand.similarity:.2f})"
+    if best.state == OTHER_MARK:
+        return (f"looks like {product} (similarity {cand.similarity:.2f}), but carries {_sighting(best.mark)}:"
+                f" not a {cand.brand} product")
+    if best.state == MARK_MISSING:
+        return (f"looks like {product} (similarity {cand.similarity:.2f} ≥ threshold {threshold:.2f}{keypoints}),"
+                f" but none of {cand.brand}'s registered marks is in the photo")
     return f"photo matches {product} (similarity {cand.similarity:.2f} ≥ threshold {threshold:.2f}{keypoints})"
+
+
+def _sighting(mark: Sighting) -> str:
+    x0, y0, x1, y1 = mark.box
+    colours = ", in inverted colours" if mark.inverted else ""
+    how = f"{mark.inliers} matching keypoints" if mark.score is None else f"its shape, correlation {mark.score:.2f}"
+    return (f"{mark.brand}'s registered mark {mark.name} ({how}{colours}, at"
+            f" x {x0:.0%}–{x1:.0%}, y {y0:.0%}–{y1:.0%} of the photo)")
 
 
 def word(visual: str, findings: list[Finding], consistent: list[str] | None = None) -> list[str]:
@@ -501,15 +611,20 @@ def decide(
     candidates: list[Candidate],
     authorized: dict[str, set[str]],
     policy: Policy,
+    sightings: list[Sighting] = (),
+    marked: frozenset[str] = frozenset(),
 ) -> Decision:
-    """Decide one listing photo from its nearest references: flagged when the best candidate is a
-    visual match (:data:`detector.decisions.MATCHING`) and at least one finding weighs more than 0."""
+    """Decide one listing photo from its nearest references (and the registered marks found in
+    it, of the ``marked`` brands): flagged when the best candidate is a visual match
+    (:data:`detector.decisions.MATCHING`) and at least one finding weighs more than 0."""
     # Table readers only hand over finite, non-negative prices; anything else counts as absent.
     listing = replace(listing, price=_usable_price(listing.price))
     candidates = [replace(c, price=_usable_price(c.price)) for c in candidates if math.isfinite(c.similarity)]
     decision = Decision(listing_id=listing.listing_id, verdict=CLEAR, image=listing.image, seller_id=listing.seller_id,
                         title=listing.title, price=listing.price, currency=listing.currency,
-                        prior_flags=list(listing.prior_flags))
+                        prior_flags=list(listing.prior_flags),
+                        marks=[{"brand": s.brand, "mark": s.name, "inliers": s.inliers, "inverted": s.inverted,
+                                "box": list(s.box), "shape_score": s.score} for s in sightings])
     if not any(listing.seller_id in sellers for sellers in authorized.values()):  # a reseller is no comeback
         decision.comeback = list(listing.comebacks[:3])
     history = history_findings(listing, decision.comeback, policy.history)
@@ -518,7 +633,7 @@ def decide(
         decision.reasons = word("no reference product to compare with", decision.findings)
         return decision
 
-    ranked = rank(candidates, policy)
+    ranked = rank(candidates, policy, sightings, marked)
     best = ranked[0]
     cand = best.candidate
     decision.matches = [r.as_match() for r in ranked]

@@ -26,9 +26,9 @@ from detector.cache import EmbeddingCache
 from detector.decisions import CLEAR, ERROR, FLAGGED, Decision
 from detector.embedders import Embedder
 from detector.errors import UserError, disk_full
-from detector.evidence import EvidenceMaker, candidates_of, packed_bytes, pending_rows, unpack_vector
+from detector.evidence import EvidenceMaker, candidates_of, packed_bytes, pending_rows, sightings_of, unpack_vector
 from detector.history import PriorEvidence, ScanHistory, parse_night
-from detector.matches import authorized_sellers
+from detector.matches import authorized_sellers, marked_brands
 from detector.outputs import DecisionWriter, wilson_interval, write_json
 from detector.policy import Listing, Policy, combine, decide, error_decision
 from detector.profile import StageClock
@@ -40,7 +40,7 @@ from index.files import file_sha256, utc_now
 from index.store import ReferenceIndex
 
 STATE_DIR = ".scan"
-STATE_VERSION = 7
+STATE_VERSION = 8
 
 
 @dataclass
@@ -148,7 +148,7 @@ class ScanState:
         self.db.execute(
             "CREATE TABLE IF NOT EXISTS rows (row INTEGER PRIMARY KEY, listing_id TEXT, line INTEGER,"
             " seller_id TEXT, title TEXT, price REAL, currency TEXT, image TEXT, path TEXT, error TEXT, error_code TEXT,"
-            " notes TEXT, digest TEXT, hits TEXT, vector TEXT, crc INTEGER)"
+            " notes TEXT, digest TEXT, hits TEXT, vector TEXT, marks TEXT, crc INTEGER)"
         )
         self.db.execute("CREATE INDEX IF NOT EXISTS rows_listing ON rows (listing_id, row)")
 
@@ -168,7 +168,7 @@ class ScanState:
         sealed = [(*record, _row_crc(record)) for record in records]
         self.db.execute("BEGIN IMMEDIATE")
         try:
-            self.db.executemany("INSERT OR REPLACE INTO rows VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", sealed)
+            self.db.executemany("INSERT OR REPLACE INTO rows VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", sealed)
             if next_row is not None:
                 self.db.execute("INSERT OR REPLACE INTO meta VALUES ('next_row', ?)", (json.dumps(next_row),))
             self.db.execute("COMMIT")
@@ -354,6 +354,7 @@ def _finalise(listings, index, embedder, policy, out_dir, state, authorized_over
     """Phase 2: decide every listing from the committed state and write all outputs (and, with
     a history, read earlier nights first and record this one last)."""
     authorized = authorized_sellers(index, authorized_override)
+    marked = marked_brands(index)
     verdicts = {FLAGGED: 0, CLEAR: 0, ERROR: 0}
     by_brand: dict[str, dict[str, int]] = {}
     top: list[tuple] = []
@@ -381,7 +382,8 @@ def _finalise(listings, index, embedder, policy, out_dir, state, authorized_over
                     decisions.append(error_decision(facts, row["error"], row["error_code"]))
                     continue
                 paths[row["image"]] = row["path"]
-                decisions.append(decide(facts, candidates_of(index, row["hits"]), authorized, policy))
+                decisions.append(decide(facts, candidates_of(index, row["hits"]), authorized, policy,
+                                        sightings_of(row["marks"]), marked))
             decision = combine(decisions)
             writer.write(decision)
             if history is not None:

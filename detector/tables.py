@@ -18,6 +18,7 @@ from detector.errors import UserError
 
 CATALOG_COLUMNS = ("brand", "product_id", "image", "price", "currency")
 AUTHORIZED_COLUMNS = ("brand", "seller_id")
+MARK_COLUMNS = ("brand", "image")
 LISTING_COLUMNS = ("listing_id", "seller_id", "title", "price", "currency", "image")
 LISTING_REQUIRED = ("listing_id", "image")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
@@ -284,15 +285,21 @@ class CatalogRow:
     title: str
 
 
-def read_catalog(path: Path) -> tuple[list[CatalogRow], list[str]]:
-    """Read a catalogue. Returns the good rows and one message per bad row (file and line named)."""
+def _reference_table(path: Path, what: str, columns: tuple[str, ...]) -> Iterator[tuple[int, str, dict]]:
+    """Each record of a brand-side table (catalogue, marks) with its line and where it is, once
+    the file is found and has the ``columns``."""
     path = Path(path)
     if not path.is_file():
-        raise TableError(f"catalogue not found: {path}")
-    require_columns(path, CATALOG_COLUMNS, table_columns(path))
-    rows, errors = [], []
+        raise TableError(f"{what} not found: {path}")
+    require_columns(path, columns, table_columns(path))
     for line, record in iter_records(path):
-        where = f"{path.name} line {line}"
+        yield line, f"{path.name} line {line}", record
+
+
+def read_catalog(path: Path) -> tuple[list[CatalogRow], list[str]]:
+    """Read a catalogue. Returns the good rows and one message per bad row (file and line named)."""
+    rows, errors = [], []
+    for line, where, record in _reference_table(path, "catalogue", CATALOG_COLUMNS):
         if "__error__" in record:
             errors.append(f"{where}: {record['__error__']}")
             continue
@@ -316,7 +323,30 @@ def read_catalog(path: Path) -> tuple[list[CatalogRow], list[str]]:
             )
         )
     if not rows and not errors:
-        errors.append(f"{path.name}: no data rows under the header")
+        errors.append(f"{Path(path).name}: no data rows under the header")
+    return rows, errors
+
+
+@dataclass(frozen=True)
+class MarkRow:
+    """One registered brand mark: a logo file."""
+
+    line: int
+    brand: str
+    image: str
+
+
+def read_marks(path: Path) -> tuple[list[MarkRow], list[str]]:
+    """Read a marks table (``brand, image``). Returns the good rows and one message per bad row."""
+    rows, errors = [], []
+    for line, where, record in _reference_table(path, "marks table", MARK_COLUMNS):
+        brand, image = _text(record.get("brand")), _text(record.get("image"))
+        if "__error__" in record or not brand or not image:
+            errors.append(f"{where}: {record.get('__error__') or 'needs both brand and image'}")
+            continue
+        rows.append(MarkRow(line, brand, image))
+    if not rows and not errors:
+        errors.append(f"{Path(path).name}: no data rows under the header")
     return rows, errors
 
 

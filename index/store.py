@@ -8,7 +8,8 @@ Layout::
     INDEX_DIR/data/<sha>.ivfdata   an on-disk IVF brand's inverted lists, memory-mapped (optional)
     INDEX_DIR/data/<sha>.npy       that brand's reference vectors (for incremental rebuilds)
     INDEX_DIR/data/<sha>.json      that brand's products (one per vector) and authorised sellers
-    INDEX_DIR/data/<sha>.npz       that brand's local features for geometric verification (optional)
+    INDEX_DIR/data/<sha>.npz       that brand's local features for geometric verification (optional),
+                                   and, in a second file, its registered marks' (optional)
 
 Data files are content-addressed and written before the manifest; the manifest is replaced
 atomically last. A build killed at any point leaves the previous manifest, and every file it
@@ -58,6 +59,8 @@ class BrandEntry:
     index_kind: str | None = None
     index: faiss.Index | None = None
     local: bytes | None = None  # the image side's local features for verification, opaque here
+    marks: list[dict] = field(default_factory=list)  # the brand's registered marks (logo files)
+    mark_features: bytes | None = None  # their local features, opaque here, row-aligned with ``marks``
 
 
 def _sha256(data: bytes) -> str:
@@ -194,7 +197,8 @@ def write_index(
         vectors = np.ascontiguousarray(entry.vectors, dtype=np.float32).reshape(-1, dim)
         kind = effective_kind(index_kind or choose_index_kind(len(vectors), dim, memory_budget), len(vectors))
         index = None if kind == "ivfdisk" else build_faiss_index(vectors, kind)
-        meta = {"brand": entry.brand, "products": entry.products, "authorized": sorted(set(entry.authorized))}
+        meta = {"brand": entry.brand, "products": entry.products, "authorized": sorted(set(entry.authorized)),
+                "marks": entry.marks}
         files = {
             **_put_index(data_dir, index, kind, vectors),
             "vectors": _put_vectors(data_dir, vectors),
@@ -203,10 +207,13 @@ def write_index(
         del index
         if entry.local is not None:
             files["local"] = _put(data_dir, entry.local, ".npz")
+        if entry.mark_features is not None:
+            files["marks"] = _put(data_dir, entry.mark_features, ".npz")
         entries[entry.brand] = {
             "vectors": len(vectors),
             "products": len({p["product_id"] for p in entry.products}),
             "authorized_sellers": len(meta["authorized"]),
+            "marks": len(entry.marks),
             "index_kind": kind,
             "threshold": entry.threshold,
             "calibration": entry.calibration,
@@ -301,9 +308,10 @@ class ReferenceIndex:
     manifest: dict
     brands: dict[str, BrandEntry]
 
-    def search(self, queries: np.ndarray, k: int = 5) -> list[list[Hit]]:
-        """Top-``k`` references over all brands for each query vector."""
-        return search_brands({name: entry.index for name, entry in self.brands.items()}, queries, k)
+    def search(self, queries: np.ndarray, k: int = 5, brands: set[str] | None = None) -> list[list[Hit]]:
+        """Top-``k`` references over all brands (or over ``brands``) for each query vector."""
+        return search_brands({name: entry.index for name, entry in self.brands.items()
+                              if brands is None or name in brands}, queries, k)
 
     def on_device(self, device: str) -> ReferenceIndex:
         """The same index searched exactly on a torch ``device`` (the GPU path); "cpu" keeps FAISS."""
@@ -343,6 +351,7 @@ def load_index(
         meta = json.loads(_read_checked(index_dir, files["meta"], name))
         vectors = np.load(_checked_path(index_dir, files["vectors"], name), mmap_mode="r", allow_pickle=False)
         local = _read_checked(index_dir, files["local"], name) if "local" in files else None
+        mark_features = _read_checked(index_dir, files["marks"], name) if "marks" in files else None
         index = _open_brand_index(index_dir, files, name) if load_indexes else None
         brands[name] = BrandEntry(
             brand=name,
@@ -354,5 +363,7 @@ def load_index(
             index_kind=spec.get("index_kind"),
             index=index,
             local=local,
+            marks=meta.get("marks", []),
+            mark_features=mark_features,
         )
     return ReferenceIndex(path=index_dir, manifest=manifest, brands=brands)

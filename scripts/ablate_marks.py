@@ -2,9 +2,11 @@
 """Measure brand-mark search (detector/marks.py) on a labelled folder with a marks.csv.
 
 For every listing photo: which registered marks are found, at several keypoint counts, against
-truth.csv's brand (empty for photos that carry no protected mark). Prints, per kind of listing,
-how often the right brand's mark is found, a wrong one, or none, and the search's cost per photo
-(SIFT extraction not included: the scanner takes it for verification anyway).
+truth.csv's brand (empty for photos that carry no protected mark); then, for photos where no
+mark's keypoints were found, the shape search for simple marks (detector/mark_shapes.py), its
+levels calibrated as `index build` does, on other brands' catalogue photos. Prints, per kind of
+listing, how often the right brand's mark is found, a wrong one, or none, and each search's cost
+per photo (SIFT extraction not included: the scanner takes it for verification anyway).
 
     python scripts/ablate_marks.py ../shared/public-logo [--counts 3,4,5]
 """
@@ -22,7 +24,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detector.marks import find_marks, prepare_mark  # noqa: E402
+from detector.mark_shapes import SHAPE_KEYPOINTS, ShapeSearch, calibrate_level, photo_pixels  # noqa: E402
+from detector.marks import MIN_INLIERS, find_marks, prepare_mark  # noqa: E402
 from detector.verify import extract  # noqa: E402
 
 
@@ -41,31 +44,49 @@ def main(argv: list[str] | None = None) -> int:
             return list(csv.DictReader(fh))
 
     marks = [prepare_mark(Image.open(args.bench / r["image"]), r["brand"], r["image"]) for r in rows("marks.csv")]
+    catalogue = [(r["brand"], photo_pixels(Image.open(args.bench / r["image"]))) for r in rows("catalog.csv")]
+    levels = {(m.brand, m.name): calibrate_level(m, [px for brand, px in catalogue if brand != m.brand])
+              if len(m.plain) < SHAPE_KEYPOINTS else None for m in marks}
+    shapes = ShapeSearch(marks, levels)
+    print("shape levels:", ", ".join(f"{b} {lv}" for (b, _), lv in levels.items() if lv is not None))
     truth = {r["listing_id"]: r for r in rows("truth.csv")}
     tally: dict[tuple[int, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
     missed: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    search_s, photos = 0.0, 0
+    search_s, shape_s, photos = 0.0, 0.0, 0
     for row in rows("listings.csv"):
         photo = Image.open(args.bench / row["image"]).convert("RGB")
         features = extract(photo)
         start = time.perf_counter()
-        found = find_marks(features, photo.size, marks, min_inliers=min(counts))
+        found = find_marks(features, marks, min_inliers=min(counts))
         search_s += time.perf_counter() - start
         photos += 1
         kind, brand = truth[row["listing_id"]]["kind"], truth[row["listing_id"]].get("brand", "")
+        by_shape = None
+        if not [s for s in found if s.inliers >= MIN_INLIERS]:
+            start = time.perf_counter()
+            by_shape = shapes.find(photo_pixels(photo))
+            shape_s += time.perf_counter() - start
         for count in counts:
             seen = [s for s in found if s.inliers >= count]
             outcome = ("none" if not seen else "right" if seen[0].brand == brand else "wrong")
             tally[(count, kind)][outcome] += 1
             if brand and outcome != "right":
                 missed[count][brand] += 1
+        seen = [s for s in found if s.inliers >= MIN_INLIERS] or by_shape
+        outcome = ("none" if not seen else "right" if seen[0].brand == brand else "wrong")
+        tally[(0, kind)][outcome] += 1
+        if brand and outcome != "right":
+            missed[0][brand] += 1
 
-    print(f"{len(marks)} marks, {photos} photos; mark search {1000 * search_s / max(1, photos):.1f} ms/photo")
-    print(f"{'keypoints':>9}  {'kind':<28} {'right':>6} {'wrong':>6} {'none':>6}")
-    for (count, kind), outcome in sorted(tally.items()):
-        print(f"{count:>9}  {kind:<28} {outcome['right']:>6} {outcome['wrong']:>6} {outcome['none']:>6}")
-    for count, brands in sorted(missed.items()):
-        print(f"marks missed at {count}+ keypoints:", ", ".join(f"{b} {n}" for b, n in sorted(brands.items())))
+    print(f"{len(marks)} marks, {photos} photos; keypoint search {1000 * search_s / max(1, photos):.1f} ms/photo,"
+          f" shape search {1000 * shape_s / max(1, photos):.1f} ms/photo (over all photos)")
+    print(f"{'found by':>22}  {'kind':<28} {'right':>6} {'wrong':>6} {'none':>6}")
+    for (count, kind), outcome in sorted(tally.items(), key=lambda item: (item[0][0] == 0, item[0])):
+        how = f"{MIN_INLIERS}+ keypoints, or shape" if count == 0 else f"{count}+ keypoints"
+        print(f"{how:>22}  {kind:<28} {outcome['right']:>6} {outcome['wrong']:>6} {outcome['none']:>6}")
+    for count, brands in sorted(missed.items(), key=lambda item: (item[0] == 0, item[0])):
+        how = f"{MIN_INLIERS}+ keypoints or shape" if count == 0 else f"{count}+ keypoints"
+        print(f"marks missed ({how}):", ", ".join(f"{b} {n}" for b, n in sorted(brands.items())))
     return 0
 
 

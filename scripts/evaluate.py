@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Score the detector on a labelled benchmark folder (e.g. ../shared/eval-public).
 
-It builds the index from BENCH_DIR/catalog.csv and authorized.csv, scans listings.csv through the
+It builds the index from BENCH_DIR/catalog.csv and authorized.csv (and marks.csv when the folder
+has one, unless --no-marks), scans listings.csv through the
 library's front door (detector.build_index, Detector.scan), and compares decisions.jsonl with truth.csv (which the detector never
 reads). It prints a table and writes metrics.json into the work folder.
 
@@ -150,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also re-decide the same scan with every threshold shifted by -0.10..+0.10 (no re-embedding)")
     parser.add_argument("--sweep-verify", action="store_true",
                         help="also re-decide the same scan under a grid of [verify] constants (no re-embedding)")
+    parser.add_argument("--no-marks", action="store_true",
+                        help="build the index without the folder's marks.csv (used when present)")
     parser.add_argument("--profile", action="store_true",
                         help="also time each stage of the scan (milliseconds per photo, summed over threads)")
     args = parser.parse_args(argv)
@@ -163,8 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.keep_cache:
         cache.unlink(missing_ok=True)
     start = time.perf_counter()
-    build_index(bench / "catalog.csv", index_dir, authorized=bench / "authorized.csv", embedder=args.embedder,
-                device=args.device)
+    marks = bench / "marks.csv" if (bench / "marks.csv").is_file() and not args.no_marks else None
+    if marks is not None:
+        print(f"registered marks: {marks}")
+    build_index(bench / "catalog.csv", index_dir, authorized=bench / "authorized.csv", marks=marks,
+                embedder=args.embedder, device=args.device)
     build_s = time.perf_counter() - start
 
     def scan(policy: Path | None, clock: StageClock | None = None) -> None:
@@ -189,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         scan_seconds=round(scan_s, 2),
         embedder=args.embedder,
         policy=str(args.policy) if args.policy else "default",
+        marks=str(marks) if marks else None,
     )
     if clock is not None:
         metrics["stage_ms_per_photo"] = clock.per_photo_ms(summary["this_run"]["embedded"])

@@ -1,14 +1,25 @@
 """Brand marks: a logo is found on a product at another size, angle, colour and polarity, with
-its box; photos without it find nothing."""
+its box; photos without it find nothing; an index registers marks, and a scan attributes photos
+by them."""
 
 from __future__ import annotations
 
+import csv
+import json
+from pathlib import Path
+
 import numpy as np
+import pytest
 from PIL import Image, ImageDraw, ImageOps
 
+from detector import Detector, UserError, build_index
 from detector.demo import draw_product
+from detector.mark_shapes import SHAPE_KEYPOINTS, ShapeSearch, calibrate_level, photo_pixels
 from detector.marks import POLARITY, find_marks, prepare_mark
 from detector.verify import extract, fit_layout
+from detector.matches import marked_brands, shape_levels
+from index.store import BrandEntry, ReferenceIndex, load_index
+from tests.conftest import run_cli
 
 
 def logo(seed: int, colour=(200, 30, 40)) -> Image.Image:
@@ -48,7 +59,7 @@ def overlap(a, b) -> float:
 
 
 def search(photo: Image.Image, marks):
-    return find_marks(extract(photo), photo.size, marks)
+    return find_marks(extract(photo), marks)
 
 
 def test_the_polarity_permutation_is_the_negative_photo():
@@ -92,3 +103,165 @@ def test_transparent_marks_are_flattened_on_white():
     marks = [prepare_mark(transparent, "Acme", "acme.png")]
     photo, _ = on_product(logo(1), width=0.3)
     assert [s.brand for s in search(photo, marks)] == ["Acme"]
+
+
+# --- marks in the index and in a scan ------------------------------------------------------------
+
+
+def write_csv(path, header, rows):
+    with open(path, "w", newline="") as fh:
+        csv.writer(fh).writerows([header, *rows])
+    return path
+
+
+@pytest.fixture(scope="module")
+def marked_shop(tmp_path_factory):
+    """Two brands whose catalogue photos carry their marks, their marks as files, and listings:
+    a rogue seller's new photo with Acme's mark in white on a dark patch, turned; an authorised
+    Acme seller's; the same product with Borel's mark, from Borel's authorised seller; and with no
+    mark at all, from a rogue seller."""
+    root = tmp_path_factory.mktemp("marked")
+    for name, seed in (("acme.png", 1), ("borel.png", 2)):
+        logo(seed).save(root / name)
+    on_product(logo(1), width=0.3, seed=5)[0].save(root / "acme-ref.png")
+    on_product(logo(2), width=0.3, seed=6)[0].save(root / "borel-ref.png")
+    write_csv(root / "catalog.csv", ["brand", "product_id", "image", "price", "currency"],
+              [["Acme", "ACME-1", "acme-ref.png", "100", "USD"], ["Borel", "BOR-1", "borel-ref.png", "100", "USD"]])
+    write_csv(root / "authorized.csv", ["brand", "seller_id"], [["Acme", "acme-shop"], ["Borel", "borel-shop"]])
+    write_csv(root / "marks.csv", ["brand", "image"], [["Acme", "acme.png"], ["Borel", "borel.png"]])
+    on_product(logo(1), width=0.25, invert=True, angle=20, at=(0.4, 0.4), seed=5)[0].save(root / "rogue.png")
+    on_product(logo(1), width=0.3, at=(0.35, 0.3), seed=5)[0].save(root / "own.png")
+    on_product(logo(2), width=0.3, seed=5)[0].save(root / "other.png")
+    draw_product(5, size=600).save(root / "plain.png")
+    write_csv(root / "listings.csv", ["listing_id", "seller_id", "title", "price", "currency", "image"], [
+        ["rogue", "someone", "mug", "20", "USD", "rogue.png"],
+        ["own", "acme-shop", "Acme mug", "100", "USD", "own.png"],
+        ["other", "borel-shop", "mug", "100", "USD", "other.png"],
+        ["plain", "someone", "mug", "20", "USD", "plain.png"],
+    ])
+    return root
+
+
+def test_marks_are_registered_listed_and_kept_on_a_rebuild(marked_shop, tmp_path):
+    info = build_index(marked_shop / "catalog.csv", tmp_path / "idx", authorized=marked_shop / "authorized.csv",
+                       marks=marked_shop / "marks.csv", device="cpu")
+    index = load_index(tmp_path / "idx", load_indexes=False)
+    assert [m["image"] for m in index.brands["Acme"].marks] == ["acme.png"]
+    assert info.manifest["brands"]["Borel"]["marks"] == 1
+    again = build_index(marked_shop / "catalog.csv", tmp_path / "idx", device="cpu")
+    assert any("marks kept" in note for note in again.notes)
+    assert [m["image"] for m in load_index(tmp_path / "idx", load_indexes=False).brands["Acme"].marks] == ["acme.png"]
+    shown = run_cli("index", "info", str(tmp_path / "idx"))
+    assert shown.returncode == 0 and "registered marks" in shown.stdout and "borel.png" in shown.stdout
+
+
+def test_a_bad_mark_row_is_a_row_error_like_the_catalogues(marked_shop, tmp_path):
+    marks = write_csv(tmp_path / "marks.csv", ["brand", "image"],
+                      [["Acme", str(marked_shop / "acme.png")], ["Acme", "missing.png"], ["Zeta", "z.png"]])
+    with pytest.raises(UserError) as failed:
+        build_index(marked_shop / "catalog.csv", tmp_path / "idx", marks=marks, allow_outside_paths=True, device="cpu")
+    assert "marks.csv line 3" in str(failed.value) and "marks.csv line 4" in str(failed.value)
+    assert "'Zeta' has no products" in str(failed.value) and "marks.csv line 2" not in str(failed.value)
+    info = build_index(marked_shop / "catalog.csv", tmp_path / "idx", marks=marks, allow_outside_paths=True,
+                       skip_bad_rows=True, device="cpu")
+    assert len(info.skipped) == 2 and info.manifest["brands"]["Acme"]["marks"] == 1
+
+
+def test_a_scan_attributes_photos_by_their_marks_and_draws_the_box(marked_shop, tmp_path):
+    build_index(marked_shop / "catalog.csv", tmp_path / "idx", authorized=marked_shop / "authorized.csv",
+                marks=marked_shop / "marks.csv", device="cpu")
+    with Detector.open(tmp_path / "idx", device="cpu", cache=False) as detector:
+        detector.scan(marked_shop / "listings.csv", tmp_path / "out")
+    decisions = {d["listing_id"]: d for d in map(json.loads, (tmp_path / "out" / "decisions.jsonl").open())}
+    rogue = decisions["rogue"]
+    assert (rogue["verdict"], rogue["brand"]) == ("flagged", "Acme")
+    assert rogue["marks"][0]["brand"] == "Acme" and rogue["marks"][0]["inverted"]
+    assert overlap(rogue["marks"][0]["box"], on_product(logo(1), width=0.25, invert=True, angle=20,
+                                                        at=(0.4, 0.4), seed=5)[1]) > 0.5
+    assert (decisions["own"]["verdict"], decisions["own"]["seller_authorized"]) == ("clear", True)
+    other = decisions["other"]  # Acme's product with Borel's mark is not Acme's: Borel's seller is authorised
+    assert (other["verdict"], other["brand"], other["seller_authorized"]) == ("clear", "Borel", True)
+    assert (decisions["plain"]["verdict"], decisions["plain"]["visual_state"]) == ("clear", "mark_missing")
+    report = (tmp_path / "out" / "report.html").read_text()
+    assert report.count('class="mark-box"') == 1 and "Acme mark acme.png" in report
+
+
+def test_marks_a_catalogue_never_shows_change_nothing(marked_shop, tmp_path):
+    draw_product(5, size=600).save(tmp_path / "acme-plain.png")
+    catalog = write_csv(tmp_path / "catalog.csv", ["brand", "product_id", "image", "price", "currency"],
+                        [["Acme", "ACME-1", "acme-plain.png", "100", "USD"]])
+    marks = write_csv(tmp_path / "marks.csv", ["brand", "image"], [["Acme", str(marked_shop / "acme.png")]])
+    build_index(catalog, tmp_path / "idx", marks=marks, allow_outside_paths=True, device="cpu")
+    assert load_index(tmp_path / "idx", load_indexes=False).brands["Acme"].marks[0]["in_references"] == 0
+    with Detector.open(tmp_path / "idx", device="cpu", cache=False) as detector:
+        result = detector.lookup(marked_shop / "plain.png", price=20, currency="USD", seller="someone")
+    assert (result.verdict, result.visual_state, result.marks) == ("flagged", "copy", [])
+
+
+# --- simple marks, found by their shape ------------------------------------------------------------
+
+
+def round_mark() -> Image.Image:
+    """A disc with a crescent cut out: a simple mark with few corners for SIFT."""
+    image = Image.new("RGB", (1600, 1600), "white")
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((160, 160, 1440, 1440), fill=(230, 90, 30))
+    draw.ellipse((600, 360, 1320, 1080), fill="white")
+    draw.ellipse((760, 480, 1320, 1040), fill=(230, 90, 30))
+    return image.resize((400, 400), Image.LANCZOS)  # smooth edges, as a logo file has
+
+
+def printed(mark: Image.Image | None, body=(90, 140, 200), ink=(250, 250, 250), width=0.3, at=(0.35, 0.3),
+            angle=0.0) -> tuple[Image.Image, tuple[float, float, float, float]]:
+    """A plain product (a coloured box on a grey backdrop) with a mark printed on it in one
+    colour, and the drawing's box (fractions of the photo)."""
+    scene = Image.new("RGB", (600, 600), (200, 200, 205))
+    ImageDraw.Draw(scene).rounded_rectangle((120, 80, 480, 540), radius=40, fill=body)
+    if mark is None:
+        return scene, (0.0, 0.0, 0.0, 0.0)
+    shape = ImageOps.invert(mark.convert("L")).point(lambda v: 255 if v > 40 else 0)
+    shape = shape.resize((round(width * 600),) * 2).rotate(angle, expand=True)
+    x, y = round(at[0] * 600), round(at[1] * 600)
+    scene.paste(Image.new("RGB", shape.size, ink), (x, y), shape)
+    left, top, right, bottom = shape.getbbox()
+    return scene, ((x + left) / 600, (y + top) / 600, (x + right) / 600, (y + bottom) / 600)
+
+
+def test_a_simple_mark_is_found_by_its_shape_in_another_colour_and_polarity():
+    mark = prepare_mark(round_mark(), "Orbit", "orbit.png")
+    assert len(mark.plain) < SHAPE_KEYPOINTS
+    impostors = [photo_pixels(printed(logo(seed), body=body)[0])
+                 for seed, body in ((2, (200, 60, 60)), (3, (60, 160, 90)), (4, (90, 140, 200)))]
+    impostors.append(photo_pixels(printed(None)[0]))
+    level = calibrate_level(mark, impostors)
+    assert level is not None
+    shapes = ShapeSearch([mark], {("Orbit", "orbit.png"): level})
+    for kwargs in ({"ink": (250, 250, 250), "body": (30, 30, 40)},  # a light mark on a dark product
+                   {"ink": (20, 20, 20), "body": (240, 200, 60), "angle": 15, "width": 0.25, "at": (0.4, 0.45)}):
+        photo, where = printed(round_mark(), **kwargs)
+        found = shapes.find(photo_pixels(photo))
+        assert [s.brand for s in found] == ["Orbit"], kwargs
+        assert found[0].score >= level and found[0].inliers == 0
+        assert found[0].inverted == (kwargs["ink"][0] > kwargs["body"][0])
+        assert overlap(found[0].box, where) > 0.5, (found[0].box, where)
+    assert shapes.find(photo_pixels(printed(None, body=(30, 30, 40))[0])) == []
+    assert shapes.find(photo_pixels(printed(logo(5), body=(240, 200, 60))[0])) == []
+
+
+def test_marks_with_many_keypoints_or_no_level_are_not_searched_by_shape():
+    busy = prepare_mark(logo(1), "Acme", "acme.png")
+    simple = prepare_mark(round_mark(), "Orbit", "orbit.png")
+    assert not ShapeSearch([simple], {("Orbit", "orbit.png"): None})
+    assert not ShapeSearch([busy], {("Acme", "acme.png"): 0.5}) or len(busy.plain) < SHAPE_KEYPOINTS
+    assert calibrate_level(simple, []) is None
+
+
+def test_only_marks_a_brands_photos_show_are_searched_by_shape():
+    entry = BrandEntry("Acme", np.zeros((1, 4), np.float32), [], marks=[
+        {"image": "unseen.png", "shape_level": 0.7, "in_references": 0},
+        {"image": "seen.png", "shape_level": 0.7, "in_references": 2},
+        {"image": "busy.png", "shape_level": None, "in_references": 3},
+    ])
+    index = ReferenceIndex(Path("idx"), {}, {"Acme": entry})
+    assert shape_levels(index) == {("Acme", "unseen.png"): None, ("Acme", "seen.png"): 0.7, ("Acme", "busy.png"): None}
+    assert marked_brands(index) == {"Acme"}

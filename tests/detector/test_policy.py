@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -12,7 +13,8 @@ from hypothesis import strategies as st
 
 from detector.decisions import CLEAR, ERROR, FINDINGS, FLAGGED, MATCHING, VISUAL_STATES, Decision
 from detector.errors import UserError
-from detector.policy import Candidate, Listing, combine, decide, error_decision, find_cues, load_policy
+from detector.marks import Sighting
+from detector.policy import Candidate, Listing, combine, decide, error_decision, find_cues, load_policy, misspelt_brand
 
 POLICY = load_policy()
 SELLERS = {"Aurelio": {"auth-1"}}
@@ -390,3 +392,67 @@ def test_among_siblings_the_keypoints_unique_to_one_product_decide_which_it_is()
     decision = decide(listing(price=10.0), siblings, SELLERS, POLICY)
     assert decision.product_id == "AUR-2" and [m.product_id for m in decision.matches] == ["AUR-2", "AUR-1"]
     assert [m.unique for m in decision.matches] == [6, 1]
+
+
+# --- brand marks ---------------------------------------------------------------------------------
+
+MARKED = frozenset({"Aurelio", "Borel"})
+SELLERS_AB = {"Aurelio": {"auth-1"}, "Borel": {"auth-b"}}
+
+
+def seen(brand, inliers=9, box=(0.2, 0.3, 0.4, 0.5)):
+    return Sighting(brand, f"marks/{brand.lower()}.png", inliers, False, box)
+
+
+def test_a_brands_mark_makes_the_photo_its_product_even_below_its_threshold():
+    candidates = [cand(similarity=0.9, brand="Borel", product="BOR-1"), cand(similarity=0.6, product="AUR-1")]
+    decision = decide(listing(seller="rogue"), candidates, SELLERS_AB, POLICY, [seen("Aurelio")], MARKED)
+    assert (decision.verdict, decision.visual_state, decision.brand) == (FLAGGED, "mark", "Aurelio")
+    assert decision.marks == [{"brand": "Aurelio", "mark": "marks/aurelio.png", "inliers": 9, "inverted": False,
+                               "box": [0.2, 0.3, 0.4, 0.5], "shape_score": None}]
+    assert "marks/aurelio.png" in decision.reasons[0] and "x 20%–40%" in decision.reasons[0]
+    # the brand's own authorised seller showing its mark is authorised
+    own = decide(listing(seller="auth-1"), candidates, SELLERS_AB, POLICY, [seen("Aurelio")], MARKED)
+    assert (own.verdict, own.visual_state, own.brand, own.seller_authorized) == (CLEAR, "mark", "Aurelio", True)
+    # a product unlike any the brand sells is not its product, mark or not
+    far = decide(listing(seller="rogue"), [cand(similarity=0.3)], SELLERS_AB, POLICY, [seen("Aurelio")], MARKED)
+    assert far.visual_state == "no_match" and far.verdict == CLEAR
+
+
+def test_another_brands_mark_means_it_is_not_this_brands_product():
+    copy = replace(cand(similarity=0.95, brand="Borel", product="BOR-1"), inliers=40, alignment=0.99)
+    decision = decide(listing(seller="rogue"), [copy], SELLERS_AB, POLICY, [seen("Aurelio")], MARKED)
+    assert (decision.verdict, decision.visual_state) == (CLEAR, "other_mark")
+    assert "Aurelio's registered mark" in decision.reasons[0]
+
+
+def test_a_marked_brands_product_without_its_mark_does_not_match_unless_the_policy_says_so(tmp_path):
+    copy = replace(cand(similarity=0.95), inliers=40, alignment=0.99)
+    decision = decide(listing(seller="rogue"), [copy], SELLERS_AB, POLICY, [], MARKED)
+    assert (decision.verdict, decision.visual_state) == (CLEAR, "mark_missing")
+    unmarked = decide(listing(seller="rogue"), [copy], SELLERS_AB, POLICY, [], frozenset({"Borel"}))
+    assert (unmarked.verdict, unmarked.visual_state) == (FLAGGED, "copy")
+    lenient = tmp_path / "p.toml"
+    lenient.write_text("[marks]\nrequired = false\n")
+    kept = decide(listing(seller="rogue"), [copy], SELLERS_AB, load_policy(lenient), [], MARKED)
+    assert (kept.verdict, kept.visual_state) == (FLAGGED, "copy")
+    off = tmp_path / "off.toml"
+    off.write_text("[marks]\nenabled = false\n")
+    ignored = decide(listing(seller="rogue"), [copy], SELLERS_AB, load_policy(off), [seen("Borel")], MARKED)
+    assert (ignored.verdict, ignored.visual_state) == (FLAGGED, "copy")
+
+
+@pytest.mark.parametrize("title, brand, expected", [
+    ("N1ke air max", "Nike", "n1ke"), ("adidass trainers", "Adidas", "adidass"), ("Addidas style", "Adidas", "addidas"),
+    ("g-u-c-c-i bag", "Gucci", "g-u-c-c-i"), ("G U C C I belt", "Gucci", "g u c c i"), ("r3d bull cap", "Red Bull", "r3d bull"),
+    ("Nike air max", "Nike", None), ("GUCCI bag", "Gucci", None), ("good idea mug", "Ikea", None),
+    ("Red Bull cap", "Red Bull", None), ("plain mug", "Spotify", None), ("", "Nike", None),
+])
+def test_evasive_spellings_of_a_brand_in_titles(title, expected, brand):
+    assert misspelt_brand(title, brand) == expected
+
+
+def test_an_evasive_brand_spelling_in_the_title_is_a_finding():
+    decision = decide(listing(title="4urelio bag"), [cand()], SELLERS, POLICY)
+    assert decision.verdict == FLAGGED and codes(decision) == {"brand_misspelt": 0.7}
+    assert decide(listing(title="Aurelio bag"), [cand()], SELLERS, POLICY).verdict == CLEAR
