@@ -74,13 +74,14 @@ def forward(photo_paths: list[Path], repeats: int) -> dict:
                             for p in photo_paths])
     per_photo = len(views) // len(photo_paths)
     eager = create_embedder("lite0", device="cpu", backend="torch").model.to(memory_format=torch.contiguous_format)
+    channels_last = create_embedder("lite0", device="cpu", backend="torch")
 
     def run_eager(chunk):
         with torch.no_grad():
             return eager(torch.from_numpy(chunk))
 
     def run_channels_last(chunk):
-        return onnx._embed_torch(chunk)
+        return channels_last._embed_torch(chunk)
 
     def run_onnx(chunk):
         return onnx._session.run(None, {"images": chunk})[0]

@@ -157,3 +157,18 @@ def test_the_ray_engine_without_ray_installed_says_how_to_get_it(demo_index, dem
     assert result.exit_code == 2
     assert "--engine ray needs Ray Data: pip install -e '.[ray]'" in result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_lookup_in_a_fresh_process_does_not_import_torch(demo_index, demo_data):
+    """Once an index build has verified the ONNX export, a one-photo lookup runs on ONNX Runtime
+    alone: torch (about 1.5 s of imports) is made unimportable here, and the lookup still works."""
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from detector.cli import main\n"
+            f"sys.argv = ['counterfeit', 'lookup', {str(demo_data.folder / 'listings' / 'D000.jpg')!r},"
+            f" '--index', {str(demo_index)!r}, '--json']\n"
+            "main()\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "COLUMNS": "200"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert (result["visual_state"], result["matches"][0]["product_id"]) == ("copy", "AUR-000")

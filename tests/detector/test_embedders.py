@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -152,7 +155,8 @@ def test_onnx_backend_matches_torch_within_tolerance(tmp_path):
 def test_a_changed_embedder_does_not_reuse_a_stale_onnx_session():
     import dataclasses
 
-    fast = create_embedder("lite0", device="cpu", backend="onnx")
+    fast = create_embedder("lite0", device="cpu", backend="torch")
+    assert fast.use_onnx()
     changed = dataclasses.replace(fast, pooling="avg")
     torch_avg = dataclasses.replace(create_embedder("lite0", device="cpu", backend="torch"), pooling="avg")
     image = [draw_product(3)]
@@ -163,3 +167,46 @@ def test_a_changed_embedder_does_not_reuse_a_stale_onnx_session():
 def test_unknown_backend_is_a_clear_error():
     with pytest.raises(UserError, match="unknown backend 'tpu'"):
         create_embedder("lite0", backend="tpu")
+
+
+FRESH = """
+import sys
+if "--no-torch" in sys.argv:
+    sys.modules["torch"] = None  # any import of torch now fails
+from PIL import Image
+from detector.demo import draw_product
+from detector.embedders import create_embedder
+embedder = create_embedder("lite0", device="cpu")
+vector = embedder.embed([draw_product(7)])[0]
+print(embedder.backend, embedder.model is None, embedder.fingerprint_id, repr(vector[:4].tolist()))
+"""
+
+
+def test_a_verified_onnx_export_runs_without_torch_in_a_fresh_process(tmp_path):
+    env = {**os.environ, "COUNTERFEIT_CACHE_DIR": str(tmp_path / "cache")}
+
+    def fresh(*args):
+        done = subprocess.run([sys.executable, "-c", FRESH, *args], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout.split(" ", 3)
+
+    backend, torch_free, fingerprint, vector = fresh()  # exports, verifies against torch, records it
+    assert (backend, torch_free) == ("onnx", "False")
+    assert fresh("--no-torch") == ["onnx", "True", fingerprint, vector]  # same fingerprint, same vectors
+    (onnx_file,) = (tmp_path / "cache" / "onnx").glob("*.onnx")
+    onnx_file.write_bytes(onnx_file.read_bytes() + b"x")  # a changed export is not trusted again
+    assert fresh()[:2] == ["onnx", "False"]
+
+
+def test_an_onnx_only_embedder_loads_torch_when_torch_vectors_are_asked_for(tmp_path, monkeypatch):
+    import dataclasses
+
+    monkeypatch.setenv("COUNTERFEIT_CACHE_DIR", str(tmp_path))
+    verified = create_embedder("lite0", device="cpu")  # exports, verifies, records
+    fast = create_embedder("lite0", device="cpu")
+    assert verified.model is not None and fast.model is None and fast.backend == "onnx"
+    image = [draw_product(4)]
+    assert float(fast.embed(image)[0] @ verified.embed(image)[0]) > 0.9999
+    changed = dataclasses.replace(fast, pooling="avg")  # no verified export for it: torch runs it
+    expected = dataclasses.replace(verified, pooling="avg")
+    assert float(changed.embed(image)[0] @ expected.embed(image)[0]) > 0.9999 and changed.model is not None
