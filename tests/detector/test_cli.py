@@ -161,11 +161,12 @@ def test_the_ray_engine_without_ray_installed_says_how_to_get_it(demo_index, dem
 
 def test_lookup_in_a_fresh_process_does_not_import_torch(demo_index, demo_data):
     """Once an index build has verified the ONNX export, a one-photo lookup runs on ONNX Runtime
-    alone: torch (about 1.5 s of imports) is made unimportable here, and the lookup still works."""
+    alone: torch (about 1.5 s of imports) is made unimportable here, and the lookup still works
+    (``--device cpu``: on a machine with a GPU driver, ``auto`` asks torch which device to use)."""
     code = ("import sys; sys.modules['torch'] = None\n"
             "from detector.cli import main\n"
             f"sys.argv = ['counterfeit', 'lookup', {str(demo_data.folder / 'listings' / 'D000.jpg')!r},"
-            f" '--index', {str(demo_index)!r}, '--json']\n"
+            f" '--index', {str(demo_index)!r}, '--json', '--device', 'cpu']\n"
             "main()\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "COLUMNS": "200"})
