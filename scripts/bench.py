@@ -3,6 +3,7 @@
 
     python scripts/bench.py [--photos 240] [--faiss-sizes 10000,100000,1000000] [--out bench-work]
     python scripts/bench.py --faiss-only [--faiss-sizes 1000000]      # section (f) alone
+    python scripts/bench.py --nightly ../shared/eval-public --unprotected DIR [--mix 1000]   # section (i) alone
 
 (a) bare network forward, photos/s, for the scanner's per-photo work (six 224x224 views):
     eager torch (the reference), torch channels_last + inference_mode, ONNX Runtime;
@@ -12,8 +13,13 @@
 synthetic unit vectors with real embeddings' spectrum: Flat against the approximate indexes, with queries/s,
 recall@10 against exact (and over the exact neighbours with cosine >= 0.6, the ones
 that could matter to a verdict), bytes per vector and build time; (g) peak resident memory of the scan;
-(h) where a scan's time goes, stage by stage, measured inside the real scan pipeline.
-Nothing is downloaded; the photos are drawn by detector.demo.
+(h) where a scan's time goes, stage by stage, measured inside the real scan pipeline;
+(i) a nightly mix: --mix photos, 90% of them pictures from --unprotected DIR (any folder of
+images from another source than the catalogue; each re-cropped and re-encoded, so every photo is
+distinct) and 10% listings of the labelled folder --nightly, scanned against that folder's
+catalogue, beside a naive one-view pipeline on the same files (Lite0 eager in torch, centre crop
+224, batch 32, 2 threads, exact search), with the ratio and the scan's stage profile.
+Nothing is downloaded; the photos of (a)-(h) are drawn by detector.demo.
 """
 
 from __future__ import annotations
@@ -321,6 +327,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench-work"), help="work folder; results.json goes here")
     parser.add_argument("--faiss-only", action="store_true", help="run section (f) alone")
     parser.add_argument("--faiss-kinds", help="comma-separated index kinds for (f) besides Flat (default: all)")
+    parser.add_argument("--nightly", type=Path, help="run section (i) alone, on this labelled folder's catalogue and listings")
+    parser.add_argument("--unprotected", type=Path, help="for --nightly: a folder of images no brand protects")
+    parser.add_argument("--mix", type=int, default=1000, help="for --nightly: photos in the nightly mix")
     parser.add_argument("--faiss-data", choices=("spectral", "isotropic"), default="spectral",
                         help="synthetic vectors for (f): spectral = real embeddings' variance spectrum (default); "
                              "isotropic = no structure beyond the product, a worst case")
@@ -337,6 +346,13 @@ def main(argv: list[str] | None = None) -> int:
         report_faiss(rows)
         return 0
     os.environ.setdefault("COUNTERFEIT_CACHE_DIR", str(work / "home-cache"))
+    if args.nightly:
+        if not args.unprotected:
+            parser.error("--nightly needs --unprotected DIR")
+        mix = nightly(args.nightly, args.unprotected, work, args.mix)
+        (work / "results.json").write_text(json.dumps({"nightly": mix}, indent=2) + "\n")
+        print(json.dumps(mix, indent=2))
+        return 0
     import torch
 
     results = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
@@ -364,6 +380,95 @@ def main(argv: list[str] | None = None) -> int:
     report(results)
     print(f"results written to {work / 'results.json'}")
     return 0
+
+
+def nightly_mix(labelled: Path, unprotected: Path, work: Path, total: int, seed: int = 0) -> Path:
+    """The mix's listings table: ``total`` rows, a tenth of them the labelled folder's listings
+    (as they are), the rest re-cropped, re-encoded pictures of ``unprotected``."""
+    from PIL import Image
+
+    from detector.tables import IMAGE_SUFFIXES
+
+    rng = np.random.default_rng(seed)
+    sources = sorted(Path(folder) / name for folder, _, names in os.walk(unprotected, followlinks=True)
+                     for name in names if Path(name).suffix.lower() in IMAGE_SUFFIXES)
+    if not sources:
+        raise SystemExit(f"no images under {unprotected}")
+    with open(labelled / "listings.csv", newline="", encoding="utf-8") as fh:
+        listed = list(csv.DictReader(fh))
+    protected = total // 10
+    folder = work / "mix"
+    folder.mkdir(parents=True)
+    rows = []
+    for i, row in enumerate(rng.choice(len(listed), protected, replace=protected > len(listed))):
+        source = listed[int(row)]
+        image = Path(source["image"])
+        shutil.copyfile(labelled / image, folder / f"p{i:05d}{image.suffix}")
+        rows.append([f"P{i:05d}", source["seller_id"], source["title"], source["price"], source["currency"],
+                     f"mix/p{i:05d}{image.suffix}"])
+    for i in range(total - protected):
+        with Image.open(sources[int(rng.integers(len(sources)))]) as picture:
+            picture = picture.convert("RGB")
+            w, h = picture.size
+            keep = rng.uniform(0.6, 0.95)
+            x, y = rng.uniform(0, 1 - keep) * w, rng.uniform(0, 1 - keep) * h
+            crop = picture.crop((round(x), round(y), round(x + keep * w), round(y + keep * h)))
+            crop.thumbnail((1024, 1024))
+            crop.save(folder / f"u{i:05d}.jpg", "JPEG", quality=int(rng.integers(75, 93)))
+        rows.append([f"U{i:05d}", f"seller-{i % 97}", "item", "10", "USD", f"mix/u{i:05d}.jpg"])
+    order = rng.permutation(len(rows))
+    table = work / "nightly.csv"
+    with open(table, "w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows([["listing_id", "seller_id", "title", "price", "currency", "image"],
+                                  *(rows[i] for i in order)])
+    return table
+
+
+def naive_one_view(paths: list[Path], vectors: np.ndarray) -> float:
+    """Photos/s of the naive pipeline: decode, centre crop 224, Lite0 eager in torch on 2
+    threads in batches of 32, average pooling, exact search of ``vectors``."""
+    import faiss
+    import torch
+
+    from detector.embedders import Preprocess, create_embedder
+    from detector.images import decode_image, read_image_bytes
+
+    torch.set_num_threads(2)
+    model = create_embedder("lite0", device="cpu", backend="torch").model.to(memory_format=torch.contiguous_format)
+    crop = Preprocess(size=224, resize="center_crop")
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    start = time.perf_counter()
+    for i in range(0, len(paths), 32):
+        batch = np.stack([crop(decode_image(read_image_bytes(p), draft=448)) for p in paths[i : i + 32]])
+        with torch.no_grad():
+            pooled = torch.nn.functional.normalize(model(torch.from_numpy(batch)).mean(dim=(2, 3)), dim=1)
+        index.search(pooled.numpy(), 5)
+    return len(paths) / (time.perf_counter() - start)
+
+
+def nightly(labelled: Path, unprotected: Path, work: Path, total: int) -> dict:
+    """Section (i): the scan and the naive pipeline on one nightly mix, side by side."""
+    from detector import Detector, build_index
+    from detector.profile import StageClock
+    from index.store import load_index
+
+    table = nightly_mix(labelled, unprotected, work, total)
+    build_index(labelled / "catalog.csv", work / "index", authorized=labelled / "authorized.csv", device="cpu")
+    with open(table, newline="", encoding="utf-8") as fh:
+        paths = [work / r["image"] for r in csv.DictReader(fh)]
+    vectors = np.concatenate([e.vectors for e in load_index(work / "index", load_indexes=False).brands.values()])
+    naive = naive_one_view(paths, vectors)
+    clock = StageClock()
+    with Detector.open(work / "index", device="cpu", cache=False) as detector:
+        start = time.perf_counter()
+        summary = detector.scan(table, work / "scan", clock=clock)
+        seconds = time.perf_counter() - start
+    scan = len(paths) / seconds
+    return {"photos": len(paths), "protected_share": 0.1, "naive_photos_per_s": round(naive, 2),
+            "scan_photos_per_s": round(scan, 2), "scan_over_naive": round(scan / naive, 2),
+            "flagged": summary.flagged, "errors": summary.errors,
+            "stage_ms_per_photo": clock.per_photo_ms(summary.photos_this_run)}
 
 
 def report(results: dict) -> None:
