@@ -14,7 +14,7 @@ from detector.embedders import Embedder
 from detector.errors import UserError
 from detector.images import decode_image, read_image_bytes, resolve_image_path
 from detector.mark_shapes import SHAPE_KEYPOINTS, calibrate_level, photo_pixels
-from detector.marks import find_marks, mark_from, prepare_mark
+from detector.marks import find_marks, marks_of, prepare_mark
 from detector.tables import IMAGE_SUFFIXES, CatalogRow, read_authorized, read_catalog, read_marks
 from detector.verify import VERIFIER_ID, LocalFeatures, QueryFeatures, extract, mirrored, pack, unpack, verify_candidates
 from detector.views import REFERENCE_VIEW_ID, listing_views, reference_view
@@ -188,7 +188,7 @@ def build_catalog_index(
         if marks is None and previous.marks:
             report.notes.append("no --marks given: registered marks kept from the previous build")
             marks = {brand: found for brand, found in previous.marks.items() if brand in products}
-        marks = _calibrate_shapes(_count_marks_in_references(marks or {}, local), products)
+        marks = _calibrate_marks(marks or {}, local, products)
         entries = [
             BrandEntry(
                 brand=brand,
@@ -219,24 +219,15 @@ def build_catalog_index(
     return report
 
 
-def _count_marks_in_references(marks: dict[str, tuple[list[dict], bytes]],
-                               local: dict[str, list[LocalFeatures]]) -> dict[str, tuple[list[dict], bytes]]:
-    """Each mark row with ``in_references``: how many of its brand's reference photos show it. A
-    brand whose catalogue shows its marks puts them on its products; one whose catalogue never
-    shows them (marks registered for a catalogue of unmarked goods) is judged without them."""
-    counted = {}
-    for brand, (rows, packed) in marks.items():
-        found = [mark_from(brand, row["image"], features, row["box"]) for row, features in zip(rows, unpack(packed))]
-        seen = [{s.name for s in find_marks(features, found)} for features in local.get(brand, [])]
-        counted[brand] = ([{**row, "in_references": sum(row["image"] in names for names in seen)} for row in rows],
-                          packed)
-    return counted
+def _calibrate_marks(marks: dict[str, tuple[list[dict], bytes]], local: dict[str, list[LocalFeatures]],
+                     products: dict[str, list[dict]]) -> dict[str, tuple[list[dict], bytes]]:
+    """Each mark row with what the build measures, without labels:
 
-
-def _calibrate_shapes(marks: dict[str, tuple[list[dict], bytes]],
-                      products: dict[str, list[dict]]) -> dict[str, tuple[list[dict], bytes]]:
-    """Each simple mark's ``shape_level`` (see :mod:`detector.mark_shapes`): calibrated on other
-    brands' reference photos (at most MAX_SHAPE_IMPOSTORS, a fixed sample by content hash)."""
+    - ``in_references``: how many of its brand's reference photos show it. A brand whose catalogue
+      shows its marks puts them on its products; one whose catalogue never shows them (marks
+      registered for a catalogue of unmarked goods) is judged without them;
+    - ``shape_level`` for a simple mark (see :mod:`detector.mark_shapes`): calibrated on other
+      brands' reference photos (at most MAX_SHAPE_IMPOSTORS, a fixed sample by content hash)."""
     pixels: dict[str, np.ndarray] = {}
 
     def impostors(brand: str) -> list[np.ndarray]:
@@ -253,10 +244,13 @@ def _calibrate_shapes(marks: dict[str, tuple[list[dict], bytes]],
 
     calibrated = {}
     for brand, (rows, packed) in marks.items():
-        found = [mark_from(brand, row["image"], features, row["box"]) for row, features in zip(rows, unpack(packed))]
-        levels = [calibrate_level(mark, impostors(brand)) if len(mark.plain) < SHAPE_KEYPOINTS else None
-                  for mark in found]
-        calibrated[brand] = ([{**row, "shape_level": level} for row, level in zip(rows, levels)], packed)
+        found = marks_of(brand, rows, packed)
+        seen = [{s.name for s in find_marks(features, found)} for features in local.get(brand, [])]
+        simple = [len(mark.plain) < SHAPE_KEYPOINTS for mark in found]
+        others = impostors(brand) if any(simple) else []
+        calibrated[brand] = ([{**row, "in_references": sum(row["image"] in names for names in seen),
+                               "shape_level": calibrate_level(mark, others) if is_simple else None}
+                              for row, mark, is_simple in zip(rows, found, simple)], packed)
     return calibrated
 
 

@@ -105,8 +105,12 @@ def unpack_vector(text: str) -> np.ndarray:
 
 def sightings_of(marks: str | None) -> list[Sighting]:
     """The marks found in a photo, from an evidence record's ``marks``."""
+    return _sightings(json.loads(marks or "[]"))
+
+
+def _sightings(rows: list[list]) -> list[Sighting]:
     return [Sighting(brand, name, inliers, inverted, tuple(box), *rest) for brand, name, inliers, inverted, box, *rest
-            in json.loads(marks or "[]")]
+            in rows]
 
 
 def candidates_of(index: ReferenceIndex, hits: str) -> list[Candidate]:
@@ -231,7 +235,7 @@ class EvidenceMaker:
                 outcomes = {hit: outcome for hit, (_, outcome) in cached.items()}
         if self.cache is not None and sightings is None:
             found, stored = self.cache.get_json(MARKS_ID, digest, self.marks_key)
-            sightings = sightings_of(json.dumps(stored)) if found and stored is not None else None
+            sightings = _sightings(stored) if found and stored is not None else None
         if outcomes is not None and sightings is not None:
             return outcomes, sightings
         try:

@@ -66,6 +66,8 @@ def templates(mask: np.ndarray) -> list[tuple[np.ndarray, tuple[float, float, fl
             else:
                 template = drawn
             rows, cols = np.nonzero(template > 127)
+            if not len(rows):  # a drawing thinner than a pixel at this size
+                continue
             found.append((template.astype(np.float32),
                           (float(cols.min()), float(rows.min()), float(cols.max() + 1), float(rows.max() + 1))))
     return found
@@ -116,9 +118,9 @@ class ShapeSearch:
 def calibrate_level(mark: Mark, impostors: list[np.ndarray]) -> float | None:
     """The score a photo must reach for the mark to count as found: MARGIN above the best score
     among ``impostors`` (other brands' catalogue photos, as :func:`photo_pixels`); ``None``
-    without impostors, or when they score above MAX_LEVEL."""
-    if not impostors:
-        return None
+    without impostors, for a drawing too thin to template, or when impostors score above MAX_LEVEL."""
     shapes = templates(silhouette(mark))
+    if not impostors or not shapes:
+        return None
     level = max(best_match(pixels, shapes)[0] for pixels in impostors) + MARGIN
     return round(level, 4) if level <= MAX_LEVEL else None

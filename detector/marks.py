@@ -21,7 +21,8 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from detector.verify import MAX_SIDE, LocalFeatures, extract, fit_layout
+from detector.errors import UserError
+from detector.verify import MAX_SIDE, LocalFeatures, extract, fit_layout, unpack
 
 POLARITY = np.arange(128).reshape(4, 4, 8)[::-1, ::-1].reshape(-1)
 """Descriptor permutation equal to extracting SIFT from the photo's negative."""
@@ -72,8 +73,9 @@ def prepare_mark(image: Image.Image, brand: str, name: str) -> Mark:
     flat.paste(rgba, mask=rgba.getchannel("A"))
     grey = np.asarray(flat.convert("L"))
     rows, cols = np.nonzero(grey < BACKGROUND_LEVEL)
-    if len(rows):
-        flat = flat.crop((int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1))
+    if not len(rows):
+        raise UserError(f"mark {name} has no drawing: every pixel is white or transparent")
+    flat = flat.crop((int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1))
     pad = round(PAD * max(flat.size))
     canvas = Image.new("RGB", (flat.width + 2 * pad, flat.height + 2 * pad), "white")
     canvas.paste(flat, (pad, pad))
@@ -86,6 +88,11 @@ def mark_from(brand: str, name: str, features: LocalFeatures, box: tuple[float, 
     """A mark from its stored features and drawing box (the inverted features are derived)."""
     inverted = LocalFeatures(features.points, features.descriptors[:, POLARITY], features.thumbnail)
     return Mark(brand, name, features, inverted, tuple(box))
+
+
+def marks_of(brand: str, rows: list[dict], packed: bytes) -> list[Mark]:
+    """A brand's marks from an index: their rows (file, drawing box) and packed features."""
+    return [mark_from(brand, row["image"], features, row["box"]) for row, features in zip(rows, unpack(packed))]
 
 
 def _frame(photo: LocalFeatures) -> tuple[float, float]:

@@ -11,7 +11,7 @@ import numpy as np
 
 from detector.embedders import Embedder, create_embedder
 from detector.errors import UserError
-from detector.marks import Mark, mark_from
+from detector.marks import Mark, marks_of
 from detector.policy import Candidate
 from detector.verify import VERIFIER_ID, LocalFeatures, Outcome, QueryFeatures, unpack, verify_candidates
 from detector.views import REFERENCE_VIEW_ID
@@ -61,13 +61,8 @@ class ReferenceFeatures:
 
 def index_marks(index: ReferenceIndex) -> list[Mark]:
     """Every brand's registered marks, ready to search for in photos."""
-    found = []
-    for name, entry in index.brands.items():
-        if entry.mark_features is None:
-            continue
-        for row, features in zip(entry.marks, unpack(entry.mark_features)):
-            found.append(mark_from(name, row["image"], features, row["box"]))
-    return found
+    return [mark for name, entry in index.brands.items() if entry.mark_features is not None
+            for mark in marks_of(name, entry.marks, entry.mark_features)]
 
 
 def shape_levels(index: ReferenceIndex) -> dict[tuple[str, str], float | None]:

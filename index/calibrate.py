@@ -63,11 +63,8 @@ def calibrate_thresholds(
     pooled = np.concatenate(list(scores.values())) if scores else np.zeros(0)
     result = {}
     for brand, own in scores.items():
-        if len(own) >= rule.min_impostors:
-            sample, source = own, "brand"
-        elif len(pooled) >= rule.min_impostors:
-            sample, source = pooled, "pooled"
-        else:
+        sample, source = _sample(own, pooled, rule.min_impostors)
+        if sample is None:
             result[brand] = {"threshold": rule.default, "source": "default", "impostors": int(len(own))}
             continue
         q = float(np.quantile(sample, rule.quantile))
@@ -80,6 +77,16 @@ def calibrate_thresholds(
             "impostor_max": round(float(sample.max()), 4),
         }
     return result
+
+
+def _sample(own: np.ndarray, pooled: np.ndarray, enough: int) -> tuple[np.ndarray | None, str]:
+    """The impostor scores a brand is calibrated on: its own when there are ``enough``, else every
+    brand's pooled, else none (the rule's default applies)."""
+    if len(own) >= enough:
+        return own, "brand"
+    if len(pooled) >= enough:
+        return pooled, "pooled"
+    return None, "default"
 
 
 @dataclass(frozen=True)
@@ -103,11 +110,8 @@ def calibrate_counts(counts_by_brand: dict[str, np.ndarray], rule: CountRule = C
     result = {}
     for brand, own in counts_by_brand.items():
         own = np.asarray(own, np.float64)
-        if len(own) >= rule.min_impostors:
-            sample, source = own, "brand"
-        elif len(pooled) >= rule.min_impostors:
-            sample, source = pooled, "pooled"
-        else:
+        sample, source = _sample(own, pooled, rule.min_impostors)
+        if sample is None:
             result[brand] = {"product_inliers": rule.default, "product_source": "default", "product_impostors": int(len(own))}
             continue
         needed = max(rule.floor, int(np.ceil(np.quantile(sample, rule.quantile))) + rule.margin)

@@ -265,3 +265,22 @@ def test_only_marks_a_brands_photos_show_are_searched_by_shape():
     index = ReferenceIndex(Path("idx"), {}, {"Acme": entry})
     assert shape_levels(index) == {("Acme", "unseen.png"): None, ("Acme", "seen.png"): 0.7, ("Acme", "busy.png"): None}
     assert marked_brands(index) == {"Acme"}
+
+
+def test_a_mark_without_a_drawing_is_a_row_error_and_a_one_pixel_mark_still_builds(marked_shop, tmp_path):
+    Image.new("RGB", (300, 300), "white").save(tmp_path / "blank.png")
+    Image.new("RGBA", (200, 200), (0, 0, 0, 0)).save(tmp_path / "clear.png")
+    Image.new("RGB", (1, 1), "red").save(tmp_path / "dot.png")
+    marks = write_csv(tmp_path / "marks.csv", ["brand", "image"],
+                      [["Acme", "blank.png"], ["Borel", "clear.png"], ["Borel", "dot.png"]])
+    catalog = write_csv(tmp_path / "catalog.csv", ["brand", "product_id", "image", "price", "currency"],
+                        [["Acme", "ACME-1", str(marked_shop / "acme-ref.png"), "100", "USD"],
+                         ["Borel", "BOR-1", str(marked_shop / "borel-ref.png"), "100", "USD"]])
+    with pytest.raises(UserError) as failed:
+        build_index(catalog, tmp_path / "idx", marks=marks, allow_outside_paths=True, device="cpu")
+    assert "marks.csv line 2: mark blank.png has no drawing" in str(failed.value)
+    assert "marks.csv line 3: mark clear.png has no drawing" in str(failed.value)
+    assert "line 4" not in str(failed.value)
+    info = build_index(catalog, tmp_path / "idx", marks=marks, allow_outside_paths=True, skip_bad_rows=True,
+                       device="cpu")
+    assert info.manifest["brands"]["Borel"]["marks"] == 1
