@@ -350,7 +350,7 @@ def _run_scan(detector, listings: Path, out_dir: Path, **options) -> None:
     h = s.summary["history"]
     if h:
         out.print(f"history {escape(h['file'])}, night {h['night']}: {h['repeat_offenders']} repeat offender(s),"
-                  f" {h['comeback_sellers']} probable comeback seller(s)")
+                  f" {h['comeback_sellers']} probable comeback seller(s), {h['cleared_by_review']} listing(s) cleared by review")
     for name in ("decisions.jsonl", "flagged.csv", "summary.json"):
         out.print(f"  {escape(str(out_dir / name))}")
     out.print(f"Report: {escape(str(s.report))}")
@@ -502,6 +502,71 @@ def prevalence(
         else:
             table.add_row(name, f"{got['value']:.1f}", f"{got['low']:.1f} – {got['high']:.1f}")
     out.print(table)
+
+
+# --- review workbench -------------------------------------------------------------------------
+
+review_app = typer.Typer(
+    help="Review a finished scan's flags in a browser, and export the labels (docs/review.md).",
+    no_args_is_help=True,
+)
+app.add_typer(review_app, name="review")
+
+
+@review_app.command("serve")
+@friendly_errors
+def review_serve(
+    out_dir: Path = typer.Argument(..., help="OUT_DIR of a finished `counterfeit scan` (and of `counterfeit sample`, if run)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; the default is this machine only."),
+    port: int = typer.Option(8765, "--port", min=0, max=65535, help="Port to listen on (0: any free port)."),
+    token: Optional[str] = typer.Option(None, "--token", help="The access token; a random one when not given.", envvar="COUNTERFEIT_REVIEW_TOKEN"),
+) -> None:
+    """Serve the review workbench on a finished scan and print the address to open.
+
+    The page shows the flagged listings, highest risk first, then the review sample: the listing
+    photo beside the matched reference, the facts and the findings. Label with the keyboard
+    (c counterfeit, g genuine, u unsure; j/k or arrows move). Every label is saved in
+    OUT_DIR/review/labels.sqlite before the page hears back. Scripts may use the JSON API with
+    `Authorization: Bearer TOKEN`. Stop with Ctrl+C; then `counterfeit review export`.
+    """
+    from detector.review_server import Workbench, bind, create_app, new_token, serve
+
+    secret = token if token is not None else new_token()
+    bench = Workbench(out_dir, secret)
+    sock = bind(host, port)
+    bound_host, bound_port = sock.getsockname()[:2]
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    out.print(f"Reviewing {escape(str(out_dir))}: {len(bench.queue.items):,} listing(s) in the queue.")
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        err.print(f"[yellow]warning:[/] listening on {escape(host)}: anyone who can reach this machine and holds the token can label")
+    out.print(f"Open: http://{shown}:{bound_port}/?token={secret}", soft_wrap=True)
+    out.print("Press Ctrl+C to stop.")
+    sys.stdout.flush()
+    try:
+        serve(create_app(bench), sock)
+    except KeyboardInterrupt:
+        pass
+    saved = len(bench.store.latest())
+    out.print(f"Stopped. {saved:,} listing(s) labelled in {escape(str(bench.store.path))};"
+              f" next: counterfeit review export {escape(str(out_dir))} --out labels.csv")
+
+
+@review_app.command("export")
+@friendly_errors
+def review_export(
+    out_dir: Path = typer.Argument(..., help="OUT_DIR of the reviewed scan."),
+    target: Path = typer.Option(..., "--out", help="CSV file to write: one row per labelled listing, its latest label."),
+) -> None:
+    """Write the reviewers' labels as a CSV that `counterfeit prevalence OUT_DIR --labels` reads.
+
+    Columns: review_id (filled for listings of the review sample, which the estimate weighs),
+    listing_id, label, reviewer, labelled_at (UTC), changes (how many times it was labelled).
+    """
+    from detector.labels import export
+
+    count = export(out_dir, target)
+    out.print(f"{count:,} labelled listing(s) written to {escape(str(target))}")
+    out.print(f"Next: counterfeit prevalence {escape(str(out_dir))} --labels {escape(str(target))}")
 
 
 # --- demo -------------------------------------------------------------------------------------

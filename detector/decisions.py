@@ -50,10 +50,13 @@ FINDINGS = {
     "seller_not_authorised": "the seller is not on the matched brand's list of authorised sellers",
     "title_cue": "the title carries counterfeit cues (replica, AAA, 1:1, …)",
     "brand_misspelt": "the title spells the matched brand's name evasively (N1ke, adidass, g-u-c-c-i, Addidas)",
-    "repeat_offender": "the seller had listings flagged on earlier nights (scan --history)",
+    "repeat_offender": "the seller had listings flagged, or confirmed counterfeit by review, on earlier nights"
+                       " (scan --history)",
     "comeback": "a seller never seen before uses the same photo as a listing flagged earlier under another seller"
                 " id (scan --history)",
     # remarks (weight 0): why a fact could not be checked, or how a listing was read
+    "cleared_by_review": "a reviewer labelled this seller's same photo genuine on an earlier night, so it is not"
+                         " flagged again (scan --history)",
     "price_missing": "the listing gives no price, so the price is not compared",
     "price_unreadable": "the listing's price is not a usable number, so the price is not compared",
     "currency_missing": "the listing gives a price but no currency, so the price is not compared",

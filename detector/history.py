@@ -9,6 +9,13 @@ nights from it, before deciding, for two signals (:class:`PriorEvidence`):
   cosine similarity at or above the policy's ``link_similarity``) as a photo of a listing
   flagged on an earlier night under another seller id.
 
+It also carries reviewers' verdicts back into the next night. Before reading, it copies the
+latest labels of every earlier night's ``OUT_DIR/review/labels.sqlite`` (`counterfeit review`)
+into its ``reviews`` table, so they outlive the scan folders. A listing labelled genuine is no
+flag any more (not for repeat offenders, not for comebacks), and its photo, listed again by the
+same seller, is **cleared by review**; a listing labelled counterfeit is a **confirmed offence**
+of its seller.
+
 Recording a night replaces an earlier record of the same night and OUT_DIR, so a rerun or a
 resumed scan does not count twice. The night's rows are written in one transaction, committed
 only after the scan's outputs are; scans sharing a history file record one at a time (a
@@ -29,6 +36,7 @@ import numpy as np
 
 from detector.errors import UserError
 from detector.evidence import unit_vector
+from detector.labels import read_latest
 from index.files import utc_now
 from index.search import build_faiss_index
 
@@ -40,11 +48,16 @@ CREATE TABLE IF NOT EXISTS listings (scan_id INTEGER NOT NULL, listing_id TEXT N
     PRIMARY KEY (scan_id, listing_id));
 CREATE TABLE IF NOT EXISTS photos (scan_id INTEGER NOT NULL, listing_id TEXT NOT NULL, seller_id TEXT,
     digest TEXT, vector BLOB);
+CREATE TABLE IF NOT EXISTS reviews (scan_id INTEGER NOT NULL, listing_id TEXT NOT NULL, label TEXT NOT NULL,
+    reviewer TEXT, at TEXT, PRIMARY KEY (scan_id, listing_id));
 CREATE INDEX IF NOT EXISTS listings_seller ON listings (seller_id);
 CREATE INDEX IF NOT EXISTS photos_digest ON photos (digest);
 CREATE INDEX IF NOT EXISTS photos_seller ON photos (seller_id);
 """
 SEARCH_CHUNK = 4096
+NOT_CLEARED = ("NOT EXISTS (SELECT 1 FROM reviews r WHERE r.scan_id = l.scan_id AND r.listing_id = l.listing_id"
+               " AND r.label = 'genuine')")
+"""A listing's flag still stands: no reviewer has labelled it genuine since."""
 
 
 def parse_night(text: str | None) -> str:
@@ -72,6 +85,21 @@ class PhotoLink:
                 "similarity": round(self.similarity, 4), "same_file": self.same_file}
 
 
+@dataclass(frozen=True)
+class ClearedPhoto:
+    """Tonight's photo is the same photo as one of an earlier listing a reviewer labelled genuine."""
+
+    seller_id: str
+    night: str
+    listing_id: str
+    reviewed: str  # the label's date, YYYY-MM-DD (UTC)
+    reviewer: str
+
+    def as_record(self) -> dict:
+        return {"seller_id": self.seller_id, "night": self.night, "listing_id": self.listing_id,
+                "reviewed": self.reviewed, "reviewer": self.reviewer}
+
+
 @dataclass
 class PriorEvidence:
     """What earlier nights say about tonight's sellers and photos (read before deciding)."""
@@ -80,9 +108,19 @@ class PriorEvidence:
     flagged_nights: dict[str, list[str]] = field(default_factory=dict)  # seller → nights with a flag
     known_sellers: set[str] = field(default_factory=set)
     links: dict[int, list[PhotoLink]] = field(default_factory=dict)  # state row → matching flagged photos
+    confirmed: dict[str, list[dict]] = field(default_factory=dict)  # seller → listings confirmed counterfeit
+    cleared: dict[int, list[ClearedPhoto]] = field(default_factory=dict)  # state row → photos cleared by review
 
     def prior_flags(self, seller_id: str | None) -> list[str]:
         return self.flagged_nights.get(seller_id, []) if seller_id is not None else []
+
+    def confirmed_offences(self, seller_id: str | None) -> list[dict]:
+        """The seller's listings that reviewers confirmed counterfeit on earlier nights."""
+        return self.confirmed.get(seller_id, []) if seller_id is not None else []
+
+    def cleared_for(self, row: int, seller_id: str | None) -> ClearedPhoto | None:
+        """The review that cleared this photo of this seller on an earlier night, if any."""
+        return next((c for c in self.cleared.get(row, []) if c.seller_id == seller_id), None)
 
     def comebacks(self, row: int, seller_id: str | None) -> list[PhotoLink]:
         """Links of a seller never seen before to photos of other sellers flagged earlier."""
@@ -127,6 +165,43 @@ class _Connection:
         self.conn.close()
 
 
+class _PhotoSet:
+    """Earlier nights' photos, rows of ``(seller, night, listing_id, digest, vector, …)``, searchable
+    for tonight's photos by content hash and by whole-image embedding."""
+
+    def __init__(self, items: list[tuple]):
+        self.items = items
+        self.by_digest: dict[str, list[tuple]] = {}
+        for item in items:
+            self.by_digest.setdefault(item[3], []).append(item)
+        self.with_vectors = [item for item in items if item[4] is not None]
+        self.index = (build_faiss_index(np.stack([unit_vector(item[4]) for item in self.with_vectors]), "flat")
+                      if self.with_vectors else None)
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+    def same_photos(self, chunk: list[tuple], link_similarity: float) -> dict[int, list[tuple[tuple, float, bool]]]:
+        """For each (row, digest, vector) of ``chunk``: the earlier photos that are the same photo,
+        as (item, similarity, same file), at most one per earlier listing."""
+        found: dict[int, list[tuple[tuple, float, bool]]] = {}
+        for row, digest, _ in chunk:
+            for item in self.by_digest.get(digest, []):
+                found.setdefault(row, []).append((item, 1.0, True))
+        queried = [(row, vector) for row, _, vector in chunk if vector is not None]
+        if self.index is None or not queried:
+            return found
+        similarities, ids = self.index.search(np.stack([v for _, v in queried]), min(8, self.index.ntotal))
+        for (row, _), sims, hits in zip(queried, similarities, ids):
+            seen = {item[2] for item, _, _ in found.get(row, [])}
+            for sim, i in zip(sims, hits):
+                if i < 0 or sim < link_similarity or self.with_vectors[i][2] in seen:
+                    continue
+                found.setdefault(row, []).append((self.with_vectors[i], float(sim), False))
+                seen.add(self.with_vectors[i][2])
+        return found
+
+
 class ScanHistory:
     """The history file: open (created when missing), read earlier nights, record a night."""
 
@@ -139,50 +214,66 @@ class ScanHistory:
 
     # --- before deciding ---------------------------------------------------------------------
 
+    def sync_reviews(self, night: str) -> int:
+        """Copy the latest review labels of every night before ``night`` from its OUT_DIR into the
+        history (a folder moved away keeps what was copied before); the number of labels read."""
+        scans = self.db.execute("SELECT scan_id, out_dir FROM scans WHERE night < ? AND recorded IS NOT NULL",
+                                (night,)).fetchall()
+        found = 0
+        for scan_id, out_dir in scans:
+            try:
+                latest = read_latest(Path(out_dir))
+            except UserError:
+                continue  # unreadable labels: keep what the history already holds
+            if not latest:
+                continue
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.executemany("INSERT OR REPLACE INTO reviews VALUES (?,?,?,?,?)",
+                                [(scan_id, x.listing_id, x.label, x.reviewer, x.at) for x in latest.values()])
+            self.db.execute("COMMIT")
+            found += len(latest)
+        return found
+
     def prior_evidence(self, night: str, photos: Iterable[tuple[int, str | None, np.ndarray | None]],
                        link_similarity: float) -> PriorEvidence:
-        """Earlier nights' flags and sellers, and for each of tonight's ``photos`` (state row,
-        content hash, whole-image vector) the flagged photos it is the same photo as."""
+        """Earlier nights' flags, sellers and reviews, and for each of tonight's ``photos`` (state
+        row, content hash, whole-image vector) the flagged photos it is the same photo as, and
+        the photos reviewers cleared that it is."""
+        self.sync_reviews(night)
         prior = PriorEvidence(night)
         for seller, nights in self.db.execute(
             "SELECT l.seller_id, group_concat(DISTINCT s.night) FROM listings l JOIN scans s USING (scan_id)"
-            " WHERE s.night < ? AND l.verdict = 'flagged' AND l.seller_id IS NOT NULL GROUP BY l.seller_id", (night,)
+            f" WHERE s.night < ? AND l.verdict = 'flagged' AND l.seller_id IS NOT NULL AND {NOT_CLEARED}"
+            " GROUP BY l.seller_id", (night,)
         ):
             prior.flagged_nights[seller] = sorted(nights.split(","))
         prior.known_sellers = {seller for (seller,) in self.db.execute(
             "SELECT DISTINCT l.seller_id FROM listings l JOIN scans s USING (scan_id) WHERE s.night < ?", (night,))}
-        flagged = self.db.execute(
+        for seller, when, listing_id, at in self.db.execute(
+            "SELECT l.seller_id, s.night, l.listing_id, r.at FROM reviews r JOIN listings l USING (scan_id, listing_id)"
+            " JOIN scans s USING (scan_id) WHERE s.night < ? AND r.label = 'counterfeit' AND l.seller_id IS NOT NULL"
+            " ORDER BY s.night, l.listing_id", (night,)
+        ):
+            prior.confirmed.setdefault(seller, []).append({"night": when, "listing_id": listing_id, "reviewed": at[:10]})
+        flagged = _PhotoSet(self.db.execute(
             "SELECT p.seller_id, s.night, p.listing_id, p.digest, p.vector FROM photos p"
             " JOIN listings l ON l.scan_id = p.scan_id AND l.listing_id = p.listing_id"
-            " JOIN scans s ON s.scan_id = p.scan_id WHERE s.night < ? AND l.verdict = 'flagged'", (night,)
-        ).fetchall()
-        if not flagged:
+            f" JOIN scans s ON s.scan_id = p.scan_id WHERE s.night < ? AND l.verdict = 'flagged' AND {NOT_CLEARED}",
+            (night,)).fetchall())
+        cleared = _PhotoSet(self.db.execute(
+            "SELECT p.seller_id, s.night, p.listing_id, p.digest, p.vector, r.at, r.reviewer FROM reviews r"
+            " JOIN photos p ON p.scan_id = r.scan_id AND p.listing_id = r.listing_id"
+            " JOIN scans s ON s.scan_id = r.scan_id WHERE s.night < ? AND r.label = 'genuine'", (night,)).fetchall())
+        if not flagged and not cleared:
             return prior
-        by_digest: dict[str, list[tuple]] = {}
-        for item in flagged:
-            by_digest.setdefault(item[3], []).append(item)
-        with_vectors = [item for item in flagged if item[4] is not None]
-        index = None
-        if with_vectors:
-            index = build_faiss_index(np.stack([unit_vector(item[4]) for item in with_vectors]), "flat")
         photos = iter(photos)
         while chunk := list(itertools.islice(photos, SEARCH_CHUNK)):
-            for row, digest, _ in chunk:
-                for seller, when, listing_id, *_ in by_digest.get(digest, []):
-                    prior.links.setdefault(row, []).append(PhotoLink(seller, when, listing_id, 1.0, True))
-            queried = [(row, vector) for row, _, vector in chunk if vector is not None]
-            if index is None or not queried:
-                continue
-            similarities, found = index.search(np.stack([v for _, v in queried]), min(8, index.ntotal))
-            for (row, _), sims, ids in zip(queried, similarities, found):
-                seen = {link.listing_id for link in prior.links.get(row, [])}
-                for sim, i in zip(sims, ids):
-                    if i < 0 or sim < link_similarity:
-                        continue
-                    seller, when, listing_id, *_ = with_vectors[i]
-                    if listing_id not in seen:
-                        prior.links.setdefault(row, []).append(PhotoLink(seller, when, listing_id, float(sim), False))
-                        seen.add(listing_id)
+            for row, found in flagged.same_photos(chunk, link_similarity).items():
+                prior.links[row] = [PhotoLink(seller, when, listing_id, similarity, same)
+                                    for (seller, when, listing_id, *_), similarity, same in found]
+            for row, found in cleared.same_photos(chunk, link_similarity).items():
+                prior.cleared[row] = [ClearedPhoto(seller, when, listing_id, (at or "")[:10], reviewer or "")
+                                      for (seller, when, listing_id, _, _, at, reviewer), _, _ in found]
         return prior
 
     # --- after deciding ----------------------------------------------------------------------
@@ -192,7 +283,7 @@ class ScanHistory:
         self.db.execute("BEGIN IMMEDIATE")
         key = str(Path(out_dir).resolve())
         for (scan_id,) in self.db.execute("SELECT scan_id FROM scans WHERE night = ? AND out_dir = ?", (night, key)).fetchall():
-            for table in ("photos", "listings", "scans"):
+            for table in ("photos", "listings", "reviews", "scans"):
                 self.db.execute(f"DELETE FROM {table} WHERE scan_id = ?", (scan_id,))
         return self.db.execute("INSERT INTO scans (night, out_dir) VALUES (?, ?)", (night, key)).lastrowid
 

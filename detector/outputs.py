@@ -35,6 +35,11 @@ def csv_safe(value) -> str | float | int:
     return "'" + text if text.startswith(_FORMULA_START) else text
 
 
+def csv_text(cell: str) -> str:
+    """The text :func:`csv_safe` was given for a string cell (its ``'`` guard taken off)."""
+    return cell[1:] if cell.startswith("'") and cell[1:].startswith(_FORMULA_START) else cell
+
+
 def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[float, float]:
     """Wilson score interval for a binomial proportion (95% by default)."""
     if trials <= 0:

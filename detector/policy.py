@@ -88,6 +88,7 @@ class HistoryRules:
     prior_flag_weight: float
     comeback_weight: float
     link_similarity: float
+    confirmed_weight: float
 
 
 @dataclass(frozen=True)
@@ -211,6 +212,7 @@ def _policy_from(config: dict) -> Policy:
             prior_flag_weight=_number(history, "prior_flag_weight", "history", 0.0, 1.0),
             comeback_weight=_number(history, "comeback_weight", "history", 0.0, 1.0),
             link_similarity=_number(history, "link_similarity", "history", 0.0, 1.0),
+            confirmed_weight=_number(history, "confirmed_weight", "history", 0.0, 1.0),
         ),
         brands=brands,
     )
@@ -284,6 +286,8 @@ class Listing:
     notes: list[tuple[str, str]] = field(default_factory=list)
     prior_flags: list[str] = field(default_factory=list)  # earlier nights this seller was flagged (--history)
     comebacks: list[dict] = field(default_factory=list)  # flagged photos of other sellers this photo is
+    confirmed: list[dict] = field(default_factory=list)  # this seller's listings reviewers confirmed counterfeit
+    cleared: dict | None = None  # the review that labelled this seller's same photo genuine on an earlier night
 
 
 @dataclass
@@ -467,15 +471,28 @@ def visual_confidence(best: Ranked, verification: Verification) -> float:
 def history_findings(listing: Listing, comeback: list[dict], rules: HistoryRules) -> list[Finding]:
     """What earlier nights say about this listing: a repeat offender, a probable comeback."""
     found = []
-    if listing.prior_flags:
-        nights = listing.prior_flags
-        found.append(Finding("repeat_offender", rules.prior_flag_weight,
-                             f"seller {listing.seller_id!r} was flagged on {len(nights)} earlier night(s), last {nights[-1]}"))
+    if listing.prior_flags or listing.confirmed:
+        said, weight = [], 0.0
+        if listing.prior_flags:
+            nights = listing.prior_flags
+            said.append(f"was flagged on {len(nights)} earlier night(s), last {nights[-1]}")
+            weight = rules.prior_flag_weight
+        if listing.confirmed:
+            last = listing.confirmed[-1]
+            said.append(f"had {len(listing.confirmed)} listing(s) confirmed counterfeit by review, last"
+                        f" {last['listing_id']} of {last['night']} (reviewed {last['reviewed']})")
+            weight = max(weight, rules.confirmed_weight)
+        found.append(Finding("repeat_offender", weight, f"seller {listing.seller_id!r} " + " and ".join(said)))
     for link in comeback[:1]:
         how = "the same file" if link["same_file"] else f"similarity {link['similarity']:.2f}"
         found.append(Finding("comeback", rules.comeback_weight,
                              f"photos match seller {link['seller_id']!r} flagged on {link['night']}"
                              f" (listing {link['listing_id']}, {how}): a probable comeback"))
+    if listing.cleared:
+        c = listing.cleared
+        found.append(Finding("cleared_by_review", 0.0,
+                             f"cleared by review on {c['reviewed']}: this seller's same photo (listing {c['listing_id']}"
+                             f" of {c['night']}) was labelled genuine by {c['reviewer']!r}; not flagged again"))
     return found
 
 
@@ -648,7 +665,7 @@ def decide(
     decision.findings, decision.seller_authorized = facts.findings, facts.seller_authorized
     decision.price_ratio = None if facts.price_ratio is None else round(facts.price_ratio, 4)
     decision.score = score(visual_confidence(best, policy.verification), facts.findings)
-    if decision.visual_match and any(f.weight > 0 for f in facts.findings):
+    if decision.visual_match and any(f.weight > 0 for f in facts.findings) and not listing.cleared:
         decision.verdict = FLAGGED
     consistent = None
     if decision.visual_match:

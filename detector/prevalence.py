@@ -163,7 +163,9 @@ def parse_label(text: str) -> bool | None:
 
 
 def read_labels(path: Path, strata_of: dict[str, str]) -> dict[str, bool]:
-    """review_id → counterfeit? from a reviewed copy of sample.csv (or any CSV with review_id, label)."""
+    """review_id → counterfeit? from a reviewed copy of sample.csv (or any CSV with review_id, label,
+    such as `counterfeit review export` writes: its rows without a review_id, labels of listings
+    outside the sample, are not part of the estimate)."""
     try:
         with open(path, encoding="utf-8-sig", newline="") as fh:
             reader = csv.DictReader(fh)
@@ -173,6 +175,8 @@ def read_labels(path: Path, strata_of: dict[str, str]) -> dict[str, bool]:
             labels: dict[str, bool] = {}
             for line, row in enumerate(reader, start=2):
                 review_id = (row["review_id"] or "").strip()
+                if not review_id and row.get("listing_id"):  # `review export`: a label outside the sample
+                    continue
                 if review_id not in strata_of:
                     raise UserError(f"{path} line {line}: review_id {review_id!r} is not in this scan's sample")
                 if review_id in labels:

@@ -19,22 +19,23 @@ THUMB_SIZE = 240
 REPORT_LIMIT = 2000
 
 
-def make_thumbnail(source: str | None, out_dir: Path) -> str | None:
-    """A small JPEG of ``source`` in ``out_dir/thumbs``; returns its relative path, or None."""
+def make_thumbnail(source: str | None, out_dir: Path, size: int = THUMB_SIZE, folder: str = "thumbs") -> str | None:
+    """A JPEG of ``source`` at most ``size`` pixels wide and high, in ``out_dir/folder``; returns
+    its path relative to ``out_dir``, or None."""
     if not source:
         return None
     path = Path(source)
     try:
         stat = path.stat()
-        name = hashlib.sha256(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:24] + ".jpg"
-        target = out_dir / "thumbs" / name
+        name = hashlib.sha256(f"{path}:{stat.st_size}:{stat.st_mtime_ns}:{size}".encode()).hexdigest()[:24] + ".jpg"
+        target = out_dir / folder / name
         if not target.exists():
-            image = decode_image(read_image_bytes(path), draft=THUMB_SIZE)
-            image.thumbnail((THUMB_SIZE, THUMB_SIZE))
-            target.parent.mkdir(exist_ok=True)
+            image = decode_image(read_image_bytes(path), draft=size)
+            image.thumbnail((size, size))
+            target.parent.mkdir(parents=True, exist_ok=True)
             with replacing(target) as tmp:
                 image.save(tmp, "JPEG", quality=80)
-        return f"thumbs/{name}"
+        return f"{folder}/{name}"
     except Exception:  # noqa: BLE001 - a missing preview must never stop the report
         return None
 

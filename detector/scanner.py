@@ -367,6 +367,7 @@ def _finalise(listings, index, embedder, policy, out_dir, state, authorized_over
         prior = history.prior_evidence(night, photos, policy.history.link_similarity)
     repeat_offenders: set[str] = set()
     comebacks: list[dict] = []
+    cleared_by_review = 0
     writer = DecisionWriter(out_dir)
     try:
         scan_id = history.begin_night(night, out_dir) if history is not None else None
@@ -377,7 +378,10 @@ def _finalise(listings, index, embedder, policy, out_dir, state, authorized_over
                                 price=row["price"], currency=row["currency"], image=row["image"],
                                 notes=[(code, text) for code, text in json.loads(row["notes"] or "[]")],
                                 prior_flags=prior.prior_flags(row["seller_id"]),
-                                comebacks=[link.as_record() for link in prior.comebacks(row["row"], row["seller_id"])])
+                                comebacks=[link.as_record() for link in prior.comebacks(row["row"], row["seller_id"])],
+                                confirmed=prior.confirmed_offences(row["seller_id"]),
+                                cleared=cleared.as_record() if (cleared := prior.cleared_for(row["row"], row["seller_id"]))
+                                else None)
                 if row["error"]:
                     decisions.append(error_decision(facts, row["error"], row["error_code"]))
                     continue
@@ -394,8 +398,9 @@ def _finalise(listings, index, embedder, policy, out_dir, state, authorized_over
             n_rows += len(rows)
             n_images += len(paths)
             verdicts[decision.verdict] += 1
-            if decision.verdict == FLAGGED and decision.prior_flags:
+            if decision.verdict == FLAGGED and any(f.code == "repeat_offender" for f in decision.findings):
                 repeat_offenders.add(decision.seller_id)
+            cleared_by_review += any(f.code == "cleared_by_review" for f in decision.findings)
             if decision.comeback and len(comebacks) < REPORT_LIMIT:
                 comebacks.append({"listing_id": listing_id, "seller_id": decision.seller_id, "verdict": decision.verdict,
                                   "brand": decision.brand, "links": decision.comeback})
@@ -426,6 +431,7 @@ def _finalise(listings, index, embedder, policy, out_dir, state, authorized_over
             "night": night,
             "repeat_offenders": len(repeat_offenders),
             "comeback_sellers": len({c["seller_id"] for c in comebacks}),
+            "cleared_by_review": cleared_by_review,
             "comebacks": comebacks,
             "trend": history.trend(),
         }

@@ -108,6 +108,22 @@ def read_manifest(index_dir: Path) -> dict:
     return manifest
 
 
+def reference_files(index_dir: Path) -> dict[tuple[str, str], str]:
+    """(brand, catalogue image as the catalogue names it) → the reference photo's file, read from
+    the product tables alone (no vectors or FAISS index loaded): what a reviewer is shown."""
+    manifest = read_manifest(index_dir)
+    found = {}
+    for brand, entry in manifest["brands"].items():
+        try:
+            table = json.loads((Path(index_dir) / DATA / entry["files"]["meta"]["name"]).read_text(encoding="utf-8"))
+        except (OSError, KeyError, ValueError):
+            continue
+        for product in table.get("products", []):
+            if product.get("image") and product.get("image_path"):
+                found[(brand, product["image"])] = product["image_path"]
+    return found
+
+
 def _manifest_digest(manifest: dict) -> str:
     """SHA-256 of the manifest's content without its own checksum, in a canonical form."""
     body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}

@@ -52,6 +52,39 @@ def demo_index(demo_data, tmp_path_factory):
     return out
 
 
+HOSTILE_TITLE = 'Aurora <img src=x id=injected> "replica" AAA'
+"""A listing title that would run markup if any page wrote it as HTML."""
+
+
+@pytest.fixture(scope="session")
+def review_scan(demo_data, demo_index, tmp_path_factory):
+    """A finished scan of the demo dump (its first title made hostile) with a review sample of 12:
+    what `counterfeit review` works on. Tests that label must copy it first (see copy_scan)."""
+    import csv
+
+    from detector import Detector
+    from detector.sampling import draw_sample
+
+    folder = tmp_path_factory.mktemp("review")
+    with open(demo_data.listings, newline="") as fh:
+        rows = list(csv.reader(fh))
+    rows[1][2] = HOSTILE_TITLE
+    table = demo_data.folder / "review-listings.csv"
+    with open(table, "w", newline="") as fh:
+        csv.writer(fh).writerows(rows)
+    out = folder / "scan"
+    with Detector.open(demo_index, device="cpu", cache=False) as detector:
+        detector.scan(table, out)
+    draw_sample(out, 12, seed=1)
+    return out
+
+
+def copy_scan(source: Path, target: Path) -> Path:
+    """A private copy of a finished scan folder (its progress database and review files included)."""
+    shutil.copytree(source, target)
+    return target
+
+
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300):
     """Run the real console entry point in a fresh process, as a user would."""
     return subprocess.run(

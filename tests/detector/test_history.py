@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 import io
 import json
 
@@ -131,3 +132,46 @@ def test_history_commands_explain_a_missing_file_and_a_bad_night(tmp_path, demo_
                                  str(tmp_path / "o2"), "--history", str(garbage), "--no-cache"])
     assert broken.exit_code != 0 and f"scan history {garbage}" in broken.output
     assert "progress" not in broken.output and "Traceback" not in broken.output
+
+
+def test_reviewers_labels_carry_into_the_next_night(nights, demo_index, tmp_path):
+    from detector.labels import LabelStore
+
+    history = tmp_path / "history.sqlite"
+    scan_night(nights, demo_index, NIGHT1, history, tmp_path / "n1")
+    store = LabelStore(tmp_path / "n1")
+    store.add("N1-1", "counterfeit", "ann")
+    store.add("N1-1", "genuine", "bo")  # a change of mind: the latest label counts
+    store.close()
+    night3 = "2026-11-03"
+    with open(nights / f"{night3}.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([["listing_id", "seller_id", "title", "price", "currency", "image"],
+                                  ["N3-1", "shop-a", "Aurora replica AAA", "20.00", "USD", "n1-shop-a.jpg"],
+                                  ["N3-2", "shop-c", "Aurora replica AAA", "20.00", "USD", "n1-shop-a.jpg"]])
+    printed, third, summary = scan_night(nights, demo_index, night3, history, tmp_path / "n3")
+    cleared = third["N3-1"]
+    assert cleared["verdict"] == "clear" and cleared["visual_match"]
+    finding = next(f for f in cleared["findings"] if f["code"] == "cleared_by_review")
+    assert finding["weight"] == 0 and "cleared by review on 20" in finding["text"] and "'bo'" in finding["text"]
+    assert "repeat_offender" not in [f["code"] for f in cleared["findings"]]  # a cleared flag is no offence
+    other = third["N3-2"]  # the same photo from another seller is not cleared, and no comeback of a cleared flag
+    assert other["verdict"] == "flagged" and not other["comeback"]
+    assert "cleared_by_review" not in [f["code"] for f in other["findings"]]
+    assert summary["history"]["cleared_by_review"] == 1 and "1 listing(s) cleared by review" in printed.output
+
+
+def test_a_confirmed_counterfeit_makes_a_repeat_offender(nights, demo_index, tmp_path):
+    from detector.labels import LabelStore
+
+    history = tmp_path / "history.sqlite"
+    scan_night(nights, demo_index, NIGHT1, history, tmp_path / "n1")
+    store = LabelStore(tmp_path / "n1")
+    store.add("N1-1", "counterfeit", "ann")
+    store.close()
+    _, second, _ = scan_night(nights, demo_index, NIGHT2, history, tmp_path / "n2")
+    repeat = next(f for f in second["N2-2"]["findings"] if f["code"] == "repeat_offender")
+    assert second["N2-2"]["verdict"] == "flagged" and repeat["weight"] == 0.9
+    assert "1 listing(s) confirmed counterfeit by review, last N1-1 of 2026-11-01" in repeat["text"]
+    shutil.rmtree(tmp_path / "n1")  # the labels were copied into the history: they outlive the scan folder
+    _, again, _ = scan_night(nights, demo_index, NIGHT2, history, tmp_path / "n2")
+    assert next(f for f in again["N2-2"]["findings"] if f["code"] == "repeat_offender")["weight"] == 0.9
