@@ -158,6 +158,7 @@ def candidates(
                 inliers=None if outcome is None else outcome.inliers,
                 alignment=None if outcome is None else outcome.alignment,
                 unique=None if outcome is None else outcome.unique,
+                colour=None if outcome is None else outcome.colour,
             )
         )
     return found

@@ -60,10 +60,15 @@ class Verification:
 @dataclass(frozen=True)
 class ProductRules:
     """When local features recognise a new photo of a product (the ``product`` visual state):
-    ``inliers`` is the number every brand needs, or ``None`` for each brand's calibrated one."""
+    ``inliers`` is the number every brand needs, or ``None`` for each brand's calibrated one.
+    Among the first candidate's siblings with at least ``colour_ratio`` of its unique keypoints,
+    the one with the best unique share plus ``colour_weight`` times its colour agreement comes
+    first (0: colour is not used)."""
 
     enabled: bool
     inliers: int | None
+    colour_weight: float = 0.0
+    colour_ratio: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -201,6 +206,8 @@ def _policy_from(config: dict) -> Policy:
         product=ProductRules(
             enabled=bool(product["enabled"]),
             inliers=None if product["inliers"] == "calibrated" else int(_number(product, "inliers", "product", 1, 10_000)),
+            colour_weight=_number(product, "colour_weight", "product", 0.0, 1000.0),
+            colour_ratio=_number(product, "colour_ratio", "product", 0.0, 1.0),
         ),
         marks=MarkRules(
             enabled=bool(marks["enabled"]),
@@ -307,6 +314,7 @@ class Candidate:
     inliers: int | None = None  # matching keypoints from geometric verification; None if not verified
     alignment: float | None = None  # share of the reference's edges found in the photo once aligned
     unique: int | None = None  # of those keypoints, the ones that favour this reference over the other candidates
+    colour: float | None = None  # colour agreement once aligned, 0..1 (see detector.verify.colour_agreement)
 
 
 @dataclass
@@ -327,7 +335,7 @@ class Ranked:
     def as_match(self) -> Match:
         c = self.candidate
         return Match(brand=c.brand, product_id=c.product_id, similarity=c.similarity, threshold=self.threshold,
-                     visual_state=self.state, inliers=c.inliers, alignment=c.alignment, unique=c.unique,
+                     visual_state=self.state, inliers=c.inliers, alignment=c.alignment, unique=c.unique, colour=c.colour,
                      reference_image=c.reference_image, price=c.price, currency=c.currency)
 
 
@@ -430,7 +438,24 @@ def rank(candidates: list[Candidate], policy: Policy, sightings: list[Sighting] 
                 r.mark.inliers if r.state == MARK else 0,
                 r.candidate.similarity - r.threshold, r.candidate.similarity)
 
-    return sorted(judged, key=key, reverse=True)
+    return by_colour(sorted(judged, key=key, reverse=True), policy.product)
+
+
+def by_colour(ranked: list[Ranked], rules: ProductRules) -> list[Ranked]:
+    """Put first, among the first candidate's siblings (its brand, established by local features,
+    with at least ``colour_ratio`` of its unique keypoints), the one whose unique share plus
+    ``colour_weight`` times its colour agreement is highest: variants of one carton design share
+    most keypoints, and their colours tell them apart."""
+    first = ranked[0] if ranked else None
+    if rules.colour_weight <= 0 or first is None or first.state not in GEOMETRIC or not first.candidate.unique:
+        return ranked
+    top = first.candidate.unique
+    siblings = [r for r in ranked if r.state in GEOMETRIC and r.candidate.brand == first.candidate.brand
+                and (r.candidate.unique or 0) >= rules.colour_ratio * top and r.candidate.colour is not None]
+    if len(siblings) < 2:
+        return ranked
+    best = max(siblings, key=lambda r: r.candidate.unique / top + rules.colour_weight * r.candidate.colour)
+    return [best, *(r for r in ranked if r is not best)]
 
 
 def _with_marks(r: Ranked, rules: MarkRules, sightings: list[Sighting], marked: frozenset[str]) -> Ranked:

@@ -40,7 +40,7 @@ from index.files import file_sha256, utc_now
 from index.store import ReferenceIndex
 
 STATE_DIR = ".scan"
-STATE_VERSION = 8
+STATE_VERSION = 9
 
 
 @dataclass

@@ -12,6 +12,13 @@ the reference onto the listing. Two numbers are the evidence:
 - ``unique``: with several candidates verified together, the keypoints that match this one
   clearly better than any other candidate, in its layout. Sibling products of one brand share
   the logo and layout, so their plain inlier counts are close; the unique ones tell them apart.
+- ``colour``: how well the reference's colours, warped onto the listing, agree with the
+  listing's there (1 is the same colours), after each photo's channels are divided by their
+  mean over the matched region, so that shop light cancels out. Variants that differ mainly in
+  colour (vanilla and blueberry yoghurt in one carton design) share most keypoints; their
+  colours still differ. With several well-fitted candidates, each pixel counts as much as the
+  candidates' colours differ there: what all siblings share (the white carton, the logo) tells
+  nothing, the flavour picture tells which.
 
 A listing is also checked mirrored (sellers flip photos, and no rotation maps a mirror image).
 A pair where either photo has fewer than MIN_KEYPOINTS keypoints cannot be verified: flat
@@ -21,13 +28,14 @@ artwork gives no geometric evidence either way.
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
 
-VERIFIER_ID = "sift2000-c0.02-up512-ratio0.75-similarity-ransac4-mirror-edges256-homography-layout3-unique0.9px10-v7"
+VERIFIER_ID = ("sift2000-c0.02-up512-ratio0.75-similarity-ransac4-mirror-edges256-homography-layout3-unique0.9px10"
+               "-colour64-v8")
 MAX_SIDE = 512
 """Both photos are resized (up or down) so that their longer side is this long before SIFT: small
 photos and small pasted products then keep enough keypoints to verify."""
@@ -52,16 +60,31 @@ EDGE_LEVEL = 40.0
 EDGE_TOLERANCE = 5
 """A reference edge counts as found when the listing has an edge within this window (pixels)."""
 MIN_EDGE_PIXELS = 20
+COLOUR_SCALE = 8
+"""The colour thumbnails are the MAX_SIDE frame divided by this (64 pixels on the longer side):
+enough for the colour of a region, and 12 KB a reference at most."""
+MIN_COLOUR_PIXELS = 20
+"""Fewer matched colour-thumbnail pixels than this (a sliver of the reference in the photo) tell no colour."""
+WHITE_LEVEL = 235
+"""Reference pixels this bright in every channel are a product shot's white background, not the product."""
+SIBLING_SHARE = 0.3
+"""Candidates whose layout has at least this share of the best candidate's keypoints are compared
+colour against colour (weak fits, of unrelated products, would only add noise)."""
+
+
+NO_COLOUR = np.zeros((0, 0, 3), np.uint8)
 
 
 @dataclass
 class LocalFeatures:
-    """Keypoint positions (float32 [n, 2], in a MAX_SIDE frame), SIFT descriptors (uint8 [n, 128])
-    and the grey picture at half that frame (uint8 [h, w]), for checking edges once aligned."""
+    """Keypoint positions (float32 [n, 2], in a MAX_SIDE frame), SIFT descriptors (uint8 [n, 128]),
+    the grey picture at half that frame (uint8 [h, w]), for checking edges once aligned, and the
+    colour picture at 1/COLOUR_SCALE of it (uint8 [h, w, 3]), for comparing colours."""
 
     points: np.ndarray
     descriptors: np.ndarray
     thumbnail: np.ndarray
+    colour: np.ndarray = field(default_factory=lambda: NO_COLOUR)
 
     def __len__(self) -> int:
         return len(self.points)
@@ -96,7 +119,7 @@ def mirrored(features: LocalFeatures) -> LocalFeatures:
     verification fits a shift anyway)."""
     points = features.points.copy()
     points[:, 0] *= -1
-    return LocalFeatures(points, features.descriptors[:, _MIRROR], features.thumbnail)
+    return LocalFeatures(points, features.descriptors[:, _MIRROR], features.thumbnail, features.colour)
 
 
 class Outcome(NamedTuple):
@@ -105,11 +128,13 @@ class Outcome(NamedTuple):
     keypoints, or when the reference has too few edges to tell); and ``unique``, how many of the
     listing's keypoints match this reference better than every other candidate it was verified
     with, in the same layout (what tells a product from its siblings that share the brand's
-    logo and layout)."""
+    logo and layout); ``colour``, the colour agreement once aligned, in [0, 1], to 4 decimals
+    (``None`` below MIN_LAYOUT keypoints, or for too small a matched region)."""
 
     inliers: int
     alignment: float | None
     unique: int = 0
+    colour: float | None = None
 
 
 def verify_pair(query: QueryFeatures, reference: LocalFeatures) -> Outcome | None:
@@ -136,8 +161,9 @@ def verify_candidates(query: QueryFeatures, references: list[LocalFeatures]) -> 
         else:
             fits.append(_fit(query.plain, reference, False, *plain))
     unique = _unique_inliers(query, references, fits)
+    colours = _colours(query.plain.colour, references, fits)
     outcomes = []
-    for reference, fit, extra in zip(references, fits, unique):
+    for reference, fit, extra, colour in zip(references, fits, unique, colours):
         if fit is None:
             outcomes.append(None)
         elif fit.inliers < MIN_LAYOUT:
@@ -145,7 +171,8 @@ def verify_candidates(query: QueryFeatures, references: list[LocalFeatures]) -> 
         else:
             found = [edge_alignment(query.plain.thumbnail, reference.thumbnail, m, fit.flipped) for m in fit.maps]
             found = [a for a in found if a is not None]
-            outcomes.append(Outcome(fit.inliers, round(max(found), 4) if found else None, extra))
+            outcomes.append(Outcome(fit.inliers, round(max(found), 4) if found else None, extra,
+                                    None if colour is None else round(colour, 4)))
     return outcomes
 
 
@@ -168,12 +195,14 @@ def extract(image: Image.Image) -> LocalFeatures:
         return EMPTY
     thumbnail = cv2.resize(pixels, (max(1, round(pixels.shape[1] / 2)), max(1, round(pixels.shape[0] / 2))),
                            interpolation=cv2.INTER_AREA)
+    colour = np.asarray(image.convert("RGB").resize(
+        (max(1, round(pixels.shape[1] / COLOUR_SCALE)), max(1, round(pixels.shape[0] / COLOUR_SCALE))), Image.BOX))
     keypoints, descriptors = cv2.SIFT_create(nfeatures=MAX_FEATURES, contrastThreshold=CONTRAST).detectAndCompute(
         pixels, None)
     if descriptors is None or not keypoints:
-        return LocalFeatures(EMPTY.points, EMPTY.descriptors, thumbnail)
+        return LocalFeatures(EMPTY.points, EMPTY.descriptors, thumbnail, colour)
     points = np.array([kp.pt for kp in keypoints], np.float32)
-    return LocalFeatures(points, np.clip(descriptors, 0, 255).astype(np.uint8), thumbnail)
+    return LocalFeatures(points, np.clip(descriptors, 0, 255).astype(np.uint8), thumbnail, colour)
 
 
 class _Fit(NamedTuple):
@@ -342,6 +371,73 @@ def edge_alignment(query: np.ndarray, reference: np.ndarray, transform: np.ndarr
     return float((wanted & near).sum() / wanted.sum())
 
 
+class _Colours(NamedTuple):
+    """One candidate's colours in the listing's colour frame: where its reference lands (less the
+    white background), and the chromaticities of the listing and of the warped reference there."""
+
+    region: np.ndarray
+    listing: np.ndarray
+    reference: np.ndarray
+
+
+def _chromaticity(pixels: np.ndarray) -> np.ndarray:
+    """Grey world, then chromaticity: each channel divided by its mean over the region (shop
+    light and white balance cancel out), each pixel by its sum (brightness cancels out)."""
+    pixels = pixels / np.maximum(pixels.mean(axis=0), 1.0)
+    return pixels / np.maximum(pixels.sum(axis=1, keepdims=True), 1e-6)
+
+
+def _warped_colours(query: np.ndarray, reference: np.ndarray, transform: np.ndarray, flipped: bool) -> _Colours | None:
+    """The reference's colours warped by ``transform`` (3 x 3, fitted in the MAX_SIDE frames; for
+    ``flipped``, onto the mirrored keypoints, whose x is negated) onto the listing's colour
+    thumbnail; ``None`` when fewer than MIN_COLOUR_PIXELS pixels land."""
+    cv2 = _cv2()
+    if min(query.shape[:2]) < 2 or min(reference.shape[:2]) < 2:
+        return None
+    small = np.diag([1.0 / COLOUR_SCALE, 1.0 / COLOUR_SCALE, 1.0])
+    mirror = np.diag([-1.0, 1.0, 1.0]) if flipped else np.eye(3)
+    warp = small @ mirror @ transform @ np.linalg.inv(small)
+    size = (query.shape[1], query.shape[0])
+    warped = cv2.warpPerspective(reference.astype(np.float32), warp, size, flags=cv2.INTER_LINEAR)
+    inside = cv2.warpPerspective(np.ones(reference.shape[:2], np.uint8), warp, size, flags=cv2.INTER_NEAREST) > 0
+    region = inside & (warped.min(axis=2) < WHITE_LEVEL)
+    if region.sum() < MIN_COLOUR_PIXELS:
+        return None
+    listing, theirs = np.zeros(warped.shape, np.float32), np.zeros(warped.shape, np.float32)
+    listing[region] = _chromaticity(query[region].astype(np.float32))
+    theirs[region] = _chromaticity(warped[region])
+    return _Colours(region, listing, theirs)
+
+
+def _colours(query: np.ndarray, references: list[LocalFeatures], fits: list[_Fit | None]) -> list[float | None]:
+    """Each candidate's colour agreement, in [0, 1]: 1 minus 3 times the mean absolute difference
+    of the listing's and the warped reference's chromaticities over the reference's region,
+    each pixel weighted by how much the well-fitted candidates' colours differ there (plain mean
+    where no two of them overlap, or they agree everywhere); ``None`` where there is none to measure."""
+    layers: list[_Colours | None] = [None] * len(references)
+    for i, (reference, fit) in enumerate(zip(references, fits)):
+        if fit is not None and fit.inliers >= MIN_LAYOUT:
+            layers[i] = _warped_colours(query, reference.colour, fit.maps[-1], fit.flipped)
+    best = max((fit.inliers for fit, layer in zip(fits, layers) if layer is not None), default=0)
+    siblings = [layer for fit, layer in zip(fits, layers) if layer is not None and fit.inliers >= SIBLING_SHARE * best]
+    spread = np.zeros(query.shape[:2], np.float32)
+    for a in siblings:
+        for b in siblings:
+            both = a.region & b.region
+            spread = np.maximum(spread, np.where(both, np.abs(a.reference - b.reference).sum(axis=2), 0.0))
+    agreement: list[float | None] = []
+    for layer in layers:
+        if layer is None:
+            agreement.append(None)
+            continue
+        difference = np.abs(layer.listing - layer.reference).sum(axis=2) / 3.0
+        weight = spread * layer.region
+        if weight.sum() <= 1.0:
+            weight = layer.region.astype(np.float32)
+        agreement.append(float(np.clip(1.0 - 3.0 * (weight * difference).sum() / weight.sum(), 0.0, 1.0)))
+    return agreement
+
+
 def pack(features: list[LocalFeatures]) -> bytes:
     """Serialise a list of feature sets into one compressed .npz payload (row-aligned with
     products; compression takes the flat grey thumbnails to about a third)."""
@@ -355,6 +451,8 @@ def pack(features: list[LocalFeatures]) -> bytes:
         descriptors=np.concatenate([f.descriptors for f in features]) if features else EMPTY.descriptors,
         shapes=shapes,
         thumbnails=np.concatenate([f.thumbnail.ravel() for f in features]) if features else np.zeros(0, np.uint8),
+        colour_shapes=np.array([f.colour.shape[:2] for f in features], np.int64).reshape(-1, 2),
+        colours=np.concatenate([f.colour.ravel() for f in features]) if features else np.zeros(0, np.uint8),
     )
     return buffer.getvalue()
 
@@ -364,8 +462,13 @@ def unpack(payload: bytes) -> list[LocalFeatures]:
     with np.load(io.BytesIO(payload), allow_pickle=False) as data:
         offsets, points, descriptors = data["offsets"], data["points"], data["descriptors"]
         shapes, pixels = data["shapes"], data["thumbnails"]
+        colour_shapes = data["colour_shapes"] if "colour_shapes" in data else np.zeros((len(shapes), 2), np.int64)
+        colours = data["colours"] if "colours" in data else np.zeros(0, np.uint8)
     starts = np.cumsum([0] + [int(h * w) for h, w in shapes])
+    colour_starts = np.cumsum([0] + [int(h * w * 3) for h, w in colour_shapes])
     return [
-        LocalFeatures(points[a:b], descriptors[a:b], pixels[s : s + h * w].reshape(h, w))
-        for a, b, s, (h, w) in zip(offsets[:-1], offsets[1:], starts[:-1], shapes)
+        LocalFeatures(points[a:b], descriptors[a:b], pixels[s : s + h * w].reshape(h, w),
+                      colours[c : c + ch * cw * 3].reshape(ch, cw, 3))
+        for a, b, s, (h, w), c, (ch, cw) in zip(offsets[:-1], offsets[1:], starts[:-1], shapes, colour_starts[:-1],
+                                                 colour_shapes)
     ]

@@ -7,7 +7,7 @@ library's front door (detector.build_index, Detector.scan), and compares decisio
 reads). It prints a table and writes metrics.json into the work folder.
 
     python scripts/evaluate.py ../shared/eval-public [--work eval-work] [--policy P.toml] [--sweep] [--sweep-verify]
-                                                     [--profile]
+                                                     [--sweep-colour] [--profile]
 """
 
 from __future__ import annotations
@@ -100,6 +100,11 @@ VERIFY_SWEEP = [
     for c in (6, 8, 10)
     for a in (0.65, 0.75, 0.85)
 ]
+COLOUR_SWEEP = [
+    (f"colour_weight {w:>4.0f}, colour_ratio {r:.1f}", {"product": {"colour_weight": w, "colour_ratio": r}})
+    for r in (0.3, 0.5)
+    for w in (0.0, 8.0, 16.0, 24.0, 32.0, 64.0)
+]
 
 
 def sweep(scan: Callable[[Path | None], None], scan_dir: Path, work: Path, policy: Path | None,
@@ -114,7 +119,7 @@ def sweep(scan: Callable[[Path | None], None], scan_dir: Path, work: Path, polic
         changed.write_text(with_keys(base, changes))
         scan(changed)
         result = score(read_decisions(scan_dir), truth_rows)
-        results[label] = {k: result[k] for k in ("precision", "recall", "f1")}
+        results[label] = {k: result[k] for k in ("precision", "recall", "f1", "recall_at_1")}
     scan(policy)  # leave the scan's outputs as the unchanged policy made them
     return results
 
@@ -151,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also re-decide the same scan with every threshold shifted by -0.10..+0.10 (no re-embedding)")
     parser.add_argument("--sweep-verify", action="store_true",
                         help="also re-decide the same scan under a grid of [verify] constants (no re-embedding)")
+    parser.add_argument("--sweep-colour", action="store_true",
+                        help="also re-decide the same scan under a grid of [product] colour settings (no re-embedding)")
     parser.add_argument("--no-marks", action="store_true",
                         help="build the index without the folder's marks.csv (used when present)")
     parser.add_argument("--profile", action="store_true",
@@ -203,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         metrics["threshold_sweep"] = sweep(scan, scan_dir, work, args.policy, truth_rows, THRESHOLD_SWEEP)
     if args.sweep_verify:
         metrics["verify_sweep"] = sweep(scan, scan_dir, work, args.policy, truth_rows, VERIFY_SWEEP)
+    if args.sweep_colour:
+        metrics["colour_sweep"] = sweep(scan, scan_dir, work, args.policy, truth_rows, COLOUR_SWEEP)
     (work / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
     print(f"\nBenchmark {bench} ({metrics['listings']} listings, {metrics['missing_decisions']} without a decision)")
@@ -224,6 +233,10 @@ def main(argv: list[str] | None = None) -> int:
         print("  F1 under other geometric-verification constants (the rest kept):")
         for label, values in metrics["verify_sweep"].items():
             print(f"    {label}  F1 {values['f1']:.4f}  precision {values['precision']:.4f}  recall {values['recall']:.4f}")
+    if args.sweep_colour:
+        print("  under other colour settings for sibling products (the rest kept):")
+        for label, values in metrics["colour_sweep"].items():
+            print(f"    {label}  F1 {values['f1']:.4f}  right product first {values['recall_at_1']:.4f}")
     print(f"metrics written to {work / 'metrics.json'}")
     return 0
 

@@ -456,3 +456,18 @@ def test_an_evasive_brand_spelling_in_the_title_is_a_finding():
     decision = decide(listing(title="4urelio bag"), [cand()], SELLERS, POLICY)
     assert decision.verdict == FLAGGED and codes(decision) == {"brand_misspelt": 0.7}
     assert decide(listing(title="Aurelio bag"), [cand()], SELLERS, POLICY).verdict == CLEAR
+
+
+def test_colour_puts_the_sibling_whose_colours_agree_first(tmp_path):
+    def sibling(product, unique, colour):
+        return replace(cand(product=product), inliers=40, alignment=0.95, unique=unique, colour=colour)
+
+    more_keypoints, right_colour = sibling("AUR-1", 20, 0.70), sibling("AUR-2", 16, 0.92)
+    assert decide(listing(), [more_keypoints, right_colour], SELLERS, POLICY).product_id == "AUR-2"
+    path = tmp_path / "p.toml"
+    path.write_text("[product]\ncolour_weight = 0.0\n")
+    assert decide(listing(), [more_keypoints, right_colour], SELLERS, load_policy(path)).product_id == "AUR-1"
+    far_behind = sibling("AUR-3", 5, 0.99)  # under colour_ratio (0.3) of the first's unique keypoints: colour cannot lift it
+    assert decide(listing(), [more_keypoints, far_behind], SELLERS, POLICY).product_id == "AUR-1"
+    unmeasured = sibling("AUR-4", 19, None)
+    assert decide(listing(), [more_keypoints, unmeasured], SELLERS, POLICY).product_id == "AUR-1"

@@ -151,3 +151,30 @@ def test_keypoints_unique_to_one_candidate_tell_a_product_from_its_siblings():
         # ...but only the product shown has keypoints that match it better than the other candidate
         assert shown.unique >= 10 and beside.unique <= 2
         assert verify_pair(extract_query(held_up(product)), extract(sibling_product)).inliers == beside.inliers
+
+
+def recoloured(shot):
+    """The same carton design in the complementary colours: the same brightness everywhere (so
+    the same grey picture and keypoints), every colour opposite."""
+    y, cb, cr = shot.convert("YCbCr").split()
+    return Image.merge("YCbCr", (y, cb.point(lambda x: 255 - x), cr.point(lambda x: 255 - x))).convert("RGB")
+
+
+def warm_light(image):
+    """Shop light: a warm cast and a little less light."""
+    r, g, b = image.split()
+    return Image.merge("RGB", (r.point(lambda x: min(255, int(x * 0.95))), g.point(lambda x: int(x * 0.85)),
+                               b.point(lambda x: int(x * 0.7))))
+
+
+def test_colour_tells_apart_variants_that_share_their_layout():
+    product = sibling(2)
+    variant = recoloured(product)
+    listed = extract_query(warm_light(held_up(product)))
+    shown, other = verify_candidates(listed, [extract(product), extract(variant)])
+    assert other.inliers >= shown.inliers - 2 >= 8  # the keypoints cannot tell them apart...
+    assert shown.colour > 0.8 and shown.colour > other.colour + 0.15  # ...the colours can, under shop light
+    listed_variant = extract_query(warm_light(held_up(variant)))
+    mine, theirs = verify_candidates(listed_variant, [extract(variant), extract(product)])
+    assert mine.colour > theirs.colour + 0.15
+    assert unpack(pack([extract(product)]))[0].colour.tolist() == extract(product).colour.tolist()
