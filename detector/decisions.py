@@ -99,12 +99,13 @@ class Match:
     alignment: float | None = None  # share of the reference's outline found once aligned
     unique: int | None = None  # of the keypoints, those that favour this reference over the other candidates
     colour: float | None = None  # colour agreement once aligned, 0..1; None where not measured
+    region: list | None = None  # where the reference lands in the photo: four [x, y] corners as fractions
     reference_image: str | None = None
     price: float | None = None
     currency: str | None = None
 
     RECORD = ("brand", "product_id", "similarity", "threshold", "visual_state", "inliers", "alignment", "unique",
-              "colour")
+              "colour", "region")
 
     def as_record(self) -> dict:
         """The match as decisions.jsonl stores it."""

@@ -56,8 +56,8 @@ dump's rows is embedded once even without a cache (about 60 MB at six 1280-d vie
 
 class Evidence(NamedTuple):
     """One listing row and what was found for its photo: ``hits`` is a JSON list of
-    ``[brand, row, similarity, inliers, alignment, unique, colour]`` (the last four ``null`` where
-    not verified; see :class:`detector.verify.Outcome`),
+    ``[brand, row, similarity, inliers, alignment, unique, colour, region]`` (the last five
+    ``null`` where not verified; see :class:`detector.verify.Outcome`),
     or ``None`` when ``error`` says why there is none (and ``error_code`` names it);
     ``notes`` is the table reader's remarks, a JSON list of ``[code, text]``;
     ``vector`` is the photo's whole-image embedding (:func:`pack_vector`) when the scan keeps
@@ -117,8 +117,8 @@ def candidates_of(index: ReferenceIndex, hits: str) -> list[Candidate]:
     """The policy's candidates from an evidence record's ``hits`` (see :class:`Evidence`)."""
     stored = json.loads(hits)
     found = [Hit(brand, row, similarity) for brand, row, similarity, *_ in stored]
-    outcomes = {hit: Outcome(inliers, alignment, unique, colour)
-                for hit, (_, _, _, inliers, alignment, unique, colour) in zip(found, stored) if inliers is not None}
+    outcomes = {hit: Outcome(inliers, alignment, unique, colour, region)
+                for hit, (_, _, _, inliers, alignment, unique, colour, region) in zip(found, stored) if inliers is not None}
     return candidates(index, found, outcomes)
 
 
@@ -287,7 +287,7 @@ class EvidenceMaker:
             digest, path = r.info[:2] if r.info else (None, None)
             error, code = (str(r.error), r.error.code) if r.error else (None, None)
             verified, sightings = local_of.get(id(r), ({}, []))
-            hit_list = [[h.brand, h.row, round(h.similarity, 6), *(verified.get(h) or (None, None, None, None))]
+            hit_list = [[h.brand, h.row, round(h.similarity, 6), *(verified.get(h) or (None, None, None, None, None))]
                         for h in hits_of.get(id(r), [])]
             kept = pack_vector(r.vector[0]) if self.keep_vectors and r.vector is not None else None
             records.append(Evidence(row.row, row.listing_id, row.line, row.seller_id, row.title, row.price,

@@ -159,6 +159,7 @@ def candidates(
                 alignment=None if outcome is None else outcome.alignment,
                 unique=None if outcome is None else outcome.unique,
                 colour=None if outcome is None else outcome.colour,
+                region=None if outcome is None else outcome.region,
             )
         )
     return found

@@ -314,7 +314,8 @@ class Candidate:
     inliers: int | None = None  # matching keypoints from geometric verification; None if not verified
     alignment: float | None = None  # share of the reference's edges found in the photo once aligned
     unique: int | None = None  # of those keypoints, the ones that favour this reference over the other candidates
-    colour: float | None = None  # colour agreement once aligned, 0..1 (see detector.verify.colour_agreement)
+    colour: float | None = None  # colour agreement once aligned, 0..1 (see detector.verify.Outcome)
+    region: list | None = None  # where the reference lands in the photo: four [x, y] corners as fractions
 
 
 @dataclass
@@ -335,8 +336,9 @@ class Ranked:
     def as_match(self) -> Match:
         c = self.candidate
         return Match(brand=c.brand, product_id=c.product_id, similarity=c.similarity, threshold=self.threshold,
-                     visual_state=self.state, inliers=c.inliers, alignment=c.alignment, unique=c.unique, colour=c.colour,
-                     reference_image=c.reference_image, price=c.price, currency=c.currency)
+                     visual_state=self.state, inliers=c.inliers, alignment=c.alignment, unique=c.unique,
+                     colour=c.colour, region=c.region, reference_image=c.reference_image, price=c.price,
+                     currency=c.currency)
 
 
 @dataclass

@@ -14,6 +14,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from detector.decisions import COPY, PRODUCT
 from detector.errors import UserError
 from detector.labels import sample_ids
 from detector.outputs import csv_text
@@ -51,8 +52,18 @@ def _item(decision: dict, section: str, review_id: str | None, stratum: str | No
                 findings=[{"code": f.get("code"), "weight": f.get("weight"), "text": f.get("text")}
                           for f in decision.get("findings") or []],
                 marks=[{"brand": m.get("brand"), "mark": m.get("mark"), "box": m.get("box")}
-                       for m in decision.get("marks") or [] if m.get("box")])
+                       for m in decision.get("marks") or [] if m.get("box")],
+                region=_region(decision))
     return item
+
+
+def _region(decision: dict) -> list | None:
+    """Where the matched reference lies in the photo (four [x, y] corners, fractions of the
+    photo), when local features established the match."""
+    first = (decision.get("matches") or [None])[0]
+    if decision.get("visual_match") and first and first.get("visual_state") in (COPY, PRODUCT) and first.get("region"):
+        return first["region"]
+    return None
 
 
 def _strata(out_dir: Path) -> dict[str, str]:

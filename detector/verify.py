@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image
 
 VERIFIER_ID = ("sift2000-c0.02-up512-ratio0.75-similarity-ransac4-mirror-edges256-homography-layout3-unique0.9px10"
-               "-colour64-v8")
+               "-colour64-region-v8")
 MAX_SIDE = 512
 """Both photos are resized (up or down) so that their longer side is this long before SIFT: small
 photos and small pasted products then keep enough keypoints to verify."""
@@ -129,12 +129,15 @@ class Outcome(NamedTuple):
     listing's keypoints match this reference better than every other candidate it was verified
     with, in the same layout (what tells a product from its siblings that share the brand's
     logo and layout); ``colour``, the colour agreement once aligned, in [0, 1], to 4 decimals
-    (``None`` below MIN_LAYOUT keypoints, or for too small a matched region)."""
+    (``None`` below MIN_LAYOUT keypoints, or for too small a matched region); ``region``, where
+    the reference's frame lands in the photo: its four corners as ``[x, y]`` fractions of the
+    photo's width and height (``None`` below MIN_LAYOUT keypoints)."""
 
     inliers: int
     alignment: float | None
     unique: int = 0
     colour: float | None = None
+    region: list | None = None
 
 
 def verify_pair(query: QueryFeatures, reference: LocalFeatures) -> Outcome | None:
@@ -172,7 +175,8 @@ def verify_candidates(query: QueryFeatures, references: list[LocalFeatures]) -> 
             found = [edge_alignment(query.plain.thumbnail, reference.thumbnail, m, fit.flipped) for m in fit.maps]
             found = [a for a in found if a is not None]
             outcomes.append(Outcome(fit.inliers, round(max(found), 4) if found else None, extra,
-                                    None if colour is None else round(colour, 4)))
+                                    None if colour is None else round(colour, 4),
+                                    matched_region(query.plain.thumbnail, reference.thumbnail, fit.maps[-1], fit.flipped)))
     return outcomes
 
 
@@ -369,6 +373,23 @@ def edge_alignment(query: np.ndarray, reference: np.ndarray, transform: np.ndarr
         return None
     near = cv2.dilate(_edges(query).astype(np.uint8), np.ones((EDGE_TOLERANCE, EDGE_TOLERANCE), np.uint8)) > 0
     return float((wanted & near).sum() / wanted.sum())
+
+
+def matched_region(query: np.ndarray, reference: np.ndarray, transform: np.ndarray, flipped: bool) -> list | None:
+    """The reference's frame mapped into the photo by ``transform`` (3 x 3, in the MAX_SIDE frames;
+    for ``flipped``, onto the mirrored keypoints, whose x is negated): its corners as fractions of
+    the photo's width and height, given the two grey thumbnails (half those frames)."""
+    cv2 = _cv2()
+    if min(query.shape) < 1 or min(reference.shape) < 1:
+        return None
+    height, width = (2 * n for n in reference.shape)
+    corners = np.float32([[0, 0], [width, 0], [width, height], [0, height]]).reshape(-1, 1, 2)
+    mirror = np.diag([-1.0, 1.0, 1.0]) if flipped else np.eye(3)
+    mapped = cv2.perspectiveTransform(corners, mirror @ transform)
+    if mapped is None or not np.isfinite(mapped).all():
+        return None
+    frame = np.array([2 * query.shape[1], 2 * query.shape[0]], np.float32)
+    return [[round(float(x), 4), round(float(y), 4)] for x, y in np.clip(mapped.reshape(-1, 2) / frame, -1.0, 2.0)]
 
 
 class _Colours(NamedTuple):

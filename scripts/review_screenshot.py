@@ -5,7 +5,7 @@ Serves OUT_DIR (a finished scan) on a free local port, opens it in headless Chro
 package, see scripts/install_browser.sh), labels the first N listings with the keyboard as a
 reviewer would, and saves a PNG of the page at the next one.
 
-    python scripts/review_screenshot.py counterfeit-demo/scan docs/review.png [--label 3]
+    python scripts/review_screenshot.py counterfeit-demo/scan docs/review.png [--label 7]
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out_dir", type=Path, help="a finished scan's OUT_DIR (copied: its labels are left alone)")
     parser.add_argument("png", type=Path, help="where to write the screenshot")
-    parser.add_argument("--label", type=int, default=3, help="listings to label before the shot")
+    parser.add_argument("--label", type=int, default=7, help="listings to label before the shot")
     args = parser.parse_args(argv)
 
     import uvicorn
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             driver.get(f"http://127.0.0.1:{sock.getsockname()[1]}/?token={token}")
             time.sleep(1.5)
             driver.find_element("id", "reviewer").send_keys("ann\n")
-            for key in "cgc"[: args.label]:
+            for key in ("cgc" * args.label)[: args.label]:
                 ActionChains(driver).send_keys(key).perform()
                 time.sleep(0.6)
             driver.save_screenshot(str(args.png))

@@ -5,6 +5,7 @@
 
 const state = { items: [], pos: 0, total: 0, labelled: 0, csrf: "" };
 const $ = (id) => document.getElementById(id);
+const SVG = "http://www.w3.org/2000/svg";
 
 function el(tag, text, cls) {
   const node = document.createElement(tag);
@@ -101,7 +102,20 @@ function render() {
   showImage($("reference"), $("reference-caption"), `/img/${id}/reference`, item.has_reference,
             item.reference_image ? `catalogue: ${item.reference_image}` : "catalogue reference");
   const frame = $("photo-frame");
-  for (const box of frame.querySelectorAll(".mark-box")) box.remove();
+  for (const box of frame.querySelectorAll(".mark-box, .region")) box.remove();
+  if (item.region && item.has_photo) {
+    const svg = document.createElementNS(SVG, "svg");
+    svg.setAttribute("class", "region");
+    svg.setAttribute("viewBox", "0 0 1 1");
+    svg.setAttribute("preserveAspectRatio", "none");
+    const outline = document.createElementNS(SVG, "polygon");
+    outline.setAttribute("points", item.region.map(([x, y]) => `${x},${y}`).join(" "));
+    const title = document.createElementNS(SVG, "title");
+    title.textContent = `where ${item.product_id} lies in the photo`;
+    outline.appendChild(title);
+    svg.appendChild(outline);
+    frame.appendChild(svg);
+  }
   for (const mark of item.marks || []) {
     const [x0, y0, x1, y1] = mark.box;
     const box = el("span", null, "mark-box");

@@ -68,6 +68,7 @@ def test_the_queue_puts_flags_first_by_risk_then_the_sample(client, scan):
     assert body["total"] == len(ids) and body["labelled"] == 0
     first = body["items"][0]
     assert first["section"] == "flagged" and first["findings"] and first["has_photo"] and first["has_reference"]
+    assert first["visual_state"] == "copy" and len(first["region"]) == 4  # where the product lies in the photo
     in_sample = {r["listing_id"]: r["review_id"] for r in sample}
     assert all(item["review_id"] == in_sample.get(item["listing_id"]) for item in body["items"])
 

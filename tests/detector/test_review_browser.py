@@ -101,6 +101,7 @@ def test_a_reviewer_labels_with_the_keyboard_and_the_labels_survive_a_reload(bro
     wait_for(driver, lambda d: text(d, "progress-text") == f"0 of {total} labelled")
     first, second = bench.queue.items[0]["listing_id"], bench.queue.items[1]["listing_id"]
     assert text(driver, "position") == f"1 / {total}" and first in text(driver, "heading")
+    assert driver.find_elements("css selector", "#photo-frame svg.region polygon")  # the matched region is drawn
 
     press(driver, "c")  # no reviewer name yet: nothing is saved, and the page says why
     wait_for(driver, lambda d: "type your name" in text(d, "status"))

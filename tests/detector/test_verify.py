@@ -178,3 +178,12 @@ def test_colour_tells_apart_variants_that_share_their_layout():
     mine, theirs = verify_candidates(listed_variant, [extract(variant), extract(product)])
     assert mine.colour > theirs.colour + 0.15
     assert unpack(pack([extract(product)]))[0].colour.tolist() == extract(product).colour.tolist()
+
+
+def test_the_matched_region_is_where_the_product_lies_in_the_photo():
+    product = draw_product(11, size=400)
+    photo = staged(product)  # pasted at (150, 120), 220 px square, in a 480 px scene
+    outcome = verify_pair(extract_query(photo), extract(product))
+    expected = [[150 / 480, 120 / 480], [370 / 480, 120 / 480], [370 / 480, 340 / 480], [150 / 480, 340 / 480]]
+    assert outcome.region is not None
+    assert np.abs(np.array(outcome.region) - np.array(expected)).max() < 0.03
