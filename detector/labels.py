@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from detector.errors import UserError
-from detector.outputs import csv_safe, csv_text
-from detector.sampling import REVIEW_DIR, SAMPLE_FILE
+from detector.outputs import csv_safe
+from detector.sampling import REVIEW_DIR, decisions_path, read_sample
 from index.files import AtomicText, utc_now
 
 LABELS_FILE = "labels.sqlite"
@@ -106,22 +106,11 @@ def read_latest(out_dir: Path) -> dict[str, Label]:
         raise UserError(f"review labels {path} are unreadable ({exc})") from None
 
 
-def sample_ids(out_dir: Path) -> dict[str, str]:
-    """listing_id → review_id of the scan's review sample (`counterfeit sample`); empty without one."""
-    path = Path(out_dir) / REVIEW_DIR / SAMPLE_FILE
-    if not path.is_file():
-        return {}
-    with open(path, encoding="utf-8-sig", newline="") as fh:
-        return {csv_text(row["listing_id"]): row["review_id"] for row in csv.DictReader(fh)
-                if row.get("listing_id") and row.get("review_id")}
-
-
 def export(out_dir: Path, target: Path) -> int:
     """Write one row per labelled listing (its latest label) to ``target``; returns the row count.
     ``review_id`` is filled for listings in the review sample, which is what `counterfeit
     prevalence` weighs; labels outside the sample are kept for the record."""
-    if not (Path(out_dir) / "decisions.jsonl").is_file():
-        raise UserError(f"no decisions.jsonl in {out_dir}; run `counterfeit scan … --out {out_dir}` first")
+    decisions_path(out_dir)  # a folder without a finished scan is refused with the scan's own message
     latest = read_latest(out_dir)
     if not latest:
         raise UserError(f"nothing labelled yet in {out_dir}; label listings with `counterfeit review serve {out_dir}`")
@@ -130,12 +119,12 @@ def export(out_dir: Path, target: Path) -> int:
         changes = store.changes()
     finally:
         store.close()
-    in_sample = sample_ids(out_dir)
+    in_sample = read_sample(out_dir)
     out = AtomicText(Path(target), newline="")
     writer = csv.writer(out.handle)
     writer.writerow(EXPORT_COLUMNS)
     for listing_id, label in latest.items():
-        writer.writerow([csv_safe(v) for v in (in_sample.get(listing_id, ""), listing_id, label.label, label.reviewer,
+        writer.writerow([csv_safe(v) for v in (in_sample.get(listing_id, ("", ""))[0], listing_id, label.label, label.reviewer,
                                                 label.at, changes.get(listing_id, 1))])
     out.commit()
     return len(latest)

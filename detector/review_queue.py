@@ -8,7 +8,6 @@ reference image. A request names a listing, never a path.
 
 from __future__ import annotations
 
-import csv
 import json
 import sqlite3
 from dataclasses import dataclass, field
@@ -16,9 +15,7 @@ from pathlib import Path
 
 from detector.decisions import COPY, PRODUCT
 from detector.errors import UserError
-from detector.labels import sample_ids
-from detector.outputs import csv_text
-from detector.sampling import REVIEW_DIR, SAMPLE_FILE, decisions_path
+from detector.sampling import decisions_path, read_sample
 
 FLAGGED_SECTION, SAMPLE_SECTION = "flagged", "sample"
 ITEM_KEYS = ("listing_id", "verdict", "score", "brand", "product_id", "visual_state", "similarity", "threshold",
@@ -66,14 +63,6 @@ def _region(decision: dict) -> list | None:
     return None
 
 
-def _strata(out_dir: Path) -> dict[str, str]:
-    path = Path(out_dir) / REVIEW_DIR / SAMPLE_FILE
-    if not path.is_file():
-        return {}
-    with open(path, encoding="utf-8-sig", newline="") as fh:
-        return {row["review_id"]: csv_text(row.get("stratum") or "") for row in csv.DictReader(fh) if row.get("review_id")}
-
-
 def _photo_files(out_dir: Path, items: list[dict]) -> dict[str, str | None]:
     """Each item's listing photo as the scan resolved it (its progress database), or None."""
     state = Path(out_dir) / ".scan" / "state.sqlite"
@@ -106,8 +95,7 @@ def _reference_files(out_dir: Path, items: list[dict]) -> dict[str, str | None]:
 def load_queue(out_dir: Path) -> Queue:
     """The review queue of the finished scan in ``out_dir``."""
     path = decisions_path(out_dir)
-    in_sample = sample_ids(out_dir)
-    strata = _strata(out_dir)
+    in_sample = read_sample(out_dir)
     flagged, sampled = [], []
     with open(path, encoding="utf-8") as fh:
         for number, line in enumerate(fh, start=1):
@@ -116,11 +104,11 @@ def load_queue(out_dir: Path) -> Queue:
             except ValueError:
                 raise UserError(f"{path} line {number} is not JSON; was the scan interrupted? rerun it") from None
             listing_id = decision.get("listing_id")
-            review_id = in_sample.get(listing_id)
+            review_id, stratum = in_sample.get(listing_id, (None, None))
             if decision.get("verdict") == "flagged":
-                flagged.append(_item(decision, FLAGGED_SECTION, review_id, strata.get(review_id)))
+                flagged.append(_item(decision, FLAGGED_SECTION, review_id, stratum))
             elif review_id is not None:
-                sampled.append(_item(decision, SAMPLE_SECTION, review_id, strata.get(review_id)))
+                sampled.append(_item(decision, SAMPLE_SECTION, review_id, stratum))
     flagged.sort(key=lambda item: (-(item["score"] or 0.0), item["listing_id"]))
     sampled.sort(key=lambda item: item["review_id"])
     items = flagged + sampled

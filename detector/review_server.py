@@ -20,14 +20,17 @@ images; the page builds its content with ``textContent``, so no listing text is 
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import inspect
 import json
 import secrets
 import socket
 import threading
+import time
 from hashlib import sha256
 from pathlib import Path
+from typing import Iterator
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.applications import Starlette
@@ -267,9 +270,29 @@ def bind(host: str, port: int) -> socket.socket:
         raise UserError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another --port or --host") from None
 
 
-def serve(app, sock: socket.socket) -> None:
-    """Run the app on an already bound socket until interrupted."""
+def _server(app):
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-    server.run(sockets=[sock])
+    return uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+
+
+def serve(app, sock: socket.socket) -> None:
+    """Run the app on an already bound socket until interrupted."""
+    _server(app).run(sockets=[sock])
+
+
+@contextlib.contextmanager
+def running(bench: Workbench) -> Iterator[str]:
+    """The workbench served from a background thread on a free local port, for as long as the
+    ``with`` block lasts; yields its base URL (tests and scripts drive it in a browser)."""
+    sock = bind("127.0.0.1", 0)
+    server = _server(create_app(bench))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started and thread.is_alive():
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from detector.errors import UserError
-from detector.outputs import csv_safe, write_json
+from detector.outputs import csv_safe, csv_text, write_json
 from index.files import AtomicText, file_sha256
 
 REVIEW_DIR = "review"
@@ -104,6 +104,20 @@ def allocate(populations: dict[str, int], n: int, flagged_share: float = FLAGGED
             share[k] += 1
         sizes.update(share)
     return {k: min(populations[k], max(MIN_PER_STRATUM, sizes.get(k, 0))) for k in populations}
+
+
+def read_sample(out_dir: Path) -> dict[str, tuple[str, str]]:
+    """listing_id → (review_id, stratum) of the scan's review sample, as ``sample.csv`` holds them
+    (reviewers may have edited the file in place); empty when no sample was drawn."""
+    path = Path(out_dir) / REVIEW_DIR / SAMPLE_FILE
+    if not path.is_file():
+        return {}
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as fh:
+            return {csv_text(row["listing_id"]): (row["review_id"].strip(), csv_text(row.get("stratum") or ""))
+                    for row in csv.DictReader(fh) if row.get("listing_id") and (row.get("review_id") or "").strip()}
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise UserError(f"the review sample {path} is unreadable ({exc}); draw it again with `counterfeit sample`") from None
 
 
 def draw_sample(out_dir: Path, n: int, seed: int = 0, flagged_share: float = FLAGGED_SHARE) -> dict:

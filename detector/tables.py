@@ -255,6 +255,12 @@ def iter_listings(path: Path) -> Iterator[ListingRow]:
         yield listing_from_record(row, line, record)
 
 
+def image_files(folder: Path) -> list[Path]:
+    """Every image file under ``folder`` (by suffix), following links to folders, sorted."""
+    return sorted(Path(root) / name for root, _, names in os.walk(folder, followlinks=True)
+                  for name in names if Path(name).suffix.lower() in IMAGE_SUFFIXES)
+
+
 def _iter_folder(folder: Path) -> Iterator[ListingRow]:
     row = 0
     for dirpath, dirnames, filenames in os.walk(folder):

@@ -375,6 +375,12 @@ def edge_alignment(query: np.ndarray, reference: np.ndarray, transform: np.ndarr
     return float((wanted & near).sum() / wanted.sum())
 
 
+def _onto_photo(transform: np.ndarray, flipped: bool) -> np.ndarray:
+    """A fitted map (3 x 3, reference frame to listing frame) onto the photo as taken: a fit to the
+    mirrored keypoints, whose x is negated, is negated back."""
+    return np.diag([-1.0, 1.0, 1.0]) @ transform if flipped else transform
+
+
 def matched_region(query: np.ndarray, reference: np.ndarray, transform: np.ndarray, flipped: bool) -> list | None:
     """The reference's frame mapped into the photo by ``transform`` (3 x 3, in the MAX_SIDE frames;
     for ``flipped``, onto the mirrored keypoints, whose x is negated): its corners as fractions of
@@ -384,8 +390,7 @@ def matched_region(query: np.ndarray, reference: np.ndarray, transform: np.ndarr
         return None
     height, width = (2 * n for n in reference.shape)
     corners = np.float32([[0, 0], [width, 0], [width, height], [0, height]]).reshape(-1, 1, 2)
-    mirror = np.diag([-1.0, 1.0, 1.0]) if flipped else np.eye(3)
-    mapped = cv2.perspectiveTransform(corners, mirror @ transform)
+    mapped = cv2.perspectiveTransform(corners, _onto_photo(transform, flipped))
     if mapped is None or not np.isfinite(mapped).all():
         return None
     frame = np.array([2 * query.shape[1], 2 * query.shape[0]], np.float32)
@@ -416,8 +421,7 @@ def _warped_colours(query: np.ndarray, reference: np.ndarray, transform: np.ndar
     if min(query.shape[:2]) < 2 or min(reference.shape[:2]) < 2:
         return None
     small = np.diag([1.0 / COLOUR_SCALE, 1.0 / COLOUR_SCALE, 1.0])
-    mirror = np.diag([-1.0, 1.0, 1.0]) if flipped else np.eye(3)
-    warp = small @ mirror @ transform @ np.linalg.inv(small)
+    warp = small @ _onto_photo(transform, flipped) @ np.linalg.inv(small)
     size = (query.shape[1], query.shape[0])
     warped = cv2.warpPerspective(reference.astype(np.float32), warp, size, flags=cv2.INTER_LINEAR)
     inside = cv2.warpPerspective(np.ones(reference.shape[:2], np.uint8), warp, size, flags=cv2.INTER_NEAREST) > 0

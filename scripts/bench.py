@@ -387,11 +387,10 @@ def nightly_mix(labelled: Path, unprotected: Path, work: Path, total: int, seed:
     (as they are), the rest re-cropped, re-encoded pictures of ``unprotected``."""
     from PIL import Image
 
-    from detector.tables import IMAGE_SUFFIXES
+    from detector.tables import image_files
 
     rng = np.random.default_rng(seed)
-    sources = sorted(Path(folder) / name for folder, _, names in os.walk(unprotected, followlinks=True)
-                     for name in names if Path(name).suffix.lower() in IMAGE_SUFFIXES)
+    sources = image_files(unprotected)
     if not sources:
         raise SystemExit(f"no images under {unprotected}")
     with open(labelled / "listings.csv", newline="", encoding="utf-8") as fh:

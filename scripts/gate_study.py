@@ -26,7 +26,6 @@ import argparse
 import csv
 import hashlib
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -39,7 +38,7 @@ from detector.images import ImageError, decode_image, read_image_bytes  # noqa: 
 from detector.marks import find_marks  # noqa: E402
 from detector.matches import ReferenceFeatures, index_marks, open_index, search_views, to_verify, verify_hits  # noqa: E402
 from detector.scanner import cache_key  # noqa: E402
-from detector.tables import IMAGE_SUFFIXES  # noqa: E402
+from detector.tables import image_files  # noqa: E402
 from detector.verify import extract_query  # noqa: E402
 from detector.views import listing_views  # noqa: E402
 
@@ -125,8 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         folder, work = (Path(p) for p in pair.split(":", 1))
         evidence[folder.name] = cheap_evidence(work, labelled(folder, work))
         print(f"{folder.name}: {len(evidence[folder.name])} photos", flush=True)
-    pictures = sorted(Path(root) / name for root, _, names in os.walk(args.unprotected, followlinks=True)
-                      for name in names if Path(name).suffix.lower() in IMAGE_SUFFIXES)
+    pictures = image_files(args.unprotected)
     pictures = [pictures[i] for i in np.linspace(0, len(pictures) - 1, min(args.limit, len(pictures))).astype(int)]
     unprotected = cheap_evidence(args.against, [(p, {}) for p in pictures])
     lines = table(evidence, unprotected)

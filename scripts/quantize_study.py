@@ -25,12 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from detector.embedders import CPU_CHUNK, create_embedder  # noqa: E402
 from detector.images import decode_image, read_image_bytes  # noqa: E402
 from detector.paths import cache_dir  # noqa: E402
-from detector.tables import IMAGE_SUFFIXES  # noqa: E402
+from detector.tables import image_files  # noqa: E402
 from detector.views import listing_views  # noqa: E402
 
 
 def pictures(folder: Path, limit: int) -> list[Path]:
-    found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    found = image_files(folder)
     return [found[i] for i in np.linspace(0, len(found) - 1, min(limit, len(found))).astype(int)] if found else []
 
 

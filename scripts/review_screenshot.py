@@ -15,13 +15,12 @@ import secrets
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detector.review_server import Workbench, bind, create_app  # noqa: E402
+from detector.review_server import Workbench, running  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +30,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label", type=int, default=7, help="listings to label before the shot")
     args = parser.parse_args(argv)
 
-    import uvicorn
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.action_chains import ActionChains
@@ -40,27 +38,22 @@ def main(argv: list[str] | None = None) -> int:
         scan = Path(shutil.copytree(args.out_dir, Path(work) / "scan"))
         (scan / "review" / "labels.sqlite").unlink(missing_ok=True)
         token = secrets.token_urlsafe(16)
-        sock = bind("127.0.0.1", 0)
-        server = uvicorn.Server(uvicorn.Config(create_app(Workbench(scan, token)), log_level="warning"))
-        threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True).start()
-        while not server.started:
-            time.sleep(0.05)
         options = webdriver.ChromeOptions()
         options.binary_location = shutil.which("chromium") or "chromium"
         for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,980"):
             options.add_argument(argument)
         driver = webdriver.Chrome(service=Service(shutil.which("chromedriver") or "chromedriver"), options=options)
         try:
-            driver.get(f"http://127.0.0.1:{sock.getsockname()[1]}/?token={token}")
-            time.sleep(1.5)
-            driver.find_element("id", "reviewer").send_keys("ann\n")
-            for key in ("cgc" * args.label)[: args.label]:
-                ActionChains(driver).send_keys(key).perform()
-                time.sleep(0.6)
-            driver.save_screenshot(str(args.png))
+            with running(Workbench(scan, token)) as url:
+                driver.get(f"{url}/?token={token}")
+                time.sleep(1.5)
+                driver.find_element("id", "reviewer").send_keys("ann\n")
+                for key in ("cgc" * args.label)[: args.label]:
+                    ActionChains(driver).send_keys(key).perform()
+                    time.sleep(0.6)
+                driver.save_screenshot(str(args.png))
         finally:
             driver.quit()
-            server.should_exit = True
     print(f"wrote {args.png}")
     return 0
 

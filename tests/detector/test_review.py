@@ -220,3 +220,9 @@ def test_exported_labels_feed_the_prevalence_estimate(client, scan, tmp_path):
     result = json.loads(estimate.output)
     sampled_labelled = sum(bool(r["review_id"]) and r["label"] != "unsure" for r in rows)
     assert result["labels"] == sampled_labelled and result["precision"]["value"] == 1.0
+
+
+def test_an_unreadable_review_sample_is_one_clear_error(scan, tmp_path):
+    (scan / "review" / "sample.csv").write_bytes(b"review_id,listing_id\n\xff\xfe\x00broken\n")
+    result = runner.invoke(cli, ["review", "serve", str(scan), "--port", "0"])
+    assert result.exit_code == 2 and "the review sample" in result.output and "counterfeit sample" in result.output

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
 import time
 
 import pytest
 
-from detector.review_server import Workbench, bind, create_app
+from detector.review_server import Workbench, running
 from tests.conftest import HOSTILE_TITLE, copy_scan
 
 TOKEN = "browser-token-456"
@@ -53,19 +52,9 @@ def browser():
 @pytest.fixture
 def server(review_scan, tmp_path):
     """The workbench on a private copy of the scan, served by uvicorn on a free port."""
-    import uvicorn
-
-    scan = copy_scan(review_scan, tmp_path / "scan")
-    bench = Workbench(scan, TOKEN)
-    sock = bind("127.0.0.1", 0)
-    instance = uvicorn.Server(uvicorn.Config(create_app(bench), log_level="warning"))
-    thread = threading.Thread(target=instance.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not instance.started:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}", bench
-    instance.should_exit = True
-    thread.join(timeout=10)
+    bench = Workbench(copy_scan(review_scan, tmp_path / "scan"), TOKEN)
+    with running(bench) as url:
+        yield url, bench
     bench.store.close()
 
 
