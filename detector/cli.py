@@ -287,13 +287,14 @@ def scan(
     policy_file: Optional[Path] = typer.Option(None, "--policy", help="Policy TOML overriding the defaults (see detector/default_policy.toml)."),
     device: Device = typer.Option(Device.auto, "--device", help="Where the model runs."),
     backend: Backend = typer.Option(Backend.auto, "--backend", help=BACKEND_HELP),
-    batch_size: int = typer.Option(32, "--batch-size", min=1, max=4096, help="Photos per batch (and per checkpoint); each photo is six views."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, max=4096, help="Photos per batch; each is a checkpoint and holds up to six views per photo."),
     workers: int = typer.Option(2, "--workers", min=1, max=64, help="Threads reading and decoding images while the model runs."),
     top_k: int = typer.Option(5, "--top-k", min=1, max=100, help="Nearest references kept per photo."),
     embedder: Optional[str] = typer.Option(None, "--embedder", help=EMBEDDER_OVERRIDE_HELP),
     cache: Optional[Path] = typer.Option(None, "--cache", help="Embedding cache file (default: $COUNTERFEIT_CACHE_DIR or ~/.cache/counterfeit-detector/embeddings.sqlite)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Embed every photo; read and write no cache."),
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip geometric verification (similarity alone decides the visual match)."),
+    no_screen: bool = typer.Option(False, "--no-screen", help="Run every stage on every photo. By default a first stage (the whole photo, its search and its keypoints against the 10 closest references) sends on only photos that could match; the others skip the five window views and full verification, and their decisions say `screened_out`. About 1.5x slower on a night of mostly unprotected photos (docs/performance.md)."),
     allow_outside_paths: bool = typer.Option(False, "--allow-outside-paths", help="Trust image paths that are absolute or lead outside the listing table's folder."),
     restart: bool = typer.Option(False, "--restart", help="Discard OUT_DIR's earlier progress instead of resuming it."),
     engine: Engine = typer.Option(Engine.local, "--engine", help="local: this process. ray: a Ray Data actor pool (pip install -e '.[ray]'); same decisions, same outputs; no embedding cache."),
@@ -315,7 +316,7 @@ def scan(
     with Detector.open(index_dir, policy=policy_file, device=device.value, backend=backend.value,
                        cache=False if no_cache else (cache or True), embedder=embedder) as detector:
         _run_scan(detector, listings, out_dir, authorized=authorized, batch_size=batch_size, workers=workers,
-                  top_k=top_k, verify=not no_verify, allow_outside_paths=allow_outside_paths, restart=restart,
+                  top_k=top_k, verify=not no_verify, screen=not no_screen, allow_outside_paths=allow_outside_paths, restart=restart,
                   engine=engine.value, address=address, ray_actors=ray_actors, history=history, night=night)
 
 

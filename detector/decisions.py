@@ -69,6 +69,8 @@ FINDINGS = {
     "photos_unreadable": "some of a listing's photos could not be read (the others decided it)",
     "best_photo": "a listing with several photos is decided on its riskiest photo",
     "rows_disagree": "a listing's rows disagree on seller, price or currency; the riskiest row decides",
+    "screened_out": "the first stage (the whole photo, its search and its keypoints) found nothing that could match,"
+                    " so the window views and full verification were skipped",
 }
 
 

@@ -2,6 +2,10 @@
 and verify the nearest references geometrically. One :class:`Evidence` record per row, errors
 included; nothing is decided here.
 
+With ``screen`` on (the scanner's default), each photo first goes through the whole view alone
+and :mod:`detector.screening`; only the photos it sends on pay for the five window views and the
+full verification. Their evidence is then the same as without the cascade.
+
 Both scan engines run this stage: the local engine in its own process, the Ray engine inside
 each actor. The records are what the scan's progress database stores and what the policy later
 judges, so two engines that produce the same records produce the same decisions.
@@ -35,9 +39,11 @@ from detector.matches import (
 )
 from detector.policy import Candidate
 from detector.profile import StageClock, timed
+from detector.screening import CANDIDATES, NOTE, SCREEN_ID, candidates_key, near_threshold
+from detector.screening import screen as screen_photo
 from detector.tables import ListingRow, iter_listings
 from detector.verify import VERIFIER_ID, Outcome, QueryFeatures, extract_query
-from detector.views import listing_views
+from detector.views import LISTING_VIEWS, listing_views
 from index.search import Hit
 from index.store import ReferenceIndex
 
@@ -162,11 +168,13 @@ class EvidenceMaker:
         allow_outside: bool = False,
         workers: int = 2,
         keep_vectors: bool = False,
+        screen: bool = False,
         clock: StageClock | None = None,
     ):
         self.index, self.embedder, self.root = index, embedder, Path(root)
         self.cache, self.verify, self.top_k = cache, verify, top_k
         self.allow_outside, self.workers, self.keep_vectors = allow_outside, workers, keep_vectors
+        self.screen = screen and verify
         self.clock = clock
         self.references = ReferenceFeatures(index)
         self.marks, self.marks_key = index_marks(index), marks_key(index)
@@ -202,13 +210,15 @@ class EvidenceMaker:
             with timed(self.clock, "cache"):
                 vector = self.cache.get(digest)
         if vector is not None:
-            return Prepared(vector=vector, info=(digest, str(path), None, None))
+            vector = vector.reshape(-1, vector.shape[-1])  # the cache gives a single view back as [d]
+        if vector is not None and (self.screen or len(vector) == LISTING_VIEWS):  # whole view alone: a screened scan's
+            return Prepared(vector=vector, info=(digest, str(path), None, None, None))
         image = self._decode(data)
         local = self._keypoints(image) if self.verify else None
         pixels = photo_pixels(image) if self.verify and self.shapes else None
         with timed(self.clock, "views"):
-            views = self.embedder.preprocess_views(listing_views(image))
-        return Prepared(array=views, info=(digest, str(path), local, pixels))
+            views = self.embedder.preprocess_views([image] if self.screen else listing_views(image))
+        return Prepared(array=views, info=(digest, str(path), local, pixels, image if self.screen else None))
 
     def _decode(self, data: bytes) -> Image.Image:
         with timed(self.clock, "decode"):
@@ -222,7 +232,7 @@ class EvidenceMaker:
         """What the photo's local features show: geometric evidence against the closest
         references, verified together (each outcome depends on the whole candidate set, so the
         cache keys it by the set too), and the registered marks found in it. Both are cached."""
-        digest, path, local, pixels = result.info
+        digest, path, local, pixels, _ = result.info
         chosen = to_verify(self.index, hits)
         references = [self.index.product(hit)["image_sha256"] for hit in chosen]
         group = hashlib.sha256("|".join(sorted(references)).encode()).hexdigest()[:16]
@@ -260,15 +270,84 @@ class EvidenceMaker:
                 self.cache.put_json(MARKS_ID, {(digest, self.marks_key): [list(s) for s in sightings]})
         return outcomes, sightings
 
+    def _screen_one(self, result: Embedded[ListingRow], hits: list[Hit]) -> bool:
+        """Whether the photo goes on past the first stage (cached by its candidates). A photo read
+        from the cache is decoded again for its keypoints only when the answer is not cached."""
+        digest, path, local, pixels, image = result.info
+        if near_threshold(self.index, hits):
+            return True
+        key = candidates_key(self.index, hits)
+        if self.cache is not None:
+            found, stored = self.cache.get_json(SCREEN_ID, digest, key)
+            if found and isinstance(stored, bool):
+                return stored
+        if local is None:
+            try:
+                image = self._decode(read_image_bytes(Path(path)))
+            except ImageError:
+                return False
+            local = self._keypoints(image)
+            pixels = photo_pixels(image) if self.shapes else None
+            result.info = (digest, path, local, pixels, image)
+        with timed(self.clock, "screen"):
+            go_on = screen_photo(self.index, hits, local, self.references, self.marks).go_on
+        if self.cache is not None:
+            self.cache.put_json(SCREEN_ID, {(digest, key): go_on})
+        return go_on
+
+    def _windows(self, result: Embedded[ListingRow]) -> np.ndarray | None:
+        """The five window views of a photo the screen sent on, preprocessed (``None`` when a
+        photo known from the cache can no longer be decoded: it then ends at the first stage)."""
+        digest, path, local, pixels, image = result.info
+        if image is None:
+            try:
+                image = self._decode(read_image_bytes(Path(path)))
+            except ImageError:
+                return None
+        if local is None:
+            local = self._keypoints(image)
+            pixels = photo_pixels(image) if self.shapes else None
+        result.info = (digest, path, local, pixels, None)
+        with timed(self.clock, "views"):
+            return self.embedder.preprocess_views(listing_views(image)[1:])
+
+    def _first_stage(self, found: list[Embedded[ListingRow]], pool: ThreadPoolExecutor) -> dict[int, list[Hit]]:
+        """Screen the photos known by their whole view alone; give those sent on their window
+        views (``vector`` becomes all six). Returns the stopped photos' hits, by ``id``."""
+        whole = [r for r in found if len(r.vector) == 1]
+        if not whole:
+            return {}
+        with timed(self.clock, "search"):
+            hits = search_views(self.index, [r.vector for r in whole], CANDIDATES)
+        going = list(pool.map(self._screen_one, whole, hits))
+        onward = [(r, h) for r, h, go in zip(whole, hits, going) if go]
+        stopped = {id(r): h[:self.top_k] for r, h, go in zip(whole, hits, going) if not go}
+        windows = []
+        for (r, h), arrays in zip(onward, pool.map(self._windows, [r for r, _ in onward])):
+            if arrays is None:
+                stopped[id(r)] = h[:self.top_k]
+            else:
+                windows.append((r, arrays))
+        if windows:
+            with timed(self.clock, "embed"):
+                vectors = self.embedder.embed_arrays(np.concatenate([w for _, w in windows]))
+            for i, (r, _) in enumerate(windows):
+                r.vector = np.concatenate([r.vector, vectors[i * (LISTING_VIEWS - 1):(i + 1) * (LISTING_VIEWS - 1)]])
+                r.computed = True
+        return stopped
+
     def _finish(self, batch: list[Embedded[ListingRow]], pool: ThreadPoolExecutor) -> Counted:
         found = [r for r in batch if r.vector is not None]
+        stopped = self._first_stage(found, pool) if self.screen else {}
+        onward = [r for r in found if id(r) not in stopped]
         with timed(self.clock, "search"):
-            hits = search_views(self.index, [r.vector for r in found], self.top_k)
-        hits_of = {id(r): h for r, h in zip(found, hits)}
+            hits = search_views(self.index, [r.vector for r in onward], self.top_k)
+        hits_of = {id(r): h for r, h in zip(onward, hits)}
+        hits_of.update(stopped)
         local_of = {}
-        if self.verify and found:
-            local_of = dict(zip((id(r) for r in found), pool.map(self._local, found, hits)))
-        for r in found:
+        if self.verify and onward:
+            local_of = dict(zip((id(r) for r in onward), pool.map(self._local, onward, hits)))
+        for r in onward:
             sighted = {s.brand for s in local_of.get(id(r), ({}, []))[1]}
             if sighted:  # the products of a brand whose mark is in the photo are candidates, however far
                 with timed(self.clock, "search"):
@@ -290,10 +369,12 @@ class EvidenceMaker:
             hit_list = [[h.brand, h.row, round(h.similarity, 6), *(verified.get(h) or (None, None, None, None, None))]
                         for h in hits_of.get(id(r), [])]
             kept = pack_vector(r.vector[0]) if self.keep_vectors and r.vector is not None else None
+            notes = [*row.notes, NOTE] if id(r) in stopped else row.notes
             records.append(Evidence(row.row, row.listing_id, row.line, row.seller_id, row.title, row.price,
-                                    row.currency, row.image, path, error, code, json.dumps(row.notes), digest,
+                                    row.currency, row.image, path, error, code, json.dumps(notes), digest,
                                     None if error else json.dumps(hit_list), kept,
                                     None if error else json.dumps([list(s) for s in sightings])))
         return Counted(records, embedded=sum(r.computed for r in batch),
                        cache_hits=sum(1 for r in found if not r.computed),
                        errors=sum(r.error is not None for r in batch))
+

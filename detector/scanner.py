@@ -32,6 +32,7 @@ from detector.matches import authorized_sellers, marked_brands
 from detector.outputs import DecisionWriter, wilson_interval, write_json
 from detector.policy import Listing, Policy, combine, decide, error_decision
 from detector.profile import StageClock
+from detector.screening import SCREEN_ID
 from detector.report import REPORT_LIMIT, write_report
 from detector.tables import LISTING_REQUIRED, count_rows, require_columns, table_columns
 from detector.verify import VERIFIER_ID
@@ -45,13 +46,14 @@ STATE_VERSION = 9
 
 @dataclass
 class ScanOptions:
-    """How to run a scan (none of these change its decisions except ``top_k``, ``verify`` and
-    ``allow_outside``). ``engine`` is ``local`` or ``ray``; ``device`` and ``backend`` are what Ray actors use."""
+    """How to run a scan (none of these change its decisions except ``top_k``, ``verify``,
+    ``screen`` and ``allow_outside``). ``engine`` is ``local`` or ``ray``; ``device`` and ``backend`` are what Ray actors use."""
 
     batch_size: int = 32
     workers: int = 2
     top_k: int = 5
     verify: bool = True
+    screen: bool = True  # the first-stage screen (detector/screening.py); off: every stage on every photo
     allow_outside: bool = False
     restart: bool = False
     cache: EmbeddingCache | None = None
@@ -127,6 +129,7 @@ def _identity(listings: Path, index: ReferenceIndex, embedder: Embedder, options
         "views": VIEWS_ID,
         "top_k": options.top_k,
         "verifier": VERIFIER_ID if options.verify else None,
+        "screen": SCREEN_ID if options.verify and options.screen else None,
         "allow_outside": options.allow_outside,
         "keeps_vectors": options.history is not None,
     }
@@ -327,7 +330,7 @@ def _embed_rows(listings, index, embedder, state: ScanState, options: ScanOption
 
     maker = EvidenceMaker(index, embedder, listing_root(listings), cache=options.cache, verify=options.verify,
                           top_k=options.top_k, allow_outside=options.allow_outside, workers=options.workers,
-                          keep_vectors=options.history is not None, clock=options.clock)
+                          keep_vectors=options.history is not None, screen=options.screen, clock=options.clock)
     if on_progress:
         on_progress(next_row, total)
     rows = pending_rows(listings, lambda row: row >= next_row, stats)

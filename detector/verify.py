@@ -257,19 +257,20 @@ def _nearest_two(query: LocalFeatures, reference: LocalFeatures, root: bool = Fa
     return nearest, first, second
 
 
-def fit_layout(query: LocalFeatures, reference: LocalFeatures) -> tuple[int, list[np.ndarray]]:
+def fit_layout(query: LocalFeatures, reference: LocalFeatures, homography: bool = True) -> tuple[int, list[np.ndarray]]:
     """Fit the one-to-one keypoint matches: how many distinct reference keypoints fit one
     similarity transform, and the 3 x 3 maps (reference frame to listing frame) worth aligning
     edges with: that transform, and, for a layout of MIN_LAYOUT or more, a homography when one
-    fits as many matches (a photo taken at an angle bends straight layouts). ``(0, [])`` when
-    nothing fits."""
+    fits as many matches (a photo taken at an angle bends straight layouts; not tried when
+    ``homography`` is false, for a caller that needs the count alone). ``(0, [])`` when nothing
+    fits."""
     if len(query) < 4 or len(reference) < 4:
         return 0, []
-    return _layout(query, reference, *_nearest_two(query, reference))
+    return _layout(query, reference, *_nearest_two(query, reference), homography=homography)
 
 
 def _layout(query: LocalFeatures, reference: LocalFeatures, nearest: np.ndarray, first: np.ndarray,
-            second: np.ndarray) -> tuple[int, list[np.ndarray]]:
+            second: np.ndarray, homography: bool = True) -> tuple[int, list[np.ndarray]]:
     if len(query) < 4 or len(reference) < 4:
         return 0, []
     cv2 = _cv2()
@@ -290,10 +291,10 @@ def _layout(query: LocalFeatures, reference: LocalFeatures, nearest: np.ndarray,
         return 0, []  # a collapsed or exploded fit is not a copy
     inliers = _distinct(src[mask.ravel().astype(bool)])
     maps = [np.vstack([transform, [0.0, 0.0, 1.0]])]
-    if inliers >= MIN_LAYOUT and len(best) >= 8:
-        homography, hmask = cv2.findHomography(src, dst, cv2.RANSAC, RANSAC_PIXELS)
-        if homography is not None and _plausible(homography, reference) and _distinct(src[hmask.ravel().astype(bool)]) >= inliers:
-            maps.append(homography)
+    if homography and inliers >= MIN_LAYOUT and len(best) >= 8:
+        bent, hmask = cv2.findHomography(src, dst, cv2.RANSAC, RANSAC_PIXELS)
+        if bent is not None and _plausible(bent, reference) and _distinct(src[hmask.ravel().astype(bool)]) >= inliers:
+            maps.append(bent)
     return inliers, maps
 
 

@@ -17,8 +17,10 @@ that could matter to a verdict), bytes per vector and build time; (g) peak resid
 (i) a nightly mix: --mix photos, 90% of them pictures from --unprotected DIR (any folder of
 images from another source than the catalogue; each re-cropped and re-encoded, so every photo is
 distinct) and 10% listings of the labelled folder --nightly, scanned against that folder's
-catalogue, beside a naive one-view pipeline on the same files (Lite0 eager in torch, centre crop
-224, batch 32, 2 threads, exact search), with the ratio and the scan's stage profile.
+catalogue twice, screened (the default) and with every stage on every photo (``screen=False``),
+beside a naive one-view pipeline on the same files (Lite0 eager in torch, centre crop 224,
+batch 32, 2 threads, exact search), with the ratios, each scan's stage profile, and the flags
+one scan raised and the other did not.
 Nothing is downloaded; the photos of (a)-(h) are drawn by detector.demo.
 """
 
@@ -447,7 +449,8 @@ def naive_one_view(paths: list[Path], vectors: np.ndarray) -> float:
 
 
 def nightly(labelled: Path, unprotected: Path, work: Path, total: int) -> dict:
-    """Section (i): the scan and the naive pipeline on one nightly mix, side by side."""
+    """Section (i): the scan (screened, and with every stage on every photo) and the naive
+    pipeline on one nightly mix, side by side."""
     from detector import Detector, build_index
     from detector.profile import StageClock
     from index.store import load_index
@@ -458,16 +461,25 @@ def nightly(labelled: Path, unprotected: Path, work: Path, total: int) -> dict:
         paths = [work / r["image"] for r in csv.DictReader(fh)]
     vectors = np.concatenate([e.vectors for e in load_index(work / "index", load_indexes=False).brands.values()])
     naive = naive_one_view(paths, vectors)
-    clock = StageClock()
-    with Detector.open(work / "index", device="cpu", cache=False) as detector:
-        start = time.perf_counter()
-        summary = detector.scan(table, work / "scan", clock=clock)
-        seconds = time.perf_counter() - start
-    scan = len(paths) / seconds
-    return {"photos": len(paths), "protected_share": 0.1, "naive_photos_per_s": round(naive, 2),
-            "scan_photos_per_s": round(scan, 2), "scan_over_naive": round(scan / naive, 2),
-            "flagged": summary.flagged, "errors": summary.errors,
-            "stage_ms_per_photo": clock.per_photo_ms(summary.photos_this_run)}
+    result = {"photos": len(paths), "protected_share": 0.1, "naive_photos_per_s": round(naive, 2)}
+    flagged = {}
+    for name, screen in (("scan", True), ("full_scan", False)):
+        clock = StageClock()
+        with Detector.open(work / "index", device="cpu", cache=False) as detector:
+            start = time.perf_counter()
+            summary = detector.scan(table, work / name, screen=screen, clock=clock)
+            seconds = time.perf_counter() - start
+        decisions = [json.loads(line) for line in summary.decisions_path.read_text(encoding="utf-8").splitlines()]
+        flagged[name] = {d["listing_id"] for d in decisions if d["verdict"] == "flagged"}
+        result.update({f"{name}_photos_per_s": round(len(paths) / seconds, 2),
+                       f"{name}_over_naive": round(len(paths) / seconds / naive, 2),
+                       f"{name}_flagged": summary.flagged, f"{name}_errors": summary.errors,
+                       f"{name}_stage_ms_per_photo": clock.per_photo_ms(summary.photos_this_run)})
+        if screen:
+            result["screened_out"] = sum(any(f["code"] == "screened_out" for f in d["findings"]) for d in decisions)
+    result["flags_only_in_full_scan"] = sorted(flagged["full_scan"] - flagged["scan"])
+    result["flags_only_in_screened_scan"] = sorted(flagged["scan"] - flagged["full_scan"])
+    return result
 
 
 def report(results: dict) -> None:

@@ -7,7 +7,7 @@ library's front door (detector.build_index, Detector.scan), and compares decisio
 reads). It prints a table and writes metrics.json into the work folder.
 
     python scripts/evaluate.py ../shared/eval-public [--work eval-work] [--policy P.toml] [--sweep] [--sweep-verify]
-                                                     [--sweep-colour] [--profile]
+                                                     [--sweep-colour] [--profile] [--no-screen]
 """
 
 from __future__ import annotations
@@ -149,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--keep-cache", action="store_true", help="reuse the embedding cache of an earlier run")
     parser.add_argument("--no-verify", action="store_true", help="scan without geometric verification")
+    parser.add_argument("--no-screen", action="store_true", help="run every stage on every photo (no first-stage screen)")
     parser.add_argument("--engine", choices=["local", "ray"], default="local",
                         help="scan engine; ray starts a local Ray instance unless --address is given")
     parser.add_argument("--address", help="Ray cluster address for --engine ray")
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         with Detector.open(index_dir, policy=policy, device=args.device,
                            cache=cache if args.engine == "local" else False) as detector:
             detector.scan(bench / "listings.csv", scan_dir, engine=args.engine, address=args.address,
-                          verify=not args.no_verify, clock=clock)
+                          verify=not args.no_verify, screen=not args.no_screen, clock=clock)
 
     clock = StageClock() if args.profile else None
     start = time.perf_counter()

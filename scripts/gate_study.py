@@ -9,7 +9,15 @@ script measures, without changing the scanner, what such gates would let through
 * gate B, the cheap local check: one view, SIFT and verification of its candidates (the five
   window views skipped), escalating a photo when some candidate has at least K matching (or
   unique) keypoints, a registered mark is seen, or the whole-view similarity is within M of the
-  best candidate brand's threshold.
+  best candidate brand's threshold;
+* for comparison, the same check on the candidates of all six views (what B would do if one view
+  found the right references);
+* gate C, the same SIFT features fitted to the whole view's ten closest references;
+* gate D, SIFT on the photo at 320 px instead of 512 (cheaper), ten references;
+* gate E, ORB (OpenCV's FAST corners and binary descriptors: 500 at 320 px, or 1,000 at 512 px;
+  a few milliseconds) fitted to the same ten references' ORB features and to the marks'.
+
+It also times, per photo in this one process, each stage such a first stage would pay.
 
 On each labelled folder (an ``evaluate.py`` work folder: its index, embedding cache and
 ``scan/decisions.jsonl``, the full pipeline's decisions) it counts the listings whose full-pipeline
@@ -27,31 +35,114 @@ import csv
 import hashlib
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from detector import verify  # noqa: E402
 from detector.cache import EmbeddingCache  # noqa: E402
 from detector.images import ImageError, decode_image, read_image_bytes  # noqa: E402
 from detector.marks import find_marks  # noqa: E402
 from detector.matches import ReferenceFeatures, index_marks, open_index, search_views, to_verify, verify_hits  # noqa: E402
 from detector.scanner import cache_key  # noqa: E402
 from detector.tables import image_files  # noqa: E402
-from detector.verify import extract_query  # noqa: E402
 from detector.views import listing_views  # noqa: E402
 
 LEVELS = (0.4, 0.45, 0.5, 0.55, 0.6)
 KEYPOINTS = (3, 4, 5, 6)
 MARGINS = (0.0, 0.05, 0.1, 0.2)
 NOT_ACTING = (None, "no_match", "error")
+TEN = 10
+"""References the wider local checks (gates C-E) fit: the whole view's closest ten."""
+SMALL_SIDE = 320
+"""Gate D's SIFT size (the scanner's is verify.MAX_SIDE, 512)."""
+ORB_SETTINGS = ((320, 500), (512, 1000))
+"""(longer side in pixels, features) of the ORB checks."""
+
+
+def _ms(since: float) -> float:
+    return (time.perf_counter() - since) * 1000
+
+
+class Orb:
+    """ORB features of a photo and its mirror, fitted to references' and marks' ORB features the
+    way the scanner fits SIFT: ratio test, one match per reference keypoint, a RANSAC similarity."""
+
+    def __init__(self, side: int, features: int):
+        import cv2
+
+        self.cv2, self.side, self.name = cv2, side, f"orb{side}"
+        self.orb = cv2.ORB_create(nfeatures=features)
+        self.matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
+        self.known: dict[tuple[str, bool], tuple] = {}
+
+    def grey(self, image: Image.Image) -> np.ndarray:
+        grey = image.convert("L")
+        scale = self.side / max(grey.size)
+        return np.asarray(grey.resize((max(1, round(grey.width * scale)), max(1, round(grey.height * scale))),
+                                      Image.BILINEAR))
+
+    def features(self, grey: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        keypoints, descriptors = self.orb.detectAndCompute(np.ascontiguousarray(grey), None)
+        return np.float32([k.pt for k in keypoints]).reshape(-1, 2), descriptors
+
+    def of_file(self, path: str, inverted: bool = False) -> tuple:
+        """A reference's or a mark's features (transparency flattened on white), memoised."""
+        if (path, inverted) not in self.known:
+            with Image.open(path) as opened:
+                rgba = opened.convert("RGBA")
+            flat = Image.new("RGB", rgba.size, "white")
+            flat.paste(rgba, mask=rgba.getchannel("A"))
+            grey = self.grey(flat)
+            self.known[(path, inverted)] = self.features(255 - grey if inverted else grey)
+        return self.known[(path, inverted)]
+
+    def inliers(self, query: tuple, reference: tuple) -> int:
+        (query_points, query_descriptors), (reference_points, reference_descriptors) = query, reference
+        if query_descriptors is None or reference_descriptors is None or min(len(query_points), len(reference_points)) < 4:
+            return 0
+        best: dict[int, tuple[int, float]] = {}
+        for pair in self.matcher.knnMatch(query_descriptors, reference_descriptors, k=2):
+            if len(pair) == 2 and pair[0].distance < verify.RATIO * pair[1].distance:
+                j = pair[0].trainIdx
+                if j not in best or pair[0].distance < best[j][1]:
+                    best[j] = (pair[0].queryIdx, pair[0].distance)
+        if len(best) < 4:
+            return 0
+        source = reference_points[list(best)]
+        transform, mask = self.cv2.estimateAffinePartial2D(
+            source, query_points[[q for q, _ in best.values()]], method=self.cv2.RANSAC,
+            ransacReprojThreshold=verify.RANSAC_PIXELS * self.side / verify.MAX_SIDE)
+        if transform is None or not 0.1 < float(np.sqrt(abs(np.linalg.det(transform[:, :2])))) < 10:
+            return 0
+        return len({tuple(point) for point in np.round(source[mask.ravel().astype(bool)])})
+
+
+def _layout_best(query: verify.QueryFeatures, references: list) -> int:
+    """The most keypoints in one layout between the photo (either way round) and any reference."""
+    return max([max(verify.fit_layout(query.plain, r)[0], verify.fit_layout(query.mirrored, r)[0])
+                for r in references if r is not None] or [0])
+
+
+def _small_sift(image: Image.Image) -> tuple[verify.QueryFeatures, float]:
+    full, verify.MAX_SIDE = verify.MAX_SIDE, SMALL_SIDE
+    try:
+        started = time.perf_counter()
+        return verify.extract_query(image), _ms(started)
+    finally:
+        verify.MAX_SIDE = full
 
 
 def cheap_evidence(work: Path, photos: list[tuple[Path, dict]]) -> list[dict]:
-    """For each (photo, decision) pair: what one view, SIFT and verification of its candidates show."""
+    """For each (photo, decision) pair: what each gate's first stage shows, and what it costs."""
     index, embedder = open_index(work / "index", backend="onnx")
     references, marks = ReferenceFeatures(index), index_marks(index)
+    mark_files = [m["image_path"] for entry in index.brands.values() for m in entry.marks]
+    orbs = [Orb(side, count) for side, count in ORB_SETTINGS]
     cache = EmbeddingCache(work / "cache.sqlite", cache_key(embedder), embedder.dim)
     rows = []
     for path, decision in photos:
@@ -60,21 +151,44 @@ def cheap_evidence(work: Path, photos: list[tuple[Path, dict]]) -> list[dict]:
             image = decode_image(data, draft=embedder.decode_size)
         except ImageError:  # an unreadable photo is an error row, not a gate question
             continue
-        cached = cache.get(hashlib.sha256(data).hexdigest())
-        whole = cached[0] if cached is not None and cached.ndim == 2 else None
-        if whole is None:
-            whole = embedder.embed_arrays(embedder.preprocess_views(listing_views(image)[:1]))[0]
-        hits = search_views(index, [whole], 5)[0]
-        local = extract_query(image)
-        outcomes = [o for o in verify_hits(local, to_verify(index, hits), references).values() if o is not None]
-        rows.append({
-            "similarity": hits[0].similarity if hits else 0.0,
-            "threshold": index.brands[hits[0].brand].threshold if hits else 1.0,
-            "inliers": max([o.inliers for o in outcomes] or [0]),
-            "unique": max([o.unique or 0 for o in outcomes] or [0]),
-            "marks": len(find_marks(local.plain, marks)) if marks else 0,
-            "state": decision.get("visual_state"), "verdict": decision.get("verdict"),
-        })
+        views = cache.get(hashlib.sha256(data).hexdigest())
+        if views is None or views.ndim != 2 or len(views) < 2:
+            views = embedder.embed_arrays(embedder.preprocess_views(listing_views(image)))
+        hits = search_views(index, [views[0]], TEN)[0]
+        ten = [references.get(hit) for hit in hits]
+        row: dict = {"similarity": hits[0].similarity if hits else 0.0,
+                     "threshold": index.brands[hits[0].brand].threshold if hits else 1.0,
+                     "state": decision.get("visual_state"), "verdict": decision.get("verdict")}
+        started = time.perf_counter()
+        local = verify.extract_query(image)
+        row["sift_ms"] = _ms(started)
+        started = time.perf_counter()
+        outcomes = [o for o in verify_hits(local, to_verify(index, hits[:5]), references).values() if o is not None]
+        row["verify_ms"] = _ms(started)
+        row["inliers"] = max([o.inliers for o in outcomes] or [0])
+        row["unique"] = max([o.unique or 0 for o in outcomes] or [0])
+        row["marks"] = len(find_marks(local.plain, marks)) if marks else 0
+        six = verify_hits(local, to_verify(index, search_views(index, [views], 5)[0]), references).values()
+        row["six"] = max([max(o.inliers, o.unique or 0) for o in six if o is not None] or [0])
+        started = time.perf_counter()
+        row["ten"] = _layout_best(local, ten)
+        row["layout_ten_ms"] = _ms(started)
+        small, row["sift320_ms"] = _small_sift(image)
+        row["sift320"] = _layout_best(small, ten)
+        row["sift320_marks"] = len(find_marks(small.plain, marks)) if marks else 0
+        for orb in orbs:
+            started = time.perf_counter()
+            grey = orb.grey(image)
+            photo, mirror = orb.features(grey), orb.features(grey[:, ::-1])
+            row[f"{orb.name}_ms"] = _ms(started)
+            started = time.perf_counter()
+            files = [index.product(hit)["image_path"] for hit in hits]
+            row[orb.name] = max([max(orb.inliers(photo, orb.of_file(f)), orb.inliers(mirror, orb.of_file(f)))
+                                 for f in files] or [0])
+            row[f"{orb.name}_marks"] = max([max(orb.inliers(photo, orb.of_file(f)), orb.inliers(photo, orb.of_file(f, True)))
+                                            for f in mark_files] or [0])
+            row[f"{orb.name}_match_ms"] = _ms(started)
+        rows.append(row)
     cache.close()
     return rows
 
@@ -89,15 +203,38 @@ def labelled(folder: Path, work: Path) -> list[tuple[Path, dict]]:
         return [(folder / r["image"], decisions.get(r["listing_id"], {})) for r in csv.DictReader(fh)]
 
 
-def escalates(row: dict, keypoints: int, margin: float) -> bool:
-    return (row["inliers"] >= keypoints or row["unique"] >= keypoints or row["marks"] > 0
-            or row["similarity"] >= row["threshold"] - margin)
+GATES = {
+    "B": "one view + SIFT, its closest verified",
+    "six": "six views + SIFT, their closest verified (for comparison)",
+    "C": "one view + SIFT, layouts with its closest 10",
+    "D": f"one view + SIFT at {SMALL_SIDE} px, layouts with its closest 10",
+    **{f"orb{side}": f"one view + ORB {count} at {side} px, layouts with its closest 10 and the marks"
+       for side, count in ORB_SETTINGS},
+}
+
+
+def escalates(row: dict, keypoints: int, margin: float, kind: str = "B") -> bool:
+    """Whether gate ``kind`` sends the photo on: at least ``keypoints`` in one layout, a mark, or
+    a whole-view similarity within ``margin`` of the closest brand's threshold."""
+    if row["similarity"] >= row["threshold"] - margin:
+        return True
+    if kind == "B":
+        return row["inliers"] >= keypoints or row["unique"] >= keypoints or row["marks"] > 0
+    if kind == "six":
+        return row["six"] >= keypoints or row["marks"] > 0
+    if kind == "C":
+        return row["ten"] >= keypoints or row["marks"] > 0
+    if kind == "D":
+        return row["sift320"] >= keypoints or row["sift320_marks"] > 0
+    return row[kind] >= keypoints or row[f"{kind}_marks"] >= keypoints
 
 
 def table(evidence: dict[str, list[dict]], unprotected: list[dict]) -> list[dict]:
     """One line per gate: what it stops on each labelled folder and lets through of the unprotected."""
-    gates = [("similarity", level, lambda r, level=level: r["similarity"] >= level) for level in LEVELS]
-    gates += [("local", f"K={k} M={m}", lambda r, k=k, m=m: escalates(r, k, m)) for k in KEYPOINTS for m in MARGINS]
+    gates = [("A: whole-view similarity", f">= {level}", lambda r, level=level: r["similarity"] >= level)
+             for level in LEVELS]
+    gates += [(f"{kind}: {GATES[kind]}", f"K={k} M={m}", lambda r, k=k, m=m, kind=kind: escalates(r, k, m, kind))
+              for kind in GATES for k in KEYPOINTS for m in MARGINS]
     lines = []
     for kind, setting, passes in gates:
         line = {"gate": kind, "setting": setting,
@@ -128,12 +265,14 @@ def main(argv: list[str] | None = None) -> int:
     pictures = [pictures[i] for i in np.linspace(0, len(pictures) - 1, min(args.limit, len(pictures))).astype(int)]
     unprotected = cheap_evidence(args.against, [(p, {}) for p in pictures])
     lines = table(evidence, unprotected)
-    args.out.write_text(json.dumps({"unprotected": len(unprotected), "gates": lines}, indent=1))
+    costs = {key: round(float(np.median([r[key] for r in unprotected])), 1) for key in unprotected[0] if key.endswith("_ms")}
+    args.out.write_text(json.dumps({"unprotected": len(unprotected), "gates": lines, "median_ms": costs}, indent=1))
     for line in lines:
         cells = [f"{name} stops {v['acting_stopped']}/{v['acting']} acting, {v['flagged_stopped']}/{v['flagged']} flagged"
                  for name, v in line.items() if isinstance(v, dict)]
-        print(f"{line['gate']:10} {line['setting']:14} lets through {line['unprotected_let_through']:.1%} of unprotected;",
+        print(f"{line['gate']} [{line['setting']}] lets through {line['unprotected_let_through']:.1%} of unprotected;",
               "; ".join(cells))
+    print("median ms per unprotected picture, in this one process:", costs)
     return 0
 
 

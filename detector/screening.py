@@ -1,0 +1,69 @@
+"""The scan's first stage: which photos go on to the window views and full verification.
+
+A night's dump is mostly photos of things no brand here protects. Screening embeds only the
+whole photo, searches it, and fits its SIFT keypoints to the closest references; a photo goes on
+to the five window views, their search and the full verification only when some candidate is
+near its brand's threshold, or fits in one layout at least ``KEYPOINTS`` keypoints, or a mark's
+keypoints are in it. The rest end with what the first stage found, and say so in their decision.
+
+The levels were chosen with ``scripts/gate_study.py`` on the labelled folders (docs/performance.md):
+lower, and the gate lets through most unrelated pictures; higher, and it stops cropped copies
+whose right reference only a window view finds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import NamedTuple
+
+from detector.marks import Mark, find_marks
+from detector.matches import ReferenceFeatures
+from detector.verify import VERIFIER_ID, QueryFeatures, fit_layout
+from index.search import Hit
+from index.store import ReferenceIndex
+
+CANDIDATES = 10
+"""References the whole view's search hands to the screen."""
+KEYPOINTS = 4
+"""Keypoints in one layout with one candidate that send a photo on."""
+MARGIN = 0.05
+"""A candidate this close below its brand's calibrated threshold sends a photo on."""
+SCREEN_ID = f"{VERIFIER_ID}|screen-{CANDIDATES}-{KEYPOINTS}-{MARGIN}-v1"
+"""What a cached screening outcome is filed under."""
+NOTE = ("screened_out", "first stage only: the whole photo matched no protected product closely enough, "
+        "and no reference's keypoints or mark fitted it, so the window views and full verification were skipped")
+"""The note a screened-out photo's decision carries (a finding of weight 0)."""
+
+
+class Screen(NamedTuple):
+    """Whether a photo goes on, and why (``near``, ``keypoints``, ``mark``, or ``None`` when it stops)."""
+
+    go_on: bool
+    why: str | None
+
+
+def candidates_key(index: ReferenceIndex, hits: list[Hit]) -> str:
+    """The cache key of a screening: the candidates' reference photos (a rebuilt index with other
+    references screens afresh)."""
+    references = sorted(index.product(hit)["image_sha256"] for hit in hits)
+    return hashlib.sha256("|".join(references).encode()).hexdigest()[:16]
+
+
+def near_threshold(index: ReferenceIndex, hits: list[Hit]) -> bool:
+    """Whether some candidate is within MARGIN of its brand's threshold (no keypoints needed)."""
+    return any(hit.similarity >= index.brands[hit.brand].threshold - MARGIN for hit in hits)
+
+
+def screen(index: ReferenceIndex, hits: list[Hit], local: QueryFeatures, references: ReferenceFeatures,
+           marks: list[Mark]) -> Screen:
+    """Screen one photo given its whole view's closest ``hits`` and its keypoints."""
+    if near_threshold(index, hits):
+        return Screen(True, "near")
+    for hit in hits:
+        reference = references.get(hit)
+        if reference is not None and max(fit_layout(local.plain, reference, homography=False)[0],
+                                         fit_layout(local.mirrored, reference, homography=False)[0]) >= KEYPOINTS:
+            return Screen(True, "keypoints")
+    if marks and find_marks(local.plain, marks):
+        return Screen(True, "mark")
+    return Screen(False, None)
