@@ -32,6 +32,7 @@ from detector.matches import authorized_sellers, marked_brands
 from detector.outputs import DecisionWriter, wilson_interval, write_json
 from detector.policy import Listing, Policy, combine, decide, error_decision
 from detector.profile import StageClock
+from detector.screening import CODE as SCREENED_OUT
 from detector.screening import SCREEN_ID
 from detector.report import REPORT_LIMIT, write_report
 from detector.tables import LISTING_REQUIRED, count_rows, require_columns, table_columns
@@ -80,6 +81,7 @@ class ScanSummary:
     flagged_per_10000: float
     flagged_per_10000_ci95: tuple[float, float]
     photos_this_run: int
+    screened_out: int
     embedded: int
     from_cache: int
     images_per_second: float | None
@@ -95,7 +97,8 @@ class ScanSummary:
         return cls(out_dir=out_dir, listings=summary["listings"], flagged=verdicts[FLAGGED], clear=verdicts[CLEAR],
                    errors=verdicts[ERROR], flagged_per_10000=summary["flagged_per_10000"],
                    flagged_per_10000_ci95=tuple(summary["flagged_per_10000_ci95"]),
-                   photos_this_run=run["rows_processed"], embedded=run["embedded"], from_cache=run["cache_hits"],
+                   photos_this_run=run["rows_processed"], screened_out=summary.get("screened_out", 0),
+                   embedded=run["embedded"], from_cache=run["cache_hits"],
                    images_per_second=summary["images_per_second"], elapsed_seconds=summary["elapsed_seconds"],
                    resumed=summary["resumed"], cache_damaged=run["cache_damaged"], report=report, summary=summary)
 
@@ -371,6 +374,7 @@ def _finalise(listings, index, embedder, policy, out_dir, state, authorized_over
     repeat_offenders: set[str] = set()
     comebacks: list[dict] = []
     cleared_by_review = 0
+    screened_out = 0
     writer = DecisionWriter(out_dir)
     try:
         scan_id = history.begin_night(night, out_dir) if history is not None else None
@@ -389,6 +393,7 @@ def _finalise(listings, index, embedder, policy, out_dir, state, authorized_over
                     decisions.append(error_decision(facts, row["error"], row["error_code"]))
                     continue
                 paths[row["image"]] = row["path"]
+                screened_out += any(code == SCREENED_OUT for code, _ in facts.notes)
                 decisions.append(decide(facts, candidates_of(index, row["hits"]), authorized, policy,
                                         sightings_of(row["marks"]), marked))
             decision = combine(decisions)
@@ -455,6 +460,7 @@ def _finalise(listings, index, embedder, policy, out_dir, state, authorized_over
         "listings": n_listings,
         "rows": n_rows,
         "images": n_images,
+        "screened_out": screened_out,
         "verdicts": verdicts,
         "by_brand": dict(sorted(by_brand.items())),
         "flagged_per_10000": per_10000,

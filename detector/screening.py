@@ -30,9 +30,11 @@ MARGIN = 0.05
 """A candidate this close below its brand's calibrated threshold sends a photo on."""
 SCREEN_ID = f"{VERIFIER_ID}|screen-{CANDIDATES}-{KEYPOINTS}-{MARGIN}-v1"
 """What a cached screening outcome is filed under."""
-NOTE = ("screened_out", "first stage only: the whole photo matched no protected product closely enough, "
+CODE = "screened_out"
+"""The remark (a finding code of weight 0) a screened-out photo's decision carries."""
+NOTE = (CODE, "first stage only: the whole photo matched no protected product closely enough, "
         "and no reference's keypoints or mark fitted it, so the window views and full verification were skipped")
-"""The note a screened-out photo's decision carries (a finding of weight 0)."""
+"""The remark with its sentence, as the evidence's notes carry it."""
 
 
 class Screen(NamedTuple):

@@ -438,6 +438,8 @@ def test_report_shows_the_summary_counts(tmp_path, demo_data, loaded):
         assert f"<b>{verdicts[verdict]}</b>{verdict if verdict != 'error' else 'errors'}" in html
     assert "built-in method" not in html
     assert html.count('alt="listing photo"') == verdicts["flagged"]
+    assert result.screened_out > 0
+    assert f"({result.screened_out} stopped at the first stage, <code>screened_out</code>)" in html
 
 
 def test_unusable_output_and_cache_paths_are_clear_errors(tmp_path, demo_data, loaded):

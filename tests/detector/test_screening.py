@@ -84,10 +84,17 @@ def test_the_screen_sends_on_a_copy_and_stops_an_unrelated_picture(demo_index, d
     assert verdicts["noise"] == (False, None)
 
 
-def test_no_screen_on_the_command_line_runs_every_stage(tmp_path, demo_data, demo_index):
+def test_the_command_line_counts_screened_photos_and_no_screen_runs_every_stage(tmp_path, demo_data, demo_index):
     result = run_cli("scan", str(demo_data.listings), "--index", str(demo_index), "--out", str(tmp_path / "out"),
                      "--no-cache", "--no-screen")
     assert result.returncode == 0, result.stderr
     assert not any(screened(d) for d in decisions(tmp_path / "out").values())
+    assert "first stage" not in result.stdout
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["screened_out"] == 0
+    screened_run = run_cli("scan", str(demo_data.listings), "--index", str(demo_index), "--out", str(tmp_path / "s"),
+                           "--no-cache")
+    stopped = sum(screened(d) for d in decisions(tmp_path / "s").values())
+    assert stopped > 0 and json.loads((tmp_path / "s" / "summary.json").read_text())["screened_out"] == stopped
+    assert f"{stopped} photos matched nothing at the first stage" in screened_run.stdout
     help_text = run_cli("scan", "--help").stdout
     assert "--no-screen" in help_text and "screened_out" in help_text
