@@ -4,7 +4,7 @@ included; nothing is decided here.
 
 With ``screen`` on (the scanner's default), each photo first goes through the whole view alone
 and :mod:`detector.screening`; only the photos it sends on pay for the five window views and the
-full verification. Their evidence is then the same as without the cascade.
+full verification, and their evidence is the same as without the screen.
 
 Both scan engines run this stage: the local engine in its own process, the Ray engine inside
 each actor. The records are what the scan's progress database stores and what the policy later
@@ -377,4 +377,3 @@ class EvidenceMaker:
         return Counted(records, embedded=sum(r.computed for r in batch),
                        cache_hits=sum(1 for r in found if not r.computed),
                        errors=sum(r.error is not None for r in batch))
-

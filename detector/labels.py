@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import sqlite3
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -56,14 +57,31 @@ class LabelStore:
 
     def __init__(self, out_dir: Path):
         self.path = labels_path(out_dir)
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.db = self._open()
+                return
+            except sqlite3.OperationalError as exc:
+                # Two stores creating the file at once: switching it to WAL can fail at once with
+                # "database is locked" (SQLite skips the busy wait where waiting could deadlock).
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise UserError(f"review labels {self.path}: {exc}") from None
+                time.sleep(0.05)
+            except (sqlite3.Error, OSError) as exc:
+                raise UserError(f"review labels {self.path}: {exc}") from None
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, timeout=WAIT_S, check_same_thread=False)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(self.path, isolation_level=None, timeout=WAIT_S, check_same_thread=False)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
-            self.db.executescript(SCHEMA)
-        except (sqlite3.Error, OSError) as exc:
-            raise UserError(f"review labels {self.path}: {exc}") from None
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.executescript(SCHEMA)
+        except BaseException:
+            db.close()
+            raise
+        return db
 
     def add(self, listing_id: str, label: str, reviewer: str) -> Label:
         """Record a label; it is on disk when this returns."""
