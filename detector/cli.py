@@ -342,7 +342,8 @@ def _run_scan(detector, listings: Path, out_dir: Path, **options) -> None:
         f" {s.images_per_second or 0:.1f} img/s; {s.elapsed_seconds:.1f} s in all" + (" (resumed)" if s.resumed else "")
     )
     if s.screened_out:
-        out.print(f"{s.screened_out:,} photos matched nothing at the first stage (screened_out); --no-screen runs every stage")
+        out.print(f"{s.screened_out:,} {'photo' if s.screened_out == 1 else 'photos'} matched nothing at the first stage"
+                  " (screened_out); --no-screen runs every stage")
     if s.cache_damaged:
         path = detector.cache_path
         err.print(

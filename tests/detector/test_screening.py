@@ -95,6 +95,6 @@ def test_the_command_line_counts_screened_photos_and_no_screen_runs_every_stage(
                            "--no-cache")
     stopped = sum(screened(d) for d in decisions(tmp_path / "s").values())
     assert stopped > 0 and json.loads((tmp_path / "s" / "summary.json").read_text())["screened_out"] == stopped
-    assert f"{stopped} photos matched nothing at the first stage" in screened_run.stdout
+    assert f"{stopped} {'photo' if stopped == 1 else 'photos'} matched nothing at the first stage" in screened_run.stdout
     help_text = run_cli("scan", "--help").stdout
     assert "--no-screen" in help_text and "screened_out" in help_text
