@@ -35,11 +35,12 @@ from detector.images import (
 from detector.mark_shapes import ShapeSearch, photo_pixels
 from detector.marks import Sighting, find_marks
 from detector.matches import (
-    ReferenceFeatures, candidates, index_marks, marks_key, search_views, shape_levels, to_verify, verify_hits,
+    ReferenceFeatures, candidates, candidates_key, index_marks, marks_key, search_views, shape_levels, to_verify,
+    verify_hits,
 )
 from detector.policy import Candidate
 from detector.profile import StageClock, timed
-from detector.screening import CANDIDATES, NOTE, SCREEN_ID, candidates_key, near_threshold
+from detector.screening import CANDIDATES, NOTE, SCREEN_ID, near_threshold
 from detector.screening import screen as screen_photo
 from detector.tables import ListingRow, iter_listings
 from detector.verify import VERIFIER_ID, Outcome, QueryFeatures, extract_query
@@ -228,15 +229,27 @@ class EvidenceMaker:
         with timed(self.clock, "keypoints"):
             return extract_query(image)
 
+    def _decoded(self, result: Embedded[ListingRow], image_too: bool = False) -> tuple:
+        """``result.info`` (digest, path, keypoints, pixels, picture) with the keypoints and pixels,
+        and with ``image_too`` the decoded picture, filled in: a photo known from the cache is decoded
+        once more (:class:`ImageError` when it no longer can be)."""
+        digest, path, local, pixels, image = result.info
+        if local is None or (image_too and image is None):
+            image = self._decode(read_image_bytes(Path(path)))
+            if local is None:
+                local = self._keypoints(image)
+                pixels = photo_pixels(image) if self.shapes else None
+            result.info = (digest, path, local, pixels, image)
+        return result.info
+
     def _local(self, result: Embedded[ListingRow], hits: list[Hit]) -> tuple[dict[Hit, Outcome | None], list[Sighting]]:
         """What the photo's local features show: geometric evidence against the closest
         references, verified together (each outcome depends on the whole candidate set, so the
         cache keys it by the set too), and the registered marks found in it. Both are cached."""
-        digest, path, local, pixels, _ = result.info
+        digest = result.info[0]
         chosen = to_verify(self.index, hits)
-        references = [self.index.product(hit)["image_sha256"] for hit in chosen]
-        group = hashlib.sha256("|".join(sorted(references)).encode()).hexdigest()[:16]
-        keys = {hit: f"{reference}|{group}" for hit, reference in zip(chosen, references)}
+        group = candidates_key(self.index, chosen)
+        keys = {hit: f"{self.index.product(hit)['image_sha256']}|{group}" for hit in chosen}
         outcomes: dict[Hit, Outcome | None] | None = {} if not chosen else None
         sightings: list[Sighting] | None = [] if not self.marks else None
         if self.cache is not None and outcomes is None:
@@ -249,10 +262,7 @@ class EvidenceMaker:
         if outcomes is not None and sightings is not None:
             return outcomes, sightings
         try:
-            if local is None:  # an embedding-cache hit: decode once more for its keypoints
-                image = self._decode(read_image_bytes(Path(path)))
-                local = self._keypoints(image)
-                pixels = photo_pixels(image) if self.shapes else None
+            _, _, local, pixels, _ = self._decoded(result)
         except ImageError:
             return outcomes or {}, sightings or []
         if outcomes is None:
@@ -273,7 +283,7 @@ class EvidenceMaker:
     def _screen_one(self, result: Embedded[ListingRow], hits: list[Hit]) -> bool:
         """Whether the photo goes on past the first stage (cached by its candidates). A photo read
         from the cache is decoded again for its keypoints only when the answer is not cached."""
-        digest, path, local, pixels, image = result.info
+        digest = result.info[0]
         if near_threshold(self.index, hits):
             return True
         key = candidates_key(self.index, hits)
@@ -281,14 +291,10 @@ class EvidenceMaker:
             found, stored = self.cache.get_json(SCREEN_ID, digest, key)
             if found and isinstance(stored, bool):
                 return stored
-        if local is None:
-            try:
-                image = self._decode(read_image_bytes(Path(path)))
-            except ImageError:
-                return False
-            local = self._keypoints(image)
-            pixels = photo_pixels(image) if self.shapes else None
-            result.info = (digest, path, local, pixels, image)
+        try:
+            local = self._decoded(result)[2]
+        except ImageError:
+            return False
         with timed(self.clock, "screen"):
             go_on = screen_photo(self.index, hits, local, self.references, self.marks).go_on
         if self.cache is not None:
@@ -298,15 +304,10 @@ class EvidenceMaker:
     def _windows(self, result: Embedded[ListingRow]) -> np.ndarray | None:
         """The five window views of a photo the screen sent on, preprocessed (``None`` when a
         photo known from the cache can no longer be decoded: it then ends at the first stage)."""
-        digest, path, local, pixels, image = result.info
-        if image is None:
-            try:
-                image = self._decode(read_image_bytes(Path(path)))
-            except ImageError:
-                return None
-        if local is None:
-            local = self._keypoints(image)
-            pixels = photo_pixels(image) if self.shapes else None
+        try:
+            digest, path, local, pixels, image = self._decoded(result, image_too=True)
+        except ImageError:
+            return None
         result.info = (digest, path, local, pixels, None)
         with timed(self.clock, "views"):
             return self.embedder.preprocess_views(listing_views(image)[1:])

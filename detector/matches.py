@@ -80,6 +80,13 @@ def marked_brands(index: ReferenceIndex) -> frozenset[str]:
                      if any(mark.get("in_references", 0) > 0 for mark in entry.marks))
 
 
+def candidates_key(index: ReferenceIndex, hits: list[Hit]) -> str:
+    """What outcomes that depend on a whole candidate set are cached under: the set's reference
+    photos (a rebuilt index with other references gives another key)."""
+    references = sorted(index.product(hit)["image_sha256"] for hit in hits)
+    return hashlib.sha256("|".join(references).encode()).hexdigest()[:16]
+
+
 def marks_key(index: ReferenceIndex) -> str:
     """A short digest of an index's registered marks: what a cached search for them is keyed by."""
     rows = sorted((name, m["image_sha256"]) for name, entry in index.brands.items() for m in entry.marks)

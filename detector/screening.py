@@ -13,7 +13,6 @@ whose right reference only a window view finds.
 
 from __future__ import annotations
 
-import hashlib
 from typing import NamedTuple
 
 from detector.marks import Mark, find_marks
@@ -42,13 +41,6 @@ class Screen(NamedTuple):
 
     go_on: bool
     why: str | None
-
-
-def candidates_key(index: ReferenceIndex, hits: list[Hit]) -> str:
-    """The cache key of a screening: the candidates' reference photos (a rebuilt index with other
-    references screens afresh)."""
-    references = sorted(index.product(hit)["image_sha256"] for hit in hits)
-    return hashlib.sha256("|".join(references).encode()).hexdigest()[:16]
 
 
 def near_threshold(index: ReferenceIndex, hits: list[Hit]) -> bool:
