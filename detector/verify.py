@@ -101,9 +101,9 @@ class QueryFeatures:
     mirrored: LocalFeatures
 
 
-def extract_query(image: Image.Image) -> QueryFeatures:
-    """Features of a listing photo and of its mirror image."""
-    plain = extract(image)
+def extract_query(image: Image.Image, side: int = MAX_SIDE) -> QueryFeatures:
+    """Features of a listing photo and of its mirror image (``side``: see :func:`extract`)."""
+    plain = extract(image, side)
     return QueryFeatures(plain, mirrored(plain))
 
 
@@ -186,11 +186,12 @@ def _cv2():
     return cv2
 
 
-def extract(image: Image.Image) -> LocalFeatures:
-    """SIFT features of an RGB picture resized so that its longer side is MAX_SIDE."""
+def extract(image: Image.Image, side: int = MAX_SIDE) -> LocalFeatures:
+    """SIFT features of an RGB picture resized so that its longer side is ``side`` (MAX_SIDE,
+    the frame every stored feature is in, unless a study asks for another)."""
     cv2 = _cv2()
     grey = image.convert("L")
-    scale = MAX_SIDE / max(grey.size)
+    scale = side / max(grey.size)
     if scale != 1:
         grey = grey.resize((max(1, round(grey.width * scale)), max(1, round(grey.height * scale))),
                            Image.BICUBIC if scale > 1 else Image.BILINEAR)

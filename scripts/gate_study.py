@@ -128,15 +128,6 @@ def _layout_best(query: verify.QueryFeatures, references: list) -> int:
                 for r in references if r is not None] or [0])
 
 
-def _small_sift(image: Image.Image) -> tuple[verify.QueryFeatures, float]:
-    full, verify.MAX_SIDE = verify.MAX_SIDE, SMALL_SIDE
-    try:
-        started = time.perf_counter()
-        return verify.extract_query(image), _ms(started)
-    finally:
-        verify.MAX_SIDE = full
-
-
 def cheap_evidence(work: Path, photos: list[tuple[Path, dict]]) -> list[dict]:
     """For each (photo, decision) pair: what each gate's first stage shows, and what it costs."""
     index, embedder = open_index(work / "index", backend="onnx")
@@ -173,7 +164,9 @@ def cheap_evidence(work: Path, photos: list[tuple[Path, dict]]) -> list[dict]:
         started = time.perf_counter()
         row["ten"] = _layout_best(local, ten)
         row["layout_ten_ms"] = _ms(started)
-        small, row["sift320_ms"] = _small_sift(image)
+        started = time.perf_counter()
+        small = verify.extract_query(image, SMALL_SIDE)
+        row["sift320_ms"] = _ms(started)
         row["sift320"] = _layout_best(small, ten)
         row["sift320_marks"] = len(find_marks(small.plain, marks)) if marks else 0
         for orb in orbs:
