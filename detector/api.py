@@ -331,7 +331,7 @@ class Detector:
         workers: int = 2,
         top_k: int = 5,
         verify: bool = True,
-        screen: bool = True,
+        screen: bool | None = None,
         allow_outside_paths: bool = False,
         restart: bool = False,
         engine: str = "local",
@@ -345,8 +345,9 @@ class Detector:
         """Scan a night's listings (a table, or a folder of images) into ``out``: decisions.jsonl,
         flagged.csv, summary.json and report.html (what ``counterfeit scan`` does). Rerunning
         into the same ``out`` resumes a killed scan. ``authorized`` replaces the index's
-        authorised sellers for the brands it names; ``screen=False`` runs every stage on every photo
-        (no first-stage screen, detector/screening.py); ``history`` is the file earlier nights are
+        authorised sellers for the brands it names; ``screen``: the first-stage screen
+        (detector/screening.py), by default on where the network runs on the CPU and off on CUDA,
+        where the window views cost little and the screen costs more than it saves; ``history`` is the file earlier nights are
         read from and this one appended to; ``engine="ray"`` runs the evidence stage on Ray (no
         embedding cache there)."""
         from detector.history import parse_night
@@ -368,6 +369,8 @@ class Detector:
             from detector.ray_engine import import_ray
 
             import_ray()  # a missing Ray is a clear error before anything is embedded
+        if screen is None:
+            screen = self.embedder.device == "cpu"
         options = ScanOptions(batch_size=batch_size, workers=workers, top_k=top_k, verify=verify, screen=screen,
                               allow_outside=allow_outside_paths, restart=restart,
                               cache=self.cache if engine == "local" else None, engine=engine, device=self.device,

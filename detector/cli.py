@@ -294,7 +294,7 @@ def scan(
     cache: Optional[Path] = typer.Option(None, "--cache", help="Embedding cache file (default: $COUNTERFEIT_CACHE_DIR or ~/.cache/counterfeit-detector/embeddings.sqlite)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Embed every photo; read and write no cache."),
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip geometric verification (similarity alone decides the visual match)."),
-    no_screen: bool = typer.Option(False, "--no-screen", help="Run every stage on every photo. By default a first stage (the whole photo, its search and its keypoints against the 10 closest references) sends on only photos that could match; the others skip the five window views and full verification, and their decisions say `screened_out`. About 1.5x slower on a night of mostly unprotected photos (docs/performance.md)."),
+    screen: Optional[bool] = typer.Option(None, "--screen/--no-screen", help="The first-stage screen: the whole photo, its search and its keypoints against the 10 closest references send on only photos that could match; the others skip the five window views and full verification, and their decisions say `screened_out`. Default: on when the model runs on the CPU (1.5x faster on a night of mostly unprotected photos), off on CUDA, where the window views cost little and the screen cost more than it saved (docs/performance.md)."),
     allow_outside_paths: bool = typer.Option(False, "--allow-outside-paths", help="Trust image paths that are absolute or lead outside the listing table's folder."),
     restart: bool = typer.Option(False, "--restart", help="Discard OUT_DIR's earlier progress instead of resuming it."),
     engine: Engine = typer.Option(Engine.local, "--engine", help="local: this process. ray: a Ray Data actor pool (pip install -e '.[ray]'); same decisions, same outputs; no embedding cache."),
@@ -316,7 +316,7 @@ def scan(
     with Detector.open(index_dir, policy=policy_file, device=device.value, backend=backend.value,
                        cache=False if no_cache else (cache or True), embedder=embedder) as detector:
         _run_scan(detector, listings, out_dir, authorized=authorized, batch_size=batch_size, workers=workers,
-                  top_k=top_k, verify=not no_verify, screen=not no_screen, allow_outside_paths=allow_outside_paths, restart=restart,
+                  top_k=top_k, verify=not no_verify, screen=screen, allow_outside_paths=allow_outside_paths, restart=restart,
                   engine=engine.value, address=address, ray_actors=ray_actors, history=history, night=night)
 
 

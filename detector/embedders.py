@@ -144,17 +144,22 @@ class Embedder:
 
     def _embed_torch(self, batch: np.ndarray) -> np.ndarray:
         self._with_torch()
+        x = self._torch.from_numpy(batch).to(self.device, non_blocking=True)
+        return self.embed_tensor(x).cpu().numpy().astype(np.float32, copy=False)
+
+    def embed_tensor(self, x):
+        """Embed a preprocessed [n, 3, s, s] torch tensor already on the embedder's device (pictures
+        decoded and resized there, say) into an [n, dim] float32 tensor of unit vectors there."""
+        self._with_torch()
         torch = self._torch
         with torch.inference_mode():
-            x = torch.from_numpy(batch).to(self.device, non_blocking=True)
             x = x.contiguous(memory_format=torch.channels_last)
             if self.device == "cuda":
                 with torch.autocast("cuda", dtype=torch.float16):
                     features = self.model(x)
             else:
                 features = self.model(x)
-            pooled = torch.nn.functional.normalize(_pool(features.float(), self.pooling), dim=1)
-            return pooled.cpu().numpy().astype(np.float32, copy=False)
+            return torch.nn.functional.normalize(_pool(features.float(), self.pooling), dim=1)
 
     def use_onnx(self, folder: Path | None = None) -> bool:
         """Switch to ONNX Runtime (CPU only). Exports once into ``folder`` (the cache folder by

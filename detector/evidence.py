@@ -23,7 +23,7 @@ from typing import Callable, Iterable, Iterator, NamedTuple
 import numpy as np
 from PIL import Image
 
-from detector.batching import Embedded, Prepared, embed_stream
+from detector.batching import Embedded, Prepared, embed_stream, one_openmp_thread, opencv_one_thread
 from detector.cache import EmbeddingCache
 from detector.embedders import Embedder
 from detector.images import (
@@ -185,7 +185,8 @@ class EvidenceMaker:
     def batches(self, rows: Iterable[ListingRow], batch_size: int) -> Iterator[Counted]:
         """Yield the evidence of each batch of ``batch_size`` rows (the last may be shorter)."""
         batch: list[Embedded[ListingRow]] = []
-        with ThreadPoolExecutor(max_workers=max(1, self.workers), thread_name_prefix="verify") as pool:
+        with opencv_one_thread(), ThreadPoolExecutor(max_workers=max(1, self.workers), thread_name_prefix="verify",
+                                                     initializer=one_openmp_thread) as pool:
             for result in embed_stream(self.embedder, rows, self._prepare, batch_size=batch_size,
                                        workers=self.workers, clock=self.clock):
                 batch.append(result)

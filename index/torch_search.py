@@ -23,7 +23,7 @@ class TorchFlatIndex:
         self.torch = torch
         self.device = device
         self.chunk = chunk
-        self.vectors = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)).to(device)
+        self.vectors = torch.from_numpy(np.require(vectors, np.float32, ["C", "W"])).to(device)  # a read-only map is copied
         self.ntotal = len(vectors)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

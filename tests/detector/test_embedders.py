@@ -142,6 +142,17 @@ def test_cuda_path_matches_cpu(embedder):
     assert (np.sum(cpu_vectors * gpu_vectors, axis=1) > 0.999).all()
 
 
+def test_a_tensor_prepared_on_the_device_embeds_like_the_same_array():
+    # embed_tensor is what a caller that decodes and resizes on the GPU feeds; it must give the
+    # vectors embed_arrays gives for the same input, unit length
+    model = create_embedder("lite0", device="cpu", backend="torch")
+    batch = np.stack([model.preprocess(draw_product(s)) for s in range(3)])
+    vectors = model.embed_tensor(torch.from_numpy(batch)).numpy()
+    assert vectors.shape == (3, model.dim)
+    np.testing.assert_allclose(vectors, model.embed_arrays(batch), atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
 def test_onnx_backend_matches_torch_within_tolerance(tmp_path):
     images = [draw_product(s) for s in range(6)]
     reference = create_embedder("lite0", device="cpu", backend="torch")

@@ -98,3 +98,21 @@ def test_the_command_line_counts_screened_photos_and_no_screen_runs_every_stage(
     assert f"{stopped} {'photo' if stopped == 1 else 'photos'} matched nothing at the first stage" in screened_run.stdout
     help_text = run_cli("scan", "--help").stdout
     assert "--no-screen" in help_text and "screened_out" in help_text
+
+
+def test_the_screen_is_on_by_default_on_cpu_off_on_cuda_and_either_can_be_asked_for(monkeypatch, loaded, tmp_path):
+    # On a GPU the window views cost little and the screen's keypoint matching cost more than it
+    # saved (docs/performance.md#gpu-path), so the default follows the device the model runs on.
+    import dataclasses
+
+    import detector.scanner
+
+    asked = []
+    monkeypatch.setattr(detector.scanner, "scan", lambda *args, options, **kw: asked.append(options.screen))
+    listings = tmp_path / "l.csv"
+    listings.write_text("listing_id,seller_id,title,price,currency,image\n")
+    on_gpu = Detector(loaded.index, dataclasses.replace(loaded.embedder, device="cuda"), loaded.policy, device="cuda",
+                      backend="torch", cache=None)
+    for detector_, choice in ((loaded, None), (on_gpu, None), (loaded, False), (on_gpu, True)):
+        detector_.scan(listings, tmp_path / "out", screen=choice)
+    assert asked == [True, False, False, True]

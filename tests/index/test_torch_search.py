@@ -36,3 +36,18 @@ def test_fewer_references_than_k_are_padded_like_faiss(device):
     assert rows.shape == (2, 5) and (rows[:, 3:] == -1).all() and sorted(rows[0, :3]) == [0, 1, 2]
     empty_sims, empty_rows = TorchFlatIndex(np.zeros((0, 64), np.float32), device).search(unit(rng, 2), 3)
     assert (empty_rows == -1).all()
+
+
+def test_a_read_only_memory_map_of_vectors_is_searched_without_warning_or_writes(tmp_path):
+    # indexes load their vectors read-only; torch warns on (and could write through) such arrays
+    rng = np.random.default_rng(2)
+    refs = unit(rng, 50)
+    np.save(tmp_path / "v.npy", refs)
+    mapped = np.load(tmp_path / "v.npy", mmap_mode="r")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        index = TorchFlatIndex(mapped, "cpu")
+    index.vectors[0] = 0  # the index holds its own copy
+    assert np.array_equal(np.load(tmp_path / "v.npy"), refs)
