@@ -5,6 +5,8 @@ whole photo, searches it, and fits its SIFT keypoints to the closest references;
 to the five window views, their search and the full verification only when some candidate is
 near its brand's threshold, or fits in one layout at least ``KEYPOINTS`` keypoints, or a mark's
 keypoints are in it. The rest end with what the first stage found, and say so in their decision.
+The descriptor matches the screen finds stay with the photo's features, and the full verification
+of a photo sent on uses them instead of matching again.
 
 The levels were chosen with ``scripts/gate_study.py`` on the labelled folders (docs/performance.md):
 lower, and the gate lets through most unrelated pictures; higher, and it stops cropped copies
@@ -17,7 +19,7 @@ from typing import NamedTuple
 
 from detector.marks import Mark, find_marks
 from detector.matches import ReferenceFeatures
-from detector.verify import VERIFIER_ID, QueryFeatures, fit_layout
+from detector.verify import VERIFIER_ID, QueryFeatures
 from index.search import Hit
 from index.store import ReferenceIndex
 
@@ -55,8 +57,8 @@ def screen(index: ReferenceIndex, hits: list[Hit], local: QueryFeatures, referen
         return Screen(True, "near")
     for hit in hits:
         reference = references.get(hit)
-        if reference is not None and max(fit_layout(local.plain, reference, homography=False)[0],
-                                         fit_layout(local.mirrored, reference, homography=False)[0]) >= KEYPOINTS:
+        if reference is not None and max(local.layout(reference, False, homography=False)[0],
+                                         local.layout(reference, True, homography=False)[0]) >= KEYPOINTS:
             return Screen(True, "keypoints")
     if marks and find_marks(local.plain, marks):
         return Screen(True, "mark")

@@ -95,10 +95,27 @@ EMPTY = LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8)
 
 @dataclass
 class QueryFeatures:
-    """A listing photo's features, as taken and mirrored."""
+    """A listing photo's features, as taken and mirrored, and the descriptor matches already
+    found against references (the first stage's, reused by the full verification)."""
 
     plain: LocalFeatures
     mirrored: LocalFeatures
+    _matches: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def nearest_two(self, reference: LocalFeatures, flipped: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:func:`_nearest_two` of the photo (or its mirror) against ``reference``, found once."""
+        key = (id(reference), flipped)
+        known = self._matches.get(key)
+        if known is None or known[0] is not reference:  # the reference is kept, so its id is never reused
+            known = self._matches[key] = (reference, _nearest_two(self.mirrored if flipped else self.plain, reference))
+        return known[1]
+
+    def layout(self, reference: LocalFeatures, flipped: bool, homography: bool = True) -> tuple[int, list[np.ndarray]]:
+        """:func:`fit_layout` of the photo (or its mirror) against ``reference``, from its matches."""
+        query = self.mirrored if flipped else self.plain
+        if len(query) < 4 or len(reference) < 4:
+            return 0, []
+        return _layout(query, reference, *self.nearest_two(reference, flipped), homography=homography)
 
 
 def extract_query(image: Image.Image, side: int = MAX_SIDE) -> QueryFeatures:
@@ -157,8 +174,7 @@ def verify_candidates(query: QueryFeatures, references: list[LocalFeatures]) -> 
         if len(reference) < MIN_KEYPOINTS:
             fits.append(None)
             continue
-        plain = _layout(query.plain, reference, *_nearest_two(query.plain, reference))
-        flipped = _layout(query.mirrored, reference, *_nearest_two(query.mirrored, reference))
+        plain, flipped = query.layout(reference, False), query.layout(reference, True)
         if flipped[0] > plain[0]:
             fits.append(_fit(query.mirrored, reference, True, *flipped))
         else:

@@ -187,3 +187,23 @@ def test_the_matched_region_is_where_the_product_lies_in_the_photo():
     expected = [[150 / 480, 120 / 480], [370 / 480, 120 / 480], [370 / 480, 340 / 480], [150 / 480, 340 / 480]]
     assert outcome.region is not None
     assert np.abs(np.array(outcome.region) - np.array(expected)).max() < 0.03
+
+
+def test_matches_found_by_the_first_stage_are_reused_and_give_the_same_outcome(monkeypatch):
+    # The screen counts a photo's layout against its candidates; the full verification that
+    # follows must not match the same descriptors again, and must decide exactly as it would alone.
+    import detector.verify as verify
+
+    photo = staged(draw_product(5))
+    references = [extract(draw_product(5)), extract(draw_product(6))]
+    alone = verify_candidates(extract_query(photo), references)
+    calls = []
+    real = verify._nearest_two
+    monkeypatch.setattr(verify, "_nearest_two", lambda *a, **k: calls.append(1) or real(*a, **k))
+    query = extract_query(photo)
+    counted = [max(query.layout(r, False, homography=False)[0], query.layout(r, True, homography=False)[0])
+               for r in references]
+    assert counted[0] >= 8 and len(calls) == 4
+    assert verify_candidates(query, references) == alone
+    assert len(calls) == 4 + len(references)  # only the RootSIFT matches of the unique test are new
+    assert counted[0] == alone[0].inliers
