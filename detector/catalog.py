@@ -226,8 +226,9 @@ def _calibrate_marks(marks: dict[str, tuple[list[dict], bytes]], local: dict[str
     - ``in_references``: how many of its brand's reference photos show it. A brand whose catalogue
       shows its marks puts them on its products; one whose catalogue never shows them (marks
       registered for a catalogue of unmarked goods) is judged without them;
-    - ``shape_level`` for a simple mark (see :mod:`detector.mark_shapes`): calibrated on other
-      brands' reference photos (at most MAX_SHAPE_IMPOSTORS, a fixed sample by content hash)."""
+    - ``shape_level`` and ``hull_level`` for a simple mark (see :mod:`detector.mark_shapes`):
+      calibrated on other brands' reference photos (at most MAX_SHAPE_IMPOSTORS, a fixed sample by
+      content hash); ``hull_level`` is ``None`` for a mark with no pattern inside its outline."""
     pixels: dict[str, np.ndarray] = {}
 
     def impostors(brand: str) -> list[np.ndarray]:
@@ -249,7 +250,8 @@ def _calibrate_marks(marks: dict[str, tuple[list[dict], bytes]], local: dict[str
         simple = [len(mark.plain) < SHAPE_KEYPOINTS for mark in found]
         others = impostors(brand) if any(simple) else []
         calibrated[brand] = ([{**row, "in_references": sum(row["image"] in names for names in seen),
-                               "shape_level": calibrate_level(mark, others) if is_simple else None}
+                               "shape_level": calibrate_level(mark, others) if is_simple else None,
+                               "hull_level": calibrate_level(mark, others, hull=True) if is_simple else None}
                               for row, mark, is_simple in zip(rows, found, simple)], packed)
     return calibrated
 

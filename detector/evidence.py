@@ -179,7 +179,7 @@ class EvidenceMaker:
         self.clock = clock
         self.references = ReferenceFeatures(index)
         self.marks, self.marks_key = index_marks(index), marks_key(index)
-        self.shapes = ShapeSearch(self.marks, shape_levels(index))
+        self.shapes = ShapeSearch(self.marks, shape_levels(index), shape_levels(index, "hull_level"))
         self.recent: dict[str, np.ndarray] = {}
 
     def batches(self, rows: Iterable[ListingRow], batch_size: int) -> Iterator[Counted]:

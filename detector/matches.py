@@ -65,11 +65,12 @@ def index_marks(index: ReferenceIndex) -> list[Mark]:
             for mark in marks_of(name, entry.marks, entry.mark_features)]
 
 
-def shape_levels(index: ReferenceIndex) -> dict[tuple[str, str], float | None]:
-    """Each mark's calibrated shape level (see :mod:`detector.mark_shapes`), by (brand, mark);
-    ``None`` for a mark none of its brand's catalogue photos shows: a shape is weak evidence,
-    searched only for marks the brand is known to put on its products."""
-    return {(name, mark["image"]): mark.get("shape_level") if mark.get("in_references", 0) > 0 else None
+def shape_levels(index: ReferenceIndex, kind: str = "shape_level") -> dict[tuple[str, str], float | None]:
+    """Each mark's calibrated shape level (``kind``: ``shape_level``, or ``hull_level`` for the
+    correlation within its hull; see :mod:`detector.mark_shapes`), by (brand, mark); ``None`` for
+    a mark none of its brand's catalogue photos shows: a shape is weak evidence, searched only for
+    marks the brand is known to put on its products, and for an index built before that level."""
+    return {(name, mark["image"]): mark.get(kind) if mark.get("in_references", 0) > 0 else None
             for name, entry in index.brands.items() for mark in entry.marks}
 
 
@@ -88,8 +89,10 @@ def candidates_key(index: ReferenceIndex, hits: list[Hit]) -> str:
 
 
 def marks_key(index: ReferenceIndex) -> str:
-    """A short digest of an index's registered marks: what a cached search for them is keyed by."""
-    rows = sorted((name, m["image_sha256"]) for name, entry in index.brands.items() for m in entry.marks)
+    """A short digest of an index's registered marks and the levels they are found at: what a
+    cached search for them is keyed by (an index rebuilt with other levels searches again)."""
+    rows = sorted((name, m["image_sha256"], m.get("in_references", 0), m.get("shape_level"), m.get("hull_level"))
+                  for name, entry in index.brands.items() for m in entry.marks)
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
 
 

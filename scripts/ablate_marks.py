@@ -4,7 +4,8 @@
 For every listing photo: which registered marks are found, at several keypoint counts, against
 truth.csv's brand (empty for photos that carry no protected mark); then, for photos where no
 mark's keypoints were found, the shape search for simple marks (detector/mark_shapes.py), its
-levels calibrated as `index build` does, on other brands' catalogue photos. Prints, per kind of
+levels calibrated as `index build` does, on other brands' catalogue photos (the outline
+correlation, then the correlation within the mark's hull). Prints, per kind of
 listing, how often the right brand's mark is found, a wrong one, or none, and each search's cost
 per photo (SIFT extraction not included: the scanner takes it for verification anyway).
 
@@ -45,10 +46,15 @@ def main(argv: list[str] | None = None) -> int:
 
     marks = [prepare_mark(Image.open(args.bench / r["image"]), r["brand"], r["image"]) for r in rows("marks.csv")]
     catalogue = [(r["brand"], photo_pixels(Image.open(args.bench / r["image"]))) for r in rows("catalog.csv")]
-    levels = {(m.brand, m.name): calibrate_level(m, [px for brand, px in catalogue if brand != m.brand])
-              if len(m.plain) < SHAPE_KEYPOINTS else None for m in marks}
-    shapes = ShapeSearch(marks, levels)
-    print("shape levels:", ", ".join(f"{b} {lv}" for (b, _), lv in levels.items() if lv is not None))
+    levels, hulls = {}, {}
+    for m in marks:
+        impostors = [px for brand, px in catalogue if brand != m.brand]
+        simple = len(m.plain) < SHAPE_KEYPOINTS
+        levels[(m.brand, m.name)] = calibrate_level(m, impostors) if simple else None
+        hulls[(m.brand, m.name)] = calibrate_level(m, impostors, hull=True) if simple else None
+    shapes = ShapeSearch(marks, levels, hulls)
+    print("shape levels (outline; within the hull):",
+          ", ".join(f"{b} {lv}; {hulls[key]}" for key, lv in levels.items() if lv is not None for b in [key[0]]))
     truth = {r["listing_id"]: r for r in rows("truth.csv")}
     tally: dict[tuple[int, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
     missed: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))

@@ -248,6 +248,43 @@ def test_a_simple_mark_is_found_by_its_shape_in_another_colour_and_polarity():
     assert shapes.find(photo_pixels(printed(logo(5), body=(240, 200, 60))[0])) == []
 
 
+def dark_on_dark(mark: Image.Image, body=(30, 35, 30), light=(230, 210, 40)) -> tuple[Image.Image, tuple]:
+    """The mark printed in the product's own colour with its pattern light (a black disc with
+    yellow arcs on a black shoe): the mark's outline does not show, only what is inside it."""
+    scene, _ = printed(None, body=body)
+    shape = ImageOps.invert(mark.convert("L")).point(lambda v: 255 if v > 40 else 0).resize((200, 200))
+    outline = Image.new("L", shape.size, 0)
+    ImageDraw.Draw(outline).ellipse(shape.getbbox(), fill=255)
+    scene.paste(Image.new("RGB", shape.size, light), (200, 180), outline)
+    scene.paste(Image.new("RGB", shape.size, body), (200, 180), shape)
+    left, top, right, bottom = shape.getbbox()
+    return scene, ((200 + left) / 600, (180 + top) / 600, (200 + right) / 600, (180 + bottom) / 600)
+
+
+def test_a_mark_whose_outline_vanishes_on_the_product_is_found_within_its_hull():
+    mark = prepare_mark(round_mark(), "Orbit", "orbit.png")
+    impostors = [photo_pixels(printed(logo(seed), body=body)[0])
+                 for seed, body in ((2, (200, 60, 60)), (3, (60, 160, 90)), (4, (90, 140, 200)))]
+    impostors.append(photo_pixels(printed(None)[0]))
+    level, hull = calibrate_level(mark, impostors), calibrate_level(mark, impostors, hull=True)
+    assert level is not None and hull is not None
+    photo, where = dark_on_dark(round_mark())
+    pixels = photo_pixels(photo)
+    assert ShapeSearch([mark], {("Orbit", "orbit.png"): level}).find(pixels) == []  # the outline alone misses it
+    shapes = ShapeSearch([mark], {("Orbit", "orbit.png"): level}, {("Orbit", "orbit.png"): hull})
+    found = shapes.find(pixels)
+    assert [s.brand for s in found] == ["Orbit"] and found[0].score >= hull
+    assert overlap(found[0].box, where) > 0.5, (found[0].box, where)
+    for negative in (printed(None, body=(30, 35, 30))[0], printed(logo(5), body=(240, 200, 60))[0]):
+        assert shapes.find(photo_pixels(negative)) == []
+
+
+def test_a_solid_mark_has_no_hull_search():
+    solid = Image.new("RGB", (400, 400), "white")
+    ImageDraw.Draw(solid).polygon([(200, 40), (360, 360), (40, 360)], fill=(200, 30, 30))
+    assert calibrate_level(prepare_mark(solid, "Tri", "tri.png"), [photo_pixels(printed(None)[0])], hull=True) is None
+
+
 def test_marks_with_many_keypoints_or_no_level_are_not_searched_by_shape():
     busy = prepare_mark(logo(1), "Acme", "acme.png")
     simple = prepare_mark(round_mark(), "Orbit", "orbit.png")
