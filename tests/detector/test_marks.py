@@ -17,7 +17,7 @@ from detector.demo import draw_product
 from detector.mark_shapes import SHAPE_KEYPOINTS, ShapeSearch, calibrate_level, photo_pixels
 from detector.marks import POLARITY, find_marks, prepare_mark
 from detector.verify import extract, fit_layout
-from detector.matches import marked_brands, shape_levels
+from detector.matches import marked_brands, marks_key, shape_levels
 from index.store import BrandEntry, ReferenceIndex, load_index
 from tests.conftest import run_cli
 
@@ -301,7 +301,21 @@ def test_only_marks_a_brands_photos_show_are_searched_by_shape():
     ])
     index = ReferenceIndex(Path("idx"), {}, {"Acme": entry})
     assert shape_levels(index) == {("Acme", "unseen.png"): None, ("Acme", "seen.png"): 0.7, ("Acme", "busy.png"): None}
+    assert shape_levels(index, "hull_level") == {("Acme", "unseen.png"): None, ("Acme", "seen.png"): None,
+                                                 ("Acme", "busy.png"): None}  # an index built before hull levels
     assert marked_brands(index) == {"Acme"}
+
+
+def test_cached_mark_searches_are_not_reused_when_the_levels_change():
+    # a warm rescan against an index rebuilt with other levels must search the photos again
+    def index_with(**levels):
+        marks = [{"image": "seen.png", "image_sha256": "ab", "in_references": 2, **levels}]
+        return ReferenceIndex(Path("idx"), {}, {"Acme": BrandEntry("Acme", np.zeros((1, 4), np.float32), [], marks=marks)})
+
+    keys = {marks_key(index_with(shape_level=0.7)), marks_key(index_with(shape_level=0.7, hull_level=0.6)),
+            marks_key(index_with(shape_level=0.75, hull_level=0.6))}
+    assert len(keys) == 3
+    assert marks_key(index_with(shape_level=0.7)) == marks_key(index_with(shape_level=0.7))
 
 
 def test_a_mark_without_a_drawing_is_a_row_error_and_a_one_pixel_mark_still_builds(marked_shop, tmp_path):
