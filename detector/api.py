@@ -347,9 +347,9 @@ class Detector:
         into the same ``out`` resumes a killed scan. ``authorized`` replaces the index's
         authorised sellers for the brands it names; ``screen``: the first-stage screen
         (detector/screening.py), by default on where the network runs on the CPU and off on CUDA,
-        where the window views cost little and the screen costs more than it saves; ``history`` is the file earlier nights are
-        read from and this one appended to; ``engine="ray"`` runs the evidence stage on Ray (no
-        embedding cache there)."""
+        where the window views cost little and the screen costs more than it saves; ``history``
+        is the file earlier nights are read from and this one appended to; ``engine="ray"`` runs
+        the evidence stage on Ray (no embedding cache there)."""
         from detector.history import parse_night
         from detector.scanner import ScanOptions, scan
         from detector.tables import read_authorized

@@ -165,7 +165,8 @@ def best_match(pixels: np.ndarray, shapes: list[tuple]) -> tuple[float, bool, tu
 
 class ShapeSearch:
     """The index's simple marks (fewer than SHAPE_KEYPOINTS keypoints, with a calibrated level),
-    searched by shape."""
+    searched by shape: by outline, then, where that finds nothing and a hull level was calibrated,
+    within the hull."""
 
     def __init__(self, marks: list[Mark], levels: dict[tuple[str, str], float | None],
                  hull_levels: dict[tuple[str, str], float | None] | None = None):
