@@ -13,7 +13,7 @@ from detector.batching import Prepared, embed_stream
 from detector.embedders import Embedder
 from detector.errors import UserError
 from detector.images import decode_image, read_image_bytes, resolve_image_path
-from detector.mark_shapes import SHAPE_KEYPOINTS, calibrate_level, photo_pixels
+from detector.mark_shapes import SHAPE_KEYPOINTS, ShapeSearch, calibrate_level, photo_pixels
 from detector.marks import find_marks, marks_of, prepare_mark
 from detector.tables import IMAGE_SUFFIXES, CatalogRow, read_authorized, read_catalog, read_marks
 from detector.verify import VERIFIER_ID, LocalFeatures, QueryFeatures, extract, mirrored, pack, unpack, verify_candidates
@@ -223,25 +223,28 @@ def _calibrate_marks(marks: dict[str, tuple[list[dict], bytes]], local: dict[str
                      products: dict[str, list[dict]]) -> dict[str, tuple[list[dict], bytes]]:
     """Each mark row with what the build measures, without labels:
 
-    - ``in_references``: how many of its brand's reference photos show it. A brand whose catalogue
-      shows its marks puts them on its products; one whose catalogue never shows them (marks
-      registered for a catalogue of unmarked goods) is judged without them;
     - ``shape_level`` and ``hull_level`` for a simple mark (see :mod:`detector.mark_shapes`):
       calibrated on other brands' reference photos (at most MAX_SHAPE_IMPOSTORS, a fixed sample by
-      content hash); ``hull_level`` is ``None`` for a mark with no pattern inside its outline."""
-    pixels: dict[str, np.ndarray] = {}
+      content hash); ``hull_level`` is ``None`` for a mark with no pattern inside its outline;
+    - ``in_references``: how many of its brand's reference photos show it, by its keypoints or,
+      for a simple mark, by its shape at those levels (SIFT rarely places a simple mark, so by
+      keypoints alone a brand whose every product carries one would seem to carry none). A brand
+      whose catalogue shows its marks puts them on its products; one whose catalogue never shows
+      them (marks registered for a catalogue of unmarked goods) is judged without them."""
+    pixels: dict[str, np.ndarray | None] = {}
+
+    def pixels_of(product: dict) -> np.ndarray | None:
+        if product["image_path"] not in pixels:
+            try:
+                pixels[product["image_path"]] = photo_pixels(decode_image(read_image_bytes(Path(product["image_path"]))))
+            except UserError:
+                pixels[product["image_path"]] = None
+        return pixels[product["image_path"]]
 
     def impostors(brand: str) -> list[np.ndarray]:
         others = sorted((p for name, rows in products.items() if name != brand for p in rows),
                         key=lambda p: p["image_sha256"])[:MAX_SHAPE_IMPOSTORS]
-        for product in others:
-            if product["image_path"] not in pixels:
-                try:
-                    image = decode_image(read_image_bytes(Path(product["image_path"])))
-                except UserError:
-                    continue
-                pixels[product["image_path"]] = photo_pixels(image)
-        return [pixels[p["image_path"]] for p in others if p["image_path"] in pixels]
+        return [px for px in map(pixels_of, others) if px is not None]
 
     calibrated = {}
     for brand, (rows, packed) in marks.items():
@@ -249,10 +252,18 @@ def _calibrate_marks(marks: dict[str, tuple[list[dict], bytes]], local: dict[str
         seen = [{s.name for s in find_marks(features, found)} for features in local.get(brand, [])]
         simple = [len(mark.plain) < SHAPE_KEYPOINTS for mark in found]
         others = impostors(brand) if any(simple) else []
+        levels = [(calibrate_level(mark, others), calibrate_level(mark, others, hull=True)) if is_simple else (None, None)
+                  for mark, is_simple in zip(found, simple)]
+        shapes = ShapeSearch(found, {(m.brand, m.name): lv for m, (lv, _) in zip(found, levels)},
+                             {(m.brand, m.name): hull for m, (_, hull) in zip(found, levels)})
+        if shapes:
+            for names, product in zip(seen, products.get(brand, [])):
+                own = pixels_of(product)
+                if own is not None:
+                    names.update(s.name for s in shapes.find(own))
         calibrated[brand] = ([{**row, "in_references": sum(row["image"] in names for names in seen),
-                               "shape_level": calibrate_level(mark, others) if is_simple else None,
-                               "hull_level": calibrate_level(mark, others, hull=True) if is_simple else None}
-                              for row, mark, is_simple in zip(rows, found, simple)], packed)
+                               "shape_level": level, "hull_level": hull}
+                              for row, (level, hull) in zip(rows, levels)], packed)
     return calibrated
 
 

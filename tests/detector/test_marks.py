@@ -335,3 +335,22 @@ def test_a_mark_without_a_drawing_is_a_row_error_and_a_one_pixel_mark_still_buil
     info = build_index(catalog, tmp_path / "idx", marks=marks, allow_outside_paths=True, skip_bad_rows=True,
                        device="cpu")
     assert info.manifest["brands"]["Borel"]["marks"] == 1
+
+
+def test_a_simple_mark_on_every_catalogue_photo_counts_as_shown_there(tmp_path):
+    # SIFT rarely places a simple mark, so counted by keypoints alone a brand whose every product
+    # carries it would seem to carry none, and be judged without marks; its shape finds it
+    round_mark().save(tmp_path / "orbit.png")
+    logo(3).save(tmp_path / "acme.png")
+    rows = []
+    for i, body in enumerate(((90, 140, 200), (200, 80, 60))):
+        printed(round_mark(), body=body, ink=(250, 250, 250), width=0.3)[0].save(tmp_path / f"orbit-{i}.png")
+        rows.append(["Orbit", f"ORB-{i}", f"orbit-{i}.png", "100", "USD"])
+    for i, seed in enumerate((2, 4, 6)):
+        printed(logo(seed), body=(60, 160, 90))[0].save(tmp_path / f"acme-{i}.png")
+        rows.append(["Acme", f"ACME-{i}", f"acme-{i}.png", "100", "USD"])
+    catalog = write_csv(tmp_path / "catalog.csv", ["brand", "product_id", "image", "price", "currency"], rows)
+    marks = write_csv(tmp_path / "marks.csv", ["brand", "image"], [["Orbit", "orbit.png"], ["Acme", "acme.png"]])
+    build_index(catalog, tmp_path / "idx", marks=marks, device="cpu")
+    orbit = load_index(tmp_path / "idx", load_indexes=False).brands["Orbit"].marks[0]
+    assert orbit["shape_level"] is not None and orbit["in_references"] == 2
