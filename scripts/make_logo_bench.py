@@ -5,9 +5,9 @@ and background photos: a held-out check of the mark search on other logos and ot
     python scripts/make_logo_bench.py --logos ICONS_DIR --products P1.png,P2.png,... \\
         --backgrounds DIR --protect apple,ubuntu,... --others audi,bmw,... OUT_DIR [--seed 0]
 
-ICONS_DIR holds one SVG per brand, ``<slug>.svg``, drawn as a single shape (the simple-icons
-npm package's ``icons/`` folder is such a folder; its ``data/simple-icons.json``, found beside it,
-gives each brand's colour). Products are drawings with transparency (Debian's openclipart-png
+ICONS_DIR holds one logo per brand, ``<slug>.svg`` drawn as a single shape, or ``<slug>.png`` (its
+dark opaque pixels are the drawing). The simple-icons npm package's ``icons/`` folder is such a
+folder, and its ``data/simple-icons.json``, found beside it, gives each brand's colour. Products are drawings with transparency (Debian's openclipart-png
 has many). Without internet, beyond the package registries:
 
     npm pack simple-icons && tar xzf simple-icons-*.tgz          # package/icons, package/data
@@ -42,12 +42,26 @@ PER_KIND = 24
 SIDE = 512
 
 
-def render(svg: Path, colour: str, width: int) -> Image.Image:
-    """The logo as an RGBA picture ``width`` pixels wide, filled with ``colour`` (#rrggbb)."""
-    import cairosvg
+def logo_file(folder: Path, slug: str) -> Path | None:
+    """``<slug>.svg``, else ``<slug>.png``, in ``folder``."""
+    return next((folder / f"{slug}{ext}" for ext in (".svg", ".png") if (folder / f"{slug}{ext}").is_file()), None)
 
-    text = svg.read_text(encoding="utf-8").replace("<svg ", f'<svg fill="{colour}" ', 1)
-    return Image.open(io.BytesIO(cairosvg.svg2png(bytestring=text.encode(), output_width=width))).convert("RGBA")
+
+def render(path: Path, colour: str, width: int) -> Image.Image:
+    """The logo as an RGBA picture ``width`` pixels wide, filled with ``colour`` (#rrggbb): an SVG
+    drawn as one shape (rendered by cairosvg), or a PNG whose drawing is its opaque, dark pixels."""
+    if path.suffix == ".svg":
+        import cairosvg
+
+        text = path.read_text(encoding="utf-8").replace("<svg ", f'<svg fill="{colour}" ', 1)
+        return Image.open(io.BytesIO(cairosvg.svg2png(bytestring=text.encode(), output_width=width))).convert("RGBA")
+    with Image.open(path) as picture:
+        picture = picture.convert("RGBA")
+    grey = np.asarray(picture.convert("L"), np.float32)
+    shape = np.where((np.asarray(picture.getchannel("A")) > 127) & (grey < 200), 255, 0).astype(np.uint8)
+    drawn = Image.new("RGBA", picture.size, colour)
+    drawn.putalpha(Image.fromarray(shape))
+    return drawn.resize((width, max(1, round(picture.height * width / picture.width))), Image.LANCZOS)
 
 
 def colours(icons: Path) -> dict[str, str]:
@@ -130,7 +144,7 @@ def ink(rng: random.Random, brand_colour: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path)
-    parser.add_argument("--logos", type=Path, required=True, help="folder of <slug>.svg logo drawings")
+    parser.add_argument("--logos", type=Path, required=True, help="folder of <slug>.svg or <slug>.png logo drawings")
     parser.add_argument("--products", required=True, help="comma-separated product drawings (PNG with transparency)")
     parser.add_argument("--backgrounds", type=Path, required=True, help="folder of background photos")
     parser.add_argument("--protect", required=True, help="comma-separated slugs of the protected brands")
@@ -140,9 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(args.seed)
     protect, others = args.protect.split(","), args.others.split(",")
     palette = colours(args.logos)
-    for slug in protect + others:
-        if not (args.logos / f"{slug}.svg").is_file():
-            parser.error(f"no logo {args.logos / slug}.svg")
+    logos = {slug: logo_file(args.logos, slug) for slug in protect + others}
+    for slug, path in logos.items():
+        if path is None:
+            parser.error(f"no logo {args.logos / slug}.svg or .png")
     products = []
     for path in args.products.split(","):
         drawing = Image.open(path).convert("RGBA")
@@ -156,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         brand = slug.capitalize()
         colour = palette.get(slug, "#202020")
         mark = Image.new("RGB", (480, 480), "white")
-        drawn = render(args.logos / f"{slug}.svg", colour, 400)
+        drawn = render(logos[slug], colour, 400)
         mark.paste(drawn, ((480 - drawn.width) // 2, (480 - drawn.height) // 2), drawn)
         mark.save(args.out / "marks" / f"{slug}.png")
         marks.append([brand, f"marks/{slug}.png"])
@@ -165,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         for j, p in enumerate(sold[brand]):
             name, drawing = products[p]
             pid = f"{slug[:3].upper()}-{j}"
-            photo = scene(with_logo(drawing, render(args.logos / f"{slug}.svg", colour, 400), 0.3, 0, rng, centred=True),
+            photo = scene(with_logo(drawing, render(logos[slug], colour, 400), 0.3, 0, rng, centred=True),
                           None, rng, 0.85)
             photo.save(args.out / "refs" / f"{pid}.jpg", quality=92)
             catalog.append([brand, pid, f"refs/{pid}.jpg", f"{rng.uniform(40, 300):.2f}", "USD", f"{brand} {name}"])
@@ -181,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
             name, drawing = products[sold[brand][j]]
             logo_slug = slug if kind.startswith(("newphoto", "authorized")) else (
                 rng.choice(others) if kind == "other_logo_same_product" else None)
-            logo = None if logo_slug is None else render(args.logos / f"{logo_slug}.svg",
+            logo = None if logo_slug is None else render(logos[logo_slug],
                                                           ink(rng, palette.get(logo_slug, "#202020")), 400)
             look = recolour(drawing, rng) if rng.random() < 0.8 else drawing
             printed = with_logo(look, logo, rng.uniform(0.15, 0.4), rng.uniform(-25, 25), rng)
