@@ -213,7 +213,9 @@ class EvidenceMaker:
                 vector = self.cache.get(digest)
         if vector is not None:
             vector = vector.reshape(-1, vector.shape[-1])  # the cache gives a single view back as [d]
-        if vector is not None and (self.screen or len(vector) == LISTING_VIEWS):  # whole view alone: a screened scan's
+        # A screened scan can start from the whole view alone; a full scan needs all six views, so a
+        # cached whole view (what a screened scan keeps of a photo it stopped) is a miss for it.
+        if vector is not None and (self.screen or len(vector) == LISTING_VIEWS):
             return Prepared(vector=vector, info=(digest, str(path), None, None, None))
         image = self._decode(data)
         local = self._keypoints(image) if self.verify else None

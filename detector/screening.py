@@ -57,8 +57,7 @@ def screen(index: ReferenceIndex, hits: list[Hit], local: QueryFeatures, referen
         return Screen(True, "near")
     for hit in hits:
         reference = references.get(hit)
-        if reference is not None and max(local.layout(reference, False, homography=False)[0],
-                                         local.layout(reference, True, homography=False)[0]) >= KEYPOINTS:
+        if reference is not None and local.best_layout(reference) >= KEYPOINTS:
             return Screen(True, "keypoints")
     if marks and find_marks(local.plain, marks):
         return Screen(True, "mark")

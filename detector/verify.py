@@ -117,6 +117,11 @@ class QueryFeatures:
             return 0, []
         return _layout(query, reference, *self.nearest_two(reference, flipped), homography=homography)
 
+    def best_layout(self, reference: LocalFeatures) -> int:
+        """The most keypoints in one layout with ``reference``, the photo either way round (the
+        count alone: no homography is tried)."""
+        return max(self.layout(reference, False, homography=False)[0], self.layout(reference, True, homography=False)[0])
+
 
 def extract_query(image: Image.Image, side: int = MAX_SIDE) -> QueryFeatures:
     """Features of a listing photo and of its mirror image (``side``: see :func:`extract`)."""

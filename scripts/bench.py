@@ -487,7 +487,7 @@ def scan_both_ways(index_dir: Path, table: Path, work: Path, naive: float, devic
                        f"{name}_flagged": summary.flagged, f"{name}_errors": summary.errors,
                        f"{name}_stage_ms_per_photo": clock.per_photo_ms(summary.photos_this_run)})
         if screen:
-            result["screened_out"] = sum(any(f["code"] == "screened_out" for f in d["findings"]) for d in decisions)
+            result["screened_out"] = summary.screened_out
     result["flags_only_in_full_scan"] = sorted(flagged["full_scan"] - flagged["scan"])
     result["flags_only_in_screened_scan"] = sorted(flagged["scan"] - flagged["full_scan"])
     return result

@@ -124,8 +124,7 @@ class Orb:
 
 def _layout_best(query: verify.QueryFeatures, references: list) -> int:
     """The most keypoints in one layout between the photo (either way round) and any reference."""
-    return max([max(verify.fit_layout(query.plain, r)[0], verify.fit_layout(query.mirrored, r)[0])
-                for r in references if r is not None] or [0])
+    return max([query.best_layout(r) for r in references if r is not None] or [0])
 
 
 def cheap_evidence(work: Path, photos: list[tuple[Path, dict]]) -> list[dict]:

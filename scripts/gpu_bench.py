@@ -53,7 +53,11 @@ def jpeg_paths(table: Path) -> list[Path]:
     """The table's photos whose bytes are JPEG (nvJPEG decodes nothing else)."""
     with open(table, newline="", encoding="utf-8") as fh:
         paths = [table.parent / row["image"] for row in csv.DictReader(fh)]
-    return [p for p in paths if p.read_bytes()[:2] == b"\xff\xd8"]
+    def is_jpeg(path: Path) -> bool:
+        with open(path, "rb") as fh:
+            return fh.read(2) == b"\xff\xd8"
+
+    return [p for p in paths if is_jpeg(p)]
 
 
 def gpu_decode(torch, datas: list, device: str) -> list:
