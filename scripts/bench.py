@@ -17,7 +17,7 @@ that could matter to a verdict), bytes per vector and build time; (g) peak resid
 (i) a nightly mix: --mix photos, 90% of them pictures from --unprotected DIR (any folder of
 images from another source than the catalogue; each re-cropped and re-encoded, so every photo is
 distinct) and 10% listings of the labelled folder --nightly, scanned against that folder's
-catalogue twice, screened (the default) and with every stage on every photo (``screen=False``),
+catalogue (and its marks.csv, when it has one) twice, screened (the default) and with every stage on every photo (``screen=False``),
 beside a naive one-view pipeline on the same files (Lite0 eager in torch, centre crop 224,
 batch 32, 2 threads, exact search), with the ratios, each scan's stage profile, and the flags
 one scan raised and the other did not.
@@ -455,7 +455,9 @@ def nightly(labelled: Path, unprotected: Path, work: Path, total: int) -> dict:
     from index.store import load_index
 
     table = nightly_mix(labelled, unprotected, work, total)
-    build_index(labelled / "catalog.csv", work / "index", authorized=labelled / "authorized.csv", device="cpu")
+    marks = labelled / "marks.csv" if (labelled / "marks.csv").is_file() else None  # as evaluate.py does
+    build_index(labelled / "catalog.csv", work / "index", authorized=labelled / "authorized.csv", marks=marks,
+                device="cpu")
     with open(table, newline="", encoding="utf-8") as fh:
         paths = [work / r["image"] for r in csv.DictReader(fh)]
     vectors = np.concatenate([e.vectors for e in load_index(work / "index", load_indexes=False).brands.values()])

@@ -160,7 +160,13 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"no logo {args.logos / slug}.svg or .png")
     products = []
     for path in args.products.split(","):
-        drawing = Image.open(path).convert("RGBA")
+        try:
+            with Image.open(path) as opened:
+                drawing = opened.convert("RGBA")
+        except OSError as exc:
+            parser.error(f"cannot read product drawing {path}: {exc}")
+        if drawing.getchannel("A").getbbox() is None:
+            parser.error(f"product drawing {path} is fully transparent")
         products.append((Path(path).stem.split("_")[0], drawing.crop(drawing.getchannel("A").getbbox())))
     backgrounds = [p for p in sorted(args.backgrounds.rglob("*")) if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp")]
     for folder in ("refs", "marks", "listings"):

@@ -66,3 +66,9 @@ def test_builds_a_labelled_logo_folder_from_logos_products_and_backgrounds(tmp_p
                               paths[0], "--backgrounds", str(backgrounds), "--protect", "nobody", "--others", "other"],
                              capture_output=True, text=True)
     assert missing.returncode == 2 and "no logo" in missing.stderr
+    (tmp_path / "broken.png").write_text("not a picture")
+    broken = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "y"), "--logos", str(logos), "--products",
+                             str(tmp_path / "broken.png"), "--backgrounds", str(backgrounds), "--protect", "acme",
+                             "--others", "other"], capture_output=True, text=True)
+    assert broken.returncode == 2 and "cannot read product drawing" in broken.stderr
+    assert "Traceback" not in broken.stderr
