@@ -48,7 +48,7 @@ from detector.views import LISTING_VIEWS, listing_views
 from index.search import Hit
 from index.store import ReferenceIndex
 
-MARKS_ID = f"{VERIFIER_ID}|marks-v2"
+MARKS_ID = f"{VERIFIER_ID}|marks-v3"
 """What a cached mark search is filed under: the verifier's features, searched as detector/marks.py does."""
 SHAPE_GATE = 0.5
 """A photo is searched for simple marks by shape (the slow search) only when no mark's keypoints
@@ -245,10 +245,13 @@ class EvidenceMaker:
             result.info = (digest, path, local, pixels, image)
         return result.info
 
-    def _local(self, result: Embedded[ListingRow], hits: list[Hit]) -> tuple[dict[Hit, Outcome | None], list[Sighting]]:
+    def _local(self, result: Embedded[ListingRow], hits: list[Hit],
+               closest: list[Hit] | None) -> tuple[dict[Hit, Outcome | None], list[Sighting]]:
         """What the photo's local features show: geometric evidence against the closest
         references, verified together (each outcome depends on the whole candidate set, so the
-        cache keys it by the set too), and the registered marks found in it. Both are cached."""
+        cache keys it by the set too), and the registered marks found in it. Both are cached.
+        ``closest`` is the whole view's CANDIDATES closest references for a photo the screen did
+        not send on (``None`` for one it did): see :meth:`_shapes_may_run`."""
         digest = result.info[0]
         chosen = to_verify(self.index, hits)
         group = candidates_key(self.index, chosen)
@@ -276,12 +279,23 @@ class EvidenceMaker:
         if sightings is None:
             with timed(self.clock, "marks"):
                 sightings = find_marks(local.plain, self.marks)
-            if not sightings and self.shapes and hits and hits[0].similarity >= SHAPE_GATE:
+            if not sightings and self._shapes_may_run(hits, local, closest):
                 with timed(self.clock, "mark shapes"):
                     sightings = self.shapes.find(pixels)
             if self.cache is not None:
                 self.cache.put_json(MARKS_ID, {(digest, self.marks_key): [list(s) for s in sightings]})
         return outcomes, sightings
+
+    def _shapes_may_run(self, hits: list[Hit], local: QueryFeatures, closest: list[Hit] | None) -> bool:
+        """Whether the slow shape search runs on a photo where no mark's keypoints were found: it
+        must look like some protected product (SHAPE_GATE), and be a photo the screen sends on.
+        Without the screen (``--no-screen``, the CUDA default) the screen's test is applied here to
+        the whole view's ``closest`` references, so both scans search the same photos by shape: on
+        a photo nothing else ties to a product, the shape correlation's sightings are mostly false
+        (docs/performance.md, "On a nightly mix with marks")."""
+        if not (self.shapes and hits and hits[0].similarity >= SHAPE_GATE):
+            return False
+        return closest is None or screen_photo(self.index, closest, local, self.references, []).go_on
 
     def _screen_one(self, result: Embedded[ListingRow], hits: list[Hit]) -> bool:
         """Whether the photo goes on past the first stage (cached by its candidates). A photo read
@@ -315,12 +329,13 @@ class EvidenceMaker:
         with timed(self.clock, "views"):
             return self.embedder.preprocess_views(listing_views(image)[1:])
 
-    def _first_stage(self, found: list[Embedded[ListingRow]], pool: ThreadPoolExecutor) -> dict[int, list[Hit]]:
+    def _first_stage(self, found: list[Embedded[ListingRow]], pool: ThreadPoolExecutor) -> tuple[dict[int, list[Hit]], set[int]]:
         """Screen the photos known by their whole view alone; give those sent on their window
-        views (``vector`` becomes all six). Returns the stopped photos' hits, by ``id``."""
+        views (``vector`` becomes all six). Returns the stopped photos' hits and the ``id`` of
+        each photo sent on."""
         whole = [r for r in found if len(r.vector) == 1]
         if not whole:
-            return {}
+            return {}, set()
         with timed(self.clock, "search"):
             hits = search_views(self.index, [r.vector for r in whole], CANDIDATES)
         going = list(pool.map(self._screen_one, whole, hits))
@@ -338,19 +353,23 @@ class EvidenceMaker:
             for i, (r, _) in enumerate(windows):
                 r.vector = np.concatenate([r.vector, vectors[i * (LISTING_VIEWS - 1):(i + 1) * (LISTING_VIEWS - 1)]])
                 r.computed = True
-        return stopped
+        return stopped, {id(r) for r, _ in windows}
 
     def _finish(self, batch: list[Embedded[ListingRow]], pool: ThreadPoolExecutor) -> Counted:
         found = [r for r in batch if r.vector is not None]
-        stopped = self._first_stage(found, pool) if self.screen else {}
+        stopped, sent_on = self._first_stage(found, pool) if self.screen else ({}, set())
         onward = [r for r in found if id(r) not in stopped]
+        unscreened = [r for r in onward if id(r) not in sent_on]
         with timed(self.clock, "search"):
             hits = search_views(self.index, [r.vector for r in onward], self.top_k)
+            closest = dict(zip(map(id, unscreened), search_views(self.index, [r.vector[:1] for r in unscreened], CANDIDATES)
+                               if self.verify and self.shapes and unscreened else []))
         hits_of = {id(r): h for r, h in zip(onward, hits)}
         hits_of.update(stopped)
         local_of = {}
         if self.verify and onward:
-            local_of = dict(zip((id(r) for r in onward), pool.map(self._local, onward, hits)))
+            local_of = dict(zip((id(r) for r in onward),
+                                pool.map(self._local, onward, hits, [closest.get(id(r)) for r in onward])))
         for r in onward:
             sighted = {s.brand for s in local_of.get(id(r), ({}, []))[1]}
             if sighted:  # the products of a brand whose mark is in the photo are candidates, however far

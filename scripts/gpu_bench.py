@@ -1,10 +1,12 @@
 """Measure the GPU path side by side, in one run, and write the results as JSON.
 
     python scripts/gpu_bench.py --nightly ../shared/eval-public --unprotected DIR [--mix 1000] --out W
-    python scripts/gpu_bench.py --table W/nightly.csv --catalog L/catalog.csv --authorized L/authorized.csv --out W
+    python scripts/gpu_bench.py --table W/nightly.csv --catalog L/catalog.csv --authorized L/authorized.csv [--marks L/marks.csv] --out W
 
 The second form scans a nightly mix made earlier (``scripts/bench.py``'s ``nightly_mix``, the
-same one ``bench.py --nightly`` makes), for a GPU machine that cannot see the labelled folder.
+same one ``bench.py --nightly`` makes), for a GPU machine that cannot see the labelled folder;
+``--marks`` indexes the brands' marks with the catalogue (the first form does when the folder has
+a ``marks.csv``, as ``bench.py`` does).
 
 (a) decoding the mix's JPEGs: Pillow on CPU threads (draft mode, as the scanner decodes)
     against nvJPEG through ``torchvision.io.decode_jpeg(device="cuda")`` in batches;
@@ -246,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--table", type=Path, help="a nightly mix made earlier (its listings table)")
     parser.add_argument("--catalog", type=Path, help="with --table: the catalogue to index")
     parser.add_argument("--authorized", type=Path, help="with --table: the authorised sellers")
+    parser.add_argument("--marks", type=Path, help="with --table: the brands' marks (marks.csv) to index")
     parser.add_argument("--out", type=Path, default=Path("gpu-bench-work"), help="work folder; gpu.json goes here")
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     parser.add_argument("--workers", type=int, default=os.cpu_count(), help="CPU threads (default: all cores)")
@@ -279,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("give --nightly and --unprotected, or --table with --catalog and --authorized")
         table = nightly_mix(args.nightly, args.unprotected, work, args.mix)
         catalog, authorized = args.nightly / "catalog.csv", args.nightly / "authorized.csv"
+        args.marks = args.nightly / "marks.csv" if (args.nightly / "marks.csv").is_file() else None
     results = {"machine": {"device": args.device, "cpu_cores": os.cpu_count(), "torch": torch.__version__,
                            "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else None}}
 
@@ -291,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         (work / "gpu.json").write_text(json.dumps(results, indent=2) + "\n")
 
     start = time.perf_counter()
-    build_index(catalog, work / "index", authorized=authorized, device=args.device)
+    build_index(catalog, work / "index", authorized=authorized, marks=args.marks, device=args.device)
     results["index_build_s"] = round(time.perf_counter() - start, 2)
     refs = np.concatenate([e.vectors for e in load_index(work / "index", load_indexes=False).brands.values()])
     paths = jpeg_paths(table)

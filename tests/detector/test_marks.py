@@ -337,9 +337,9 @@ def test_a_mark_without_a_drawing_is_a_row_error_and_a_one_pixel_mark_still_buil
     assert info.manifest["brands"]["Borel"]["marks"] == 1
 
 
-def test_a_simple_mark_on_every_catalogue_photo_counts_as_shown_there(tmp_path):
-    # SIFT rarely places a simple mark, so counted by keypoints alone a brand whose every product
-    # carries it would seem to carry none, and be judged without marks; its shape finds it
+def orbit_shop(tmp_path: Path) -> Path:
+    """Orbit (a simple round mark on each of its two products) and Acme (a busy mark), indexed
+    with their marks into ``tmp_path / "idx"``."""
     round_mark().save(tmp_path / "orbit.png")
     logo(3).save(tmp_path / "acme.png")
     rows = []
@@ -352,5 +352,37 @@ def test_a_simple_mark_on_every_catalogue_photo_counts_as_shown_there(tmp_path):
     catalog = write_csv(tmp_path / "catalog.csv", ["brand", "product_id", "image", "price", "currency"], rows)
     marks = write_csv(tmp_path / "marks.csv", ["brand", "image"], [["Orbit", "orbit.png"], ["Acme", "acme.png"]])
     build_index(catalog, tmp_path / "idx", marks=marks, device="cpu")
-    orbit = load_index(tmp_path / "idx", load_indexes=False).brands["Orbit"].marks[0]
+    return tmp_path / "idx"
+
+
+def test_a_simple_mark_on_every_catalogue_photo_counts_as_shown_there(tmp_path):
+    # SIFT rarely places a simple mark, so counted by keypoints alone a brand whose every product
+    # carries it would seem to carry none, and be judged without marks; its shape finds it
+    orbit = load_index(orbit_shop(tmp_path), load_indexes=False).brands["Orbit"].marks[0]
     assert orbit["shape_level"] is not None and orbit["in_references"] == 2
+
+
+def test_a_scan_without_the_screen_searches_the_same_photos_by_shape(tmp_path, monkeypatch):
+    # On a photo nothing else ties to a product the shape correlation's sightings are mostly false,
+    # so the scan with every stage (--no-screen, the CUDA default) searches by shape only the
+    # photos the screen would send on, as the screened scan does
+    index = orbit_shop(tmp_path)
+    photos = {"copy": printed(round_mark(), body=(30, 30, 40))[0], "box": printed(None, body=(30, 35, 30))[0],
+              "scene-5": draw_product(5, size=600).convert("RGB"), "scene-8": draw_product(8, size=600).convert("RGB")}
+    for name, photo in photos.items():
+        photo.save(tmp_path / f"{name}.png")
+    listings = write_csv(tmp_path / "listings.csv", ["listing_id", "seller_id", "title", "price", "currency", "image"],
+                         [[name, "someone", "mug", "20", "USD", f"{name}.png"] for name in photos])
+    searched = []
+    find = ShapeSearch.find
+    monkeypatch.setattr(ShapeSearch, "find", lambda self, pixels: searched.append(float(pixels.sum())) or find(self, pixels))
+    found = {}
+    with Detector.open(index, device="cpu", cache=False) as detector:
+        for screen in (True, False):
+            searched.clear()
+            detector.scan(listings, tmp_path / f"out-{screen}", screen=screen)
+            found[screen] = sorted(searched)
+            decisions = {d["listing_id"]: d for d in map(json.loads, (tmp_path / f"out-{screen}" / "decisions.jsonl").open())}
+            assert [m["brand"] for m in decisions["copy"]["marks"]] == ["Orbit"]
+            assert decisions["scene-5"]["marks"] == decisions["scene-8"]["marks"] == []
+    assert found[True] == found[False] and float(photo_pixels(photos["copy"]).sum()) in found[False]
