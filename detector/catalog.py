@@ -13,7 +13,7 @@ from detector.batching import Prepared, embed_stream
 from detector.embedders import Embedder
 from detector.errors import UserError
 from detector.images import decode_image, read_image_bytes, resolve_image_path
-from detector.mark_shapes import SHAPE_KEYPOINTS, ShapeSearch, calibrate_level, photo_pixels
+from detector.mark_shapes import ShapeSearch, calibrate_level, photo_pixels, searched_by_shape
 from detector.marks import find_marks, marks_of, prepare_mark
 from detector.tables import IMAGE_SUFFIXES, CatalogRow, read_authorized, read_catalog, read_marks
 from detector.verify import VERIFIER_ID, LocalFeatures, QueryFeatures, extract, mirrored, pack, unpack, verify_candidates
@@ -250,7 +250,7 @@ def _calibrate_marks(marks: dict[str, tuple[list[dict], bytes]], local: dict[str
     for brand, (rows, packed) in marks.items():
         found = marks_of(brand, rows, packed)
         seen = [{s.name for s in find_marks(features, found)} for features in local.get(brand, [])]
-        simple = [len(mark.plain) < SHAPE_KEYPOINTS for mark in found]
+        simple = [searched_by_shape(mark) for mark in found]
         others = impostors(brand) if any(simple) else []
         levels = [(calibrate_level(mark, others), calibrate_level(mark, others, hull=True)) if is_simple else (None, None)
                   for mark, is_simple in zip(found, simple)]

@@ -26,6 +26,10 @@ from detector.marks import BACKGROUND_LEVEL, Mark, Sighting
 
 SHAPE_KEYPOINTS = 40
 """Marks with fewer SIFT keypoints than this are also searched by shape."""
+SMALL_WIDTHS = (0.1, 0.15)
+"""Shares of a photo's width at which SIFT must place a mark's drawing (printed plainly, upright
+and turned 20 degrees) for the mark to be left to its keypoints: a mark of rings and discs can
+have many keypoints in its file and still lose them all when small."""
 FRAME = 256
 """The photo's longer side, in pixels, for the shape search."""
 SIDES = (24, 32, 40, 50, 64, 80, 100, 128)
@@ -42,6 +46,30 @@ def photo_pixels(image: Image.Image) -> np.ndarray:
     scale = FRAME / max(image.size)
     size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
     return np.asarray(image.convert("RGB").resize(size, Image.BILINEAR), np.float32)
+
+
+def searched_by_shape(mark: Mark) -> bool:
+    """Whether the mark is simple, and is also searched by shape: it has fewer than
+    SHAPE_KEYPOINTS keypoints, or SIFT misses its drawing printed at one of SMALL_WIDTHS of a
+    plain photo's width (see :func:`detector.marks.find_marks`)."""
+    if len(mark.plain) < SHAPE_KEYPOINTS:
+        return True
+    from detector.marks import find_marks
+    from detector.verify import MAX_SIDE, extract
+
+    drawing = Image.fromarray(silhouette(mark))
+    for width in SMALL_WIDTHS:
+        scale = width * MAX_SIDE / max(drawing.size)
+        small = drawing.resize((max(1, round(drawing.width * scale)), max(1, round(drawing.height * scale))),
+                               Image.BILINEAR)
+        for angle in (0, 20):
+            shape = small.rotate(angle, expand=True)
+            photo = Image.new("RGB", (MAX_SIDE, MAX_SIDE), (170, 175, 180))
+            x, y = (MAX_SIDE - shape.width) // 2, (MAX_SIDE - shape.height) // 2
+            photo.paste((30, 40, 60), (x, y, x + shape.width, y + shape.height), shape)
+            if not find_marks(extract(photo), [mark]):
+                return True
+    return False
 
 
 def silhouette(mark: Mark) -> np.ndarray:
@@ -164,9 +192,9 @@ def best_match(pixels: np.ndarray, shapes: list[tuple]) -> tuple[float, bool, tu
 
 
 class ShapeSearch:
-    """The index's simple marks (fewer than SHAPE_KEYPOINTS keypoints, with a calibrated level),
-    searched by shape: by outline, then, where that finds nothing and a hull level was calibrated,
-    within the hull."""
+    """The index's simple marks (those with a calibrated level: :func:`searched_by_shape` at
+    ``index build``), searched by shape: by outline, then, where that finds nothing and a hull
+    level was calibrated, within the hull."""
 
     def __init__(self, marks: list[Mark], levels: dict[tuple[str, str], float | None],
                  hull_levels: dict[tuple[str, str], float | None] | None = None):
@@ -174,7 +202,7 @@ class ShapeSearch:
         self.marks = []
         for mark in marks:
             key = (mark.brand, mark.name)
-            if len(mark.plain) >= SHAPE_KEYPOINTS or levels.get(key) is None:
+            if levels.get(key) is None:
                 continue
             mask = silhouette(mark)
             hull = hull_levels.get(key)

@@ -25,7 +25,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detector.mark_shapes import SHAPE_KEYPOINTS, ShapeSearch, calibrate_level, photo_pixels  # noqa: E402
+from detector.mark_shapes import ShapeSearch, calibrate_level, photo_pixels, searched_by_shape  # noqa: E402
 from detector.marks import MIN_INLIERS, find_marks, prepare_mark  # noqa: E402
 from detector.verify import extract  # noqa: E402
 
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     levels, hulls = {}, {}
     for m in marks:
         impostors = [px for brand, px in catalogue if brand != m.brand]
-        simple = len(m.plain) < SHAPE_KEYPOINTS
+        simple = searched_by_shape(m)
         levels[(m.brand, m.name)] = calibrate_level(m, impostors) if simple else None
         hulls[(m.brand, m.name)] = calibrate_level(m, impostors, hull=True) if simple else None
     shapes = ShapeSearch(marks, levels, hulls)

@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw, ImageOps
 
 from detector import Detector, UserError, build_index
 from detector.demo import draw_product
-from detector.mark_shapes import SHAPE_KEYPOINTS, ShapeSearch, calibrate_level, photo_pixels
+from detector.mark_shapes import SHAPE_KEYPOINTS, ShapeSearch, calibrate_level, photo_pixels, searched_by_shape
 from detector.marks import POLARITY, find_marks, prepare_mark
 from detector.verify import extract, fit_layout
 from detector.matches import marked_brands, marks_key, shape_levels
@@ -285,12 +285,47 @@ def test_a_solid_mark_has_no_hull_search():
     assert calibrate_level(prepare_mark(solid, "Tri", "tri.png"), [photo_pixels(printed(None)[0])], hull=True) is None
 
 
-def test_marks_with_many_keypoints_or_no_level_are_not_searched_by_shape():
+def rings() -> Image.Image:
+    """A ring with three discs on it: many keypoints in the file, none that SIFT places when the
+    mark is printed small."""
+    image = Image.new("RGB", (1600, 1600), "white")
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((300, 300, 1300, 1300), outline=(230, 80, 30), width=140)
+    for angle in (90, 210, 330):
+        x, y = 800 + 560 * np.cos(np.radians(angle)), 800 + 560 * np.sin(np.radians(angle))
+        draw.ellipse((x - 190, y - 190, x + 190, y + 190), fill="white")
+        draw.ellipse((x - 150, y - 150, x + 150, y + 150), fill=(230, 80, 30))
+    return image.resize((400, 400), Image.LANCZOS)
+
+
+def test_marks_that_keypoints_place_when_small_are_not_searched_by_shape():
     busy = prepare_mark(logo(1), "Acme", "acme.png")
     simple = prepare_mark(round_mark(), "Orbit", "orbit.png")
+    ringed = prepare_mark(rings(), "Circle", "circle.png")
+    assert len(busy.plain) >= SHAPE_KEYPOINTS and not searched_by_shape(busy)
+    assert len(simple.plain) < SHAPE_KEYPOINTS and searched_by_shape(simple)
+    assert len(ringed.plain) >= SHAPE_KEYPOINTS and searched_by_shape(ringed)
     assert not ShapeSearch([simple], {("Orbit", "orbit.png"): None})
-    assert not ShapeSearch([busy], {("Acme", "acme.png"): 0.5}) or len(busy.plain) < SHAPE_KEYPOINTS
     assert calibrate_level(simple, []) is None
+
+
+def test_a_mark_with_many_keypoints_lost_when_small_is_calibrated_and_counted_by_shape(tmp_path):
+    rings().save(tmp_path / "circle.png")
+    logo(3).save(tmp_path / "acme.png")
+    rows = []
+    for i, body in enumerate(((90, 140, 200), (200, 80, 60))):
+        printed(rings(), body=body, ink=(250, 250, 250), width=0.12)[0].save(tmp_path / f"circle-{i}.png")
+        rows.append(["Circle", f"CIR-{i}", f"circle-{i}.png", "100", "USD"])
+    for i, seed in enumerate((2, 4, 6)):
+        printed(logo(seed), body=(60, 160, 90))[0].save(tmp_path / f"acme-{i}.png")
+        rows.append(["Acme", f"ACME-{i}", f"acme-{i}.png", "100", "USD"])
+    catalog = write_csv(tmp_path / "catalog.csv", ["brand", "product_id", "image", "price", "currency"], rows)
+    marks = write_csv(tmp_path / "marks.csv", ["brand", "image"], [["Circle", "circle.png"], ["Acme", "acme.png"]])
+    build_index(catalog, tmp_path / "idx", marks=marks, device="cpu")
+    index = load_index(tmp_path / "idx", load_indexes=False)
+    circle, acme = index.brands["Circle"].marks[0], index.brands["Acme"].marks[0]
+    assert circle["keypoints"] >= SHAPE_KEYPOINTS and circle["shape_level"] is not None
+    assert circle["in_references"] == 2 and acme["shape_level"] is None
 
 
 def test_only_marks_a_brands_photos_show_are_searched_by_shape():
