@@ -240,22 +240,29 @@ def table(evidence: dict[str, list[dict]], unprotected: list[dict]) -> list[dict
     return lines
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def study_arguments(argv: list[str] | None, doc: str, out: str) -> argparse.Namespace:
+    """The arguments a gate study takes: labelled FOLDER:WORK pairs, unprotected pictures, the
+    work folder whose index those are searched in, how many, and the JSON to write."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("pairs", nargs="+", help="FOLDER:WORK, a labelled folder and its evaluate.py work folder")
     parser.add_argument("--unprotected", type=Path, required=True, help="a folder of pictures no brand protects")
     parser.add_argument("--against", type=Path, required=True, help="the work folder whose index they are searched in")
     parser.add_argument("--limit", type=int, default=300, help="unprotected pictures to try")
-    parser.add_argument("--out", type=Path, default=Path("gates.json"))
+    parser.add_argument("--out", type=Path, default=Path(out))
     args = parser.parse_args(argv)
+    args.pairs = [tuple(Path(p) for p in pair.split(":", 1)) for pair in args.pairs]
+    pictures = image_files(args.unprotected)
+    args.pictures = [pictures[i] for i in np.linspace(0, len(pictures) - 1, min(args.limit, len(pictures))).astype(int)]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = study_arguments(argv, __doc__, "gates.json")
     evidence = {}
-    for pair in args.pairs:
-        folder, work = (Path(p) for p in pair.split(":", 1))
+    for folder, work in args.pairs:
         evidence[folder.name] = cheap_evidence(work, labelled(folder, work))
         print(f"{folder.name}: {len(evidence[folder.name])} photos", flush=True)
-    pictures = image_files(args.unprotected)
-    pictures = [pictures[i] for i in np.linspace(0, len(pictures) - 1, min(args.limit, len(pictures))).astype(int)]
-    unprotected = cheap_evidence(args.against, [(p, {}) for p in pictures])
+    unprotected = cheap_evidence(args.against, [(p, {}) for p in args.pictures])
     lines = table(evidence, unprotected)
     costs = {key: round(float(np.median([r[key] for r in unprotected])), 1) for key in unprotected[0] if key.endswith("_ms")}
     args.out.write_text(json.dumps({"unprotected": len(unprotected), "gates": lines, "median_ms": costs}, indent=1))

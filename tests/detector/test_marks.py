@@ -310,19 +310,7 @@ def test_marks_that_keypoints_place_when_small_are_not_searched_by_shape():
 
 
 def test_a_mark_with_many_keypoints_lost_when_small_is_calibrated_and_counted_by_shape(tmp_path):
-    rings().save(tmp_path / "circle.png")
-    logo(3).save(tmp_path / "acme.png")
-    rows = []
-    for i, body in enumerate(((90, 140, 200), (200, 80, 60))):
-        printed(rings(), body=body, ink=(250, 250, 250), width=0.12)[0].save(tmp_path / f"circle-{i}.png")
-        rows.append(["Circle", f"CIR-{i}", f"circle-{i}.png", "100", "USD"])
-    for i, seed in enumerate((2, 4, 6)):
-        printed(logo(seed), body=(60, 160, 90))[0].save(tmp_path / f"acme-{i}.png")
-        rows.append(["Acme", f"ACME-{i}", f"acme-{i}.png", "100", "USD"])
-    catalog = write_csv(tmp_path / "catalog.csv", ["brand", "product_id", "image", "price", "currency"], rows)
-    marks = write_csv(tmp_path / "marks.csv", ["brand", "image"], [["Circle", "circle.png"], ["Acme", "acme.png"]])
-    build_index(catalog, tmp_path / "idx", marks=marks, device="cpu")
-    index = load_index(tmp_path / "idx", load_indexes=False)
+    index = load_index(simple_mark_shop(tmp_path, "Circle", rings(), width=0.12), load_indexes=False)
     circle, acme = index.brands["Circle"].marks[0], index.brands["Acme"].marks[0]
     assert circle["keypoints"] >= SHAPE_KEYPOINTS and circle["shape_level"] is not None
     assert circle["in_references"] == 2 and acme["shape_level"] is None
@@ -372,20 +360,21 @@ def test_a_mark_without_a_drawing_is_a_row_error_and_a_one_pixel_mark_still_buil
     assert info.manifest["brands"]["Borel"]["marks"] == 1
 
 
-def orbit_shop(tmp_path: Path) -> Path:
-    """Orbit (a simple round mark on each of its two products) and Acme (a busy mark), indexed
-    with their marks into ``tmp_path / "idx"``."""
-    round_mark().save(tmp_path / "orbit.png")
+def simple_mark_shop(tmp_path: Path, brand: str, mark: Image.Image, width: float = 0.3) -> Path:
+    """``brand`` (its mark printed at ``width`` on each of its two products) and Acme (a busy
+    mark), indexed with their marks into ``tmp_path / "idx"``."""
+    name = brand.lower()
+    mark.save(tmp_path / f"{name}.png")
     logo(3).save(tmp_path / "acme.png")
     rows = []
     for i, body in enumerate(((90, 140, 200), (200, 80, 60))):
-        printed(round_mark(), body=body, ink=(250, 250, 250), width=0.3)[0].save(tmp_path / f"orbit-{i}.png")
-        rows.append(["Orbit", f"ORB-{i}", f"orbit-{i}.png", "100", "USD"])
+        printed(mark, body=body, ink=(250, 250, 250), width=width)[0].save(tmp_path / f"{name}-{i}.png")
+        rows.append([brand, f"{name}-{i}", f"{name}-{i}.png", "100", "USD"])
     for i, seed in enumerate((2, 4, 6)):
         printed(logo(seed), body=(60, 160, 90))[0].save(tmp_path / f"acme-{i}.png")
         rows.append(["Acme", f"ACME-{i}", f"acme-{i}.png", "100", "USD"])
     catalog = write_csv(tmp_path / "catalog.csv", ["brand", "product_id", "image", "price", "currency"], rows)
-    marks = write_csv(tmp_path / "marks.csv", ["brand", "image"], [["Orbit", "orbit.png"], ["Acme", "acme.png"]])
+    marks = write_csv(tmp_path / "marks.csv", ["brand", "image"], [[brand, f"{name}.png"], ["Acme", "acme.png"]])
     build_index(catalog, tmp_path / "idx", marks=marks, device="cpu")
     return tmp_path / "idx"
 
@@ -393,7 +382,7 @@ def orbit_shop(tmp_path: Path) -> Path:
 def test_a_simple_mark_on_every_catalogue_photo_counts_as_shown_there(tmp_path):
     # SIFT rarely places a simple mark, so counted by keypoints alone a brand whose every product
     # carries it would seem to carry none, and be judged without marks; its shape finds it
-    orbit = load_index(orbit_shop(tmp_path), load_indexes=False).brands["Orbit"].marks[0]
+    orbit = load_index(simple_mark_shop(tmp_path, "Orbit", round_mark()), load_indexes=False).brands["Orbit"].marks[0]
     assert orbit["shape_level"] is not None and orbit["in_references"] == 2
 
 
@@ -401,7 +390,7 @@ def test_a_scan_without_the_screen_searches_the_same_photos_by_shape(tmp_path, m
     # On a photo nothing else ties to a product the shape correlation's sightings are mostly false,
     # so the scan with every stage (--no-screen, the CUDA default) searches by shape only the
     # photos the screen would send on, as the screened scan does
-    index = orbit_shop(tmp_path)
+    index = simple_mark_shop(tmp_path, "Orbit", round_mark())
     photos = {"copy": printed(round_mark(), body=(30, 30, 40))[0], "box": printed(None, body=(30, 35, 30))[0],
               "scene-5": draw_product(5, size=600).convert("RGB"), "scene-8": draw_product(8, size=600).convert("RGB")}
     for name, photo in photos.items():
