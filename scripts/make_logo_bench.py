@@ -74,6 +74,12 @@ def colours(icons: Path) -> dict[str, str]:
     return {e.get("slug", ""): "#" + e["hex"] for e in entries if "hex" in e}
 
 
+def legible(colour: str) -> str:
+    """The brand colour, or black where it is too light to draw on white (Sony's is #FFFFFF)."""
+    r, g, b = (int(colour[i:i + 2], 16) for i in (1, 3, 5))
+    return "#000000" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 220 else colour
+
+
 def recolour(product: Image.Image, rng: random.Random) -> Image.Image:
     """Another colourway: the drawing's hues turned and its saturation scaled, alpha kept."""
     import cv2
@@ -175,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     catalog, authorized, marks, sold = [], [], [], {}
     for slug in protect:
         brand = slug.capitalize()
-        colour = palette.get(slug, "#202020")
+        colour = legible(palette.get(slug, "#202020"))
         mark = Image.new("RGB", (480, 480), "white")
         drawn = render(logos[slug], colour, 400)
         mark.paste(drawn, ((480 - drawn.width) // 2, (480 - drawn.height) // 2), drawn)

@@ -37,6 +37,8 @@ def test_builds_a_labelled_logo_folder_from_logos_products_and_backgrounds(tmp_p
         mark = Image.new("RGB", (120, 120), "white")
         ImageDraw.Draw(mark).polygon([(10 + 20 * i, 10), (110, 60), (10, 110)], fill=(30, 30, 30))
         mark.save(logos / f"{slug}.png")
+    (tmp_path / "data").mkdir()  # simple-icons' colours, beside its icons: Acme's is white, as Sony's is
+    (tmp_path / "data" / "simple-icons.json").write_text('[{"slug": "acme", "hex": "FFFFFF"}, {"slug": "borel", "hex": "1428A0"}]')
     paths = []
     for seed in range(4):
         drawing(seed).save(tmp_path / f"product{seed}.png")
@@ -62,6 +64,9 @@ def test_builds_a_labelled_logo_folder_from_logos_products_and_backgrounds(tmp_p
     for row in catalog + listings + read(out / "marks.csv"):
         with Image.open(out / row["image"]) as image:
             image.verify()
+    for slug in ("acme", "borel"):  # a mark too light for white paper is drawn in black: it has a drawing
+        with Image.open(out / "marks" / f"{slug}.png") as mark:
+            assert mark.convert("L").getextrema()[0] < 100, slug
     missing = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "x"), "--logos", str(logos), "--products",
                               paths[0], "--backgrounds", str(backgrounds), "--protect", "nobody", "--others", "other"],
                              capture_output=True, text=True)
