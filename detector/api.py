@@ -280,6 +280,11 @@ class Detector:
             self._cache = EmbeddingCache(self.cache_path, cache_key(self.embedder), self.embedder.dim)
         return self._cache
 
+    @property
+    def _reads_words(self) -> bool:
+        """Whether photos are read for brand names: only where the policy counts them."""
+        return self.policy.marks.enabled and self.policy.marks.words
+
     def lookup(
         self,
         photo: str | Path,
@@ -305,7 +310,7 @@ class Detector:
 
         if top_k not in self._makers:
             self._makers[top_k] = EvidenceMaker(self.index, self.embedder, Path("/"), cache=self.cache, top_k=top_k,
-                                                allow_outside=True, workers=1)
+                                                allow_outside=True, workers=1, read_words=self._reads_words)
         currency = currency.upper() if currency else None
         row = ListingRow(row=0, line=0, listing_id=str(photo), seller_id=seller, title=title or "", price=price,
                          currency=currency, image=str(Path(photo).absolute()))
@@ -372,6 +377,7 @@ class Detector:
         if screen is None:
             screen = self.embedder.device == "cpu"
         options = ScanOptions(batch_size=batch_size, workers=workers, top_k=top_k, verify=verify, screen=screen,
+                              read_words=self._reads_words,
                               allow_outside=allow_outside_paths, restart=restart,
                               cache=self.cache if engine == "local" else None, engine=engine, device=self.device,
                               backend=self.backend, ray_address=address, ray_actors=ray_actors, history=history,

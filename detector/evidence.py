@@ -23,6 +23,7 @@ from typing import Callable, Iterable, Iterator, NamedTuple
 import numpy as np
 from PIL import Image
 
+from detector.brand_words import WordReader
 from detector.batching import Embedded, Prepared, embed_stream, one_openmp_thread, opencv_one_thread
 from detector.cache import EmbeddingCache
 from detector.embedders import Embedder
@@ -49,6 +50,8 @@ from index.search import Hit
 from index.store import ReferenceIndex
 
 MARKS_ID = f"{VERIFIER_ID}|marks-v3"
+WORDS_ID = "words-rapidocr3-v1"
+"""Added to the marks' cache key when brand words are read too."""
 """What a cached mark search is filed under: the verifier's features, searched as detector/marks.py does."""
 SHAPE_GATE = 0.5
 """A photo is searched for simple marks by shape (the slow search) only when no mark's keypoints
@@ -170,6 +173,7 @@ class EvidenceMaker:
         workers: int = 2,
         keep_vectors: bool = False,
         screen: bool = False,
+        read_words: bool = True,
         clock: StageClock | None = None,
     ):
         self.index, self.embedder, self.root = index, embedder, Path(root)
@@ -180,6 +184,9 @@ class EvidenceMaker:
         self.references = ReferenceFeatures(index)
         self.marks, self.marks_key = index_marks(index), marks_key(index)
         self.shapes = ShapeSearch(self.marks, shape_levels(index), shape_levels(index, "hull_level"))
+        self.reader = WordReader(sorted({m.brand for m in self.marks})) if read_words and self.marks else None
+        if self.reader:
+            self.marks_key = f"{self.marks_key}|{WORDS_ID}"
         self.recent: dict[str, np.ndarray] = {}
 
     def batches(self, rows: Iterable[ListingRow], batch_size: int) -> Iterator[Counted]:
@@ -222,7 +229,7 @@ class EvidenceMaker:
         pixels = photo_pixels(image) if self.verify and self.shapes else None
         with timed(self.clock, "views"):
             views = self.embedder.preprocess_views([image] if self.screen else listing_views(image))
-        return Prepared(array=views, info=(digest, str(path), local, pixels, image if self.screen else None))
+        return Prepared(array=views, info=(digest, str(path), local, pixels, image if self._keeps_image else None))
 
     def _decode(self, data: bytes) -> Image.Image:
         with timed(self.clock, "decode"):
@@ -251,7 +258,7 @@ class EvidenceMaker:
         references, verified together (each outcome depends on the whole candidate set, so the
         cache keys it by the set too), and the registered marks found in it. Both are cached.
         ``closest`` is the whole view's CANDIDATES closest references for a photo the screen did
-        not send on (``None`` for one it did): see :meth:`_shapes_may_run`."""
+        not send on (``None`` for one it did): see :meth:`_worth_reading`."""
         digest = result.info[0]
         chosen = to_verify(self.index, hits)
         group = candidates_key(self.index, chosen)
@@ -279,21 +286,36 @@ class EvidenceMaker:
         if sightings is None:
             with timed(self.clock, "marks"):
                 sightings = find_marks(local.plain, self.marks)
-            if not sightings and self._shapes_may_run(hits, local, closest):
+            worth = not sightings and self._worth_reading(hits, local, closest)
+            if worth and self.shapes:
                 with timed(self.clock, "mark shapes"):
                     sightings = self.shapes.find(pixels)
+            if worth and not sightings and self.reader:
+                try:
+                    image = self._decoded(result, image_too=True)[4]
+                except ImageError:
+                    image = None
+                if image is not None:
+                    with timed(self.clock, "brand words"):
+                        sightings = self.reader.find(image)
             if self.cache is not None:
                 self.cache.put_json(MARKS_ID, {(digest, self.marks_key): [list(s) for s in sightings]})
         return outcomes, sightings
 
-    def _shapes_may_run(self, hits: list[Hit], local: QueryFeatures, closest: list[Hit] | None) -> bool:
-        """Whether the slow shape search runs on a photo where no mark's keypoints were found: it
-        must look like some protected product (SHAPE_GATE), and be a photo the screen sends on.
-        Without the screen (``--no-screen``, the CUDA default) the screen's test is applied here to
-        the whole view's ``closest`` references, so both scans search the same photos by shape: on
-        a photo nothing else ties to a product, the shape correlation's sightings are mostly false
-        (docs/performance.md, "On a nightly mix with marks")."""
-        if not (self.shapes and hits and hits[0].similarity >= SHAPE_GATE):
+    @property
+    def _keeps_image(self) -> bool:
+        """Whether a decoded photo is kept for a later stage: the screen's window views, or the
+        brand words read from it."""
+        return self.screen or bool(self.reader)
+
+    def _worth_reading(self, hits: list[Hit], local: QueryFeatures, closest: list[Hit] | None) -> bool:
+        """Whether the slow searches (marks by shape, brand words) run on a photo where no mark's
+        keypoints were found: it must look like some protected product (SHAPE_GATE), and be a
+        photo the screen sends on. Without the screen (``--no-screen``, the CUDA default) the
+        screen's test is applied here to the whole view's ``closest`` references, so both scans
+        search the same photos: on a photo nothing else ties to a product, the shape correlation's
+        sightings are mostly false (docs/performance.md, "On a nightly mix with marks")."""
+        if not (hits and hits[0].similarity >= SHAPE_GATE):
             return False
         return closest is None or screen_photo(self.index, closest, local, self.references, []).go_on
 
@@ -325,7 +347,7 @@ class EvidenceMaker:
             digest, path, local, pixels, image = self._decoded(result, image_too=True)
         except ImageError:
             return None
-        result.info = (digest, path, local, pixels, None)
+        result.info = (digest, path, local, pixels, image if self.reader else None)
         with timed(self.clock, "views"):
             return self.embedder.preprocess_views(listing_views(image)[1:])
 
@@ -363,7 +385,7 @@ class EvidenceMaker:
         with timed(self.clock, "search"):
             hits = search_views(self.index, [r.vector for r in onward], self.top_k)
             closest = dict(zip(map(id, unscreened), search_views(self.index, [r.vector[:1] for r in unscreened], CANDIDATES)
-                               if self.verify and self.shapes and unscreened else []))
+                               if self.verify and (self.shapes or self.reader) and unscreened else []))
         hits_of = {id(r): h for r, h in zip(onward, hits)}
         hits_of.update(stopped)
         local_of = {}

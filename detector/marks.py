@@ -55,7 +55,9 @@ class Mark:
 class Sighting(NamedTuple):
     """A mark found in a photo: keypoints in its layout, whether it was found in the other
     polarity, its box (x0, y0, x1, y1) as fractions of the photo's width and height, and, for a
-    mark found by its shape (:mod:`detector.mark_shapes`; ``inliers`` 0), the correlation."""
+    mark found by its shape (:mod:`detector.mark_shapes`; ``inliers`` 0), the correlation. A brand's
+    name read in the photo (:mod:`detector.brand_words`) is a sighting too: ``found_by`` ``word``,
+    ``name`` the text read, ``score`` the reader's confidence."""
 
     brand: str
     name: str
@@ -63,6 +65,12 @@ class Sighting(NamedTuple):
     inverted: bool
     box: tuple[float, float, float, float]
     score: float | None = None
+    found_by: str | None = None  # "word" for a brand word; otherwise keypoints (score None) or shape
+
+    @property
+    def how(self) -> str:
+        """``keypoints``, ``shape`` or ``word``."""
+        return self.found_by or ("keypoints" if self.score is None else "shape")
 
 
 def prepare_mark(image: Image.Image, brand: str, name: str) -> Mark:

@@ -13,9 +13,7 @@ Every default lives in ``default_policy.toml`` beside this file; a user's TOML f
 from __future__ import annotations
 
 import math
-import re
 import tomllib
-import unicodedata
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
@@ -26,12 +24,11 @@ from detector.decisions import (
     UNVERIFIED, VETOED, Decision, Finding, Match,
 )
 from detector.errors import UserError
+from detector.spelling import LEET, misspelt_brand, normalise
 
 if TYPE_CHECKING:
     from detector.marks import Sighting
 
-_LEET = str.maketrans({"0": "o", "1": "l", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s"})
-_LEET_I = str.maketrans({"0": "o", "1": "i", "!": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s"})
 
 
 @dataclass(frozen=True)
@@ -77,12 +74,14 @@ class MarkRules:
     it that brand's product when the photo also looks like one of the brand's products
     (``min_similarity``); with ``required``, any match (a copy included) to the product of a
     brand whose catalogue photos show its marks needs one of them in the photo;
-    ``misspelt_weight`` is what an evasive spelling of the brand in the title adds."""
+    ``misspelt_weight`` is what an evasive spelling of the brand in the title adds; with ``words``,
+    the brand's name read in the photo counts as its mark."""
 
     enabled: bool
     min_similarity: float
     required: bool
     misspelt_weight: float
+    words: bool = True
 
 
 @dataclass(frozen=True)
@@ -188,7 +187,7 @@ def _policy_from(config: dict) -> Policy:
         min_price_ratio=_number(price, "min_price_ratio", "price", 0.0, 10.0),
         rates={str(k).upper(): float(v) for k, v in rates.items()},
         check_seller=bool(seller["check"]),
-        cues=tuple(dict.fromkeys(_normalise(c) for c in [*cues, *extra])),
+        cues=tuple(dict.fromkeys(normalise(c) for c in [*cues, *extra])),
         weights=Weights(
             price=_number(score, "price_weight", "score", 0.0, 1.0),
             seller=_number(score, "seller_weight", "score", 0.0, 1.0),
@@ -214,6 +213,7 @@ def _policy_from(config: dict) -> Policy:
             min_similarity=_number(marks, "min_similarity", "marks", 0.0, 1.0),
             required=bool(marks["required"]),
             misspelt_weight=_number(marks, "misspelt_weight", "marks", 0.0, 1.0),
+            words=bool(marks["words"]),
         ),
         history=HistoryRules(
             prior_flag_weight=_number(history, "prior_flag_weight", "history", 0.0, 1.0),
@@ -225,55 +225,13 @@ def _policy_from(config: dict) -> Policy:
     )
 
 
-def _normalise(text: str) -> str:
-    text = unicodedata.normalize("NFKC", text).casefold()
-    text = "".join(ch for ch in text if unicodedata.category(ch)[0] != "C")
-    return re.sub(r"[^\w:]+", " ", text).strip()
-
-
 def find_cues(title: str, cues: tuple[str, ...]) -> list[str]:
     """Counterfeit cues present in ``title``, matched as whole words, also through digit-for-letter swaps."""
     if not title:
         return []
-    plain = f" {_normalise(title)} "
-    variants = {plain, plain.translate(_LEET)}
+    plain = f" {normalise(title)} "
+    variants = {plain, plain.translate(LEET)}
     return [cue for cue in cues if any(f" {cue} " in variant for variant in variants)]
-
-
-def _squeeze(text: str) -> str:
-    """Runs of one letter made one (adidass → adidas, addidas → adidas)."""
-    return re.sub(r"(.)\1+", r"\1", text)
-
-
-def misspelt_brand(title: str, brand: str) -> str | None:
-    """The word of ``title`` that spells ``brand`` evasively, or ``None``: digits or symbols for
-    letters (N1ke), letters spaced or hyphenated apart (g-u-c-c-i), a letter doubled or dropped
-    from a double (adidass, Addidas), two neighbours swapped (Nkie). The brand's own spelling, in
-    any case, is not evasive; neither is a one-letter change, which real words make (idea, Ikea)."""
-    written = " ".join(unicodedata.normalize("NFKC", brand).casefold().split())
-    name = re.sub(r"\W+", "", written)
-    if len(name) < 3 or not title:
-        return None
-    words = unicodedata.normalize("NFKC", title).casefold().split()
-    tokens = [w.strip(".,;:()[]{}\"'") for w in words]
-    spaced = re.findall(r"(?:\b\w\b[\s.\-_*]*){3,}", unicodedata.normalize("NFKC", title).casefold())
-    found = [(t, t) for t in tokens] + [(s.strip(), re.sub(r"[\s.\-_*]+", "", s)) for s in spaced]
-    found += [(f"{a} {b}", a + b) for a, b in zip(tokens, tokens[1:])]
-    for shown, word in found:
-        plain = re.sub(r"[\-_.*]+", "", word)
-        if plain == name:
-            if shown not in (name, written) and min(map(len, re.split(r"[\s\-_.*]+", shown))) == 1:
-                return shown  # spelt out letter by letter
-            continue
-        variants = {plain.translate(_LEET), plain.translate(_LEET_I)}
-        if name in variants:
-            return shown
-        if plain.isalpha() and len(plain) >= 4 and plain != name and _squeeze(plain) == _squeeze(name):
-            return shown
-        if len(plain) == len(name) >= 5 and any(plain == name[:i] + name[i + 1] + name[i] + name[i + 2:]
-                                                for i in range(len(name) - 1)):
-            return shown
-    return None
 
 
 # --- what a decision is made from ---------------------------------------------------------------
@@ -423,15 +381,17 @@ def rank(candidates: list[Candidate], policy: Policy, sightings: list[Sighting] 
     logo), then matches on a brand's mark, then the margin over the brand's threshold. The first
     is the one the decision is about.
 
-    ``sightings`` are the registered marks found in the photo, ``marked`` the brands that
-    registered marks (see :class:`MarkRules` for what they change)."""
+    ``sightings`` are the registered marks (and brand names, counted with ``[marks] words``) found
+    in the photo, ``marked`` the brands that registered marks (see :class:`MarkRules` for what
+    they change)."""
     judged = []
     for cand in candidates:
         threshold = policy.brand_threshold(cand.brand, cand.calibrated_threshold)
         needs = policy.product_inliers(cand.product_inliers)
         judged.append(Ranked(cand, threshold, visual_state(cand, threshold, policy.verification, needs), needs))
     if policy.marks.enabled:
-        judged = [_with_marks(r, policy.marks, sightings, marked) for r in judged]
+        counted = [s for s in sightings if policy.marks.words or s.how != "word"]
+        judged = [_with_marks(r, policy.marks, counted, marked) for r in judged]
 
     def key(r: Ranked):
         geometric = r.state in GEOMETRIC
@@ -632,9 +592,11 @@ def visual_reason(best: Ranked, verification: Verification) -> str:
 def _sighting(mark: Sighting) -> str:
     x0, y0, x1, y1 = mark.box
     colours = ", in inverted colours" if mark.inverted else ""
-    how = f"{mark.inliers} matching keypoints" if mark.score is None else f"its shape, correlation {mark.score:.2f}"
-    return (f"{mark.brand}'s registered mark {mark.name} ({how}{colours}, at"
-            f" x {x0:.0%}–{x1:.0%}, y {y0:.0%}–{y1:.0%} of the photo)")
+    where = f"at x {x0:.0%}–{x1:.0%}, y {y0:.0%}–{y1:.0%} of the photo"
+    if mark.how == "word":
+        return f"{mark.brand}'s name, read as {mark.name!r} (confidence {mark.score:.2f}, {where})"
+    how = f"{mark.inliers} matching keypoints" if mark.how == "keypoints" else f"its shape, correlation {mark.score:.2f}"
+    return f"{mark.brand}'s registered mark {mark.name} ({how}{colours}, {where})"
 
 
 def word(visual: str, findings: list[Finding], consistent: list[str] | None = None) -> list[str]:
@@ -667,8 +629,10 @@ def decide(
     decision = Decision(listing_id=listing.listing_id, verdict=CLEAR, image=listing.image, seller_id=listing.seller_id,
                         title=listing.title, price=listing.price, currency=listing.currency,
                         prior_flags=list(listing.prior_flags),
-                        marks=[{"brand": s.brand, "mark": s.name, "inliers": s.inliers, "inverted": s.inverted,
-                                "box": list(s.box), "shape_score": s.score} for s in sightings])
+                        marks=[{"brand": s.brand, "mark": s.name, "found_by": s.how, "inliers": s.inliers,
+                                "inverted": s.inverted, "box": list(s.box),
+                                "shape_score": s.score if s.how == "shape" else None,
+                                "read_score": s.score if s.how == "word" else None} for s in sightings])
     if not any(listing.seller_id in sellers for sellers in authorized.values()):  # a reseller is no comeback
         decision.comeback = list(listing.comebacks[:3])
     history = history_findings(listing, decision.comeback, policy.history)

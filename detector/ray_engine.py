@@ -45,13 +45,14 @@ class EvidenceActor:
     evidence records (as JSON, one per row)."""
 
     def __init__(self, index_dir: str, embedder: str, device: str, backend: str, root: str, verify: bool,
-                 top_k: int, allow_outside: bool, workers: int, keep_vectors: bool, screen: bool = True):
+                 top_k: int, allow_outside: bool, workers: int, keep_vectors: bool, screen: bool = True,
+                 read_words: bool = True):
         from detector.matches import open_index
 
         index, model = open_index(Path(index_dir), embedder=embedder, device=device, backend=backend)
         self.maker = EvidenceMaker(index, model, Path(root), verify=verify, top_k=top_k,
                                    allow_outside=allow_outside, workers=workers, keep_vectors=keep_vectors,
-                                   screen=screen)
+                                   screen=screen, read_words=read_words)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = [ListingRow(**json.loads(text)) for text in batch["listing"]]
@@ -86,7 +87,8 @@ def run_on_ray(listings: Path, index, embedder, state, options, root: Path, stat
                            device="cuda" if gpus else "cpu",
                            backend=options.backend, root=str(root), verify=options.verify, top_k=options.top_k,
                            allow_outside=options.allow_outside, workers=options.workers,
-                           keep_vectors=options.history is not None, screen=options.screen)
+                           keep_vectors=options.history is not None, screen=options.screen,
+                           read_words=options.read_words)
         for chunk in _chunks(pending_rows(listings, lambda row: row not in done, stats), CHUNK_ROWS):
             dataset = ray.data.from_items([{"listing": json.dumps(dataclasses.asdict(r))} for r in chunk])
             evidence = dataset.map_batches(

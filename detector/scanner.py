@@ -26,7 +26,9 @@ from detector.cache import EmbeddingCache
 from detector.decisions import CLEAR, ERROR, FLAGGED, Decision
 from detector.embedders import Embedder
 from detector.errors import UserError, disk_full
-from detector.evidence import EvidenceMaker, candidates_of, packed_bytes, pending_rows, sightings_of, unpack_vector
+from detector.evidence import (
+    WORDS_ID, EvidenceMaker, candidates_of, packed_bytes, pending_rows, sightings_of, unpack_vector,
+)
 from detector.history import PriorEvidence, ScanHistory, parse_night
 from detector.matches import authorized_sellers, marked_brands
 from detector.outputs import DecisionWriter, wilson_interval, write_json
@@ -48,13 +50,14 @@ STATE_VERSION = 9
 @dataclass
 class ScanOptions:
     """How to run a scan (none of these change its decisions except ``top_k``, ``verify``,
-    ``screen`` and ``allow_outside``). ``engine`` is ``local`` or ``ray``; ``device`` and ``backend`` are what Ray actors use."""
+    ``screen``, ``read_words`` and ``allow_outside``). ``engine`` is ``local`` or ``ray``; ``device`` and ``backend`` are what Ray actors use."""
 
     batch_size: int = 32
     workers: int = 2
     top_k: int = 5
     verify: bool = True
     screen: bool = True  # the first-stage screen (detector/screening.py); off: every stage on every photo
+    read_words: bool = True  # brand names read in photos (detector/brand_words.py), where the index has marks
     allow_outside: bool = False
     restart: bool = False
     cache: EmbeddingCache | None = None
@@ -133,6 +136,7 @@ def _identity(listings: Path, index: ReferenceIndex, embedder: Embedder, options
         "top_k": options.top_k,
         "verifier": VERIFIER_ID if options.verify else None,
         "screen": SCREEN_ID if options.verify and options.screen else None,
+        "words": WORDS_ID if options.verify and options.read_words else None,
         "allow_outside": options.allow_outside,
         "keeps_vectors": options.history is not None,
     }
@@ -333,7 +337,8 @@ def _embed_rows(listings, index, embedder, state: ScanState, options: ScanOption
 
     maker = EvidenceMaker(index, embedder, listing_root(listings), cache=options.cache, verify=options.verify,
                           top_k=options.top_k, allow_outside=options.allow_outside, workers=options.workers,
-                          keep_vectors=options.history is not None, screen=options.screen, clock=options.clock)
+                          keep_vectors=options.history is not None, screen=options.screen,
+                          read_words=options.read_words, clock=options.clock)
     if on_progress:
         on_progress(next_row, total)
     rows = pending_rows(listings, lambda row: row >= next_row, stats)

@@ -114,13 +114,9 @@ def write_csv(path, header, rows):
     return path
 
 
-@pytest.fixture(scope="module")
-def marked_shop(tmp_path_factory):
-    """Two brands whose catalogue photos carry their marks, their marks as files, and listings:
-    a rogue seller's new photo with Acme's mark in white on a dark patch, turned; an authorised
-    Acme seller's; the same product with Borel's mark, from Borel's authorised seller; and with no
-    mark at all, from a rogue seller."""
-    root = tmp_path_factory.mktemp("marked")
+def two_marked_brands(root: Path) -> Path:
+    """Acme and Borel, one product each whose catalogue photo carries the brand's mark, their
+    marks as files (``marks.csv``), and one authorised seller each; returns ``root``."""
     for name, seed in (("acme.png", 1), ("borel.png", 2)):
         logo(seed).save(root / name)
     on_product(logo(1), width=0.3, seed=5)[0].save(root / "acme-ref.png")
@@ -129,6 +125,16 @@ def marked_shop(tmp_path_factory):
               [["Acme", "ACME-1", "acme-ref.png", "100", "USD"], ["Borel", "BOR-1", "borel-ref.png", "100", "USD"]])
     write_csv(root / "authorized.csv", ["brand", "seller_id"], [["Acme", "acme-shop"], ["Borel", "borel-shop"]])
     write_csv(root / "marks.csv", ["brand", "image"], [["Acme", "acme.png"], ["Borel", "borel.png"]])
+    return root
+
+
+@pytest.fixture(scope="module")
+def marked_shop(tmp_path_factory):
+    """Two brands whose catalogue photos carry their marks, their marks as files, and listings:
+    a rogue seller's new photo with Acme's mark in white on a dark patch, turned; an authorised
+    Acme seller's; the same product with Borel's mark, from Borel's authorised seller; and with no
+    mark at all, from a rogue seller."""
+    root = two_marked_brands(tmp_path_factory.mktemp("marked"))
     on_product(logo(1), width=0.25, invert=True, angle=20, at=(0.4, 0.4), seed=5)[0].save(root / "rogue.png")
     on_product(logo(1), width=0.3, at=(0.35, 0.3), seed=5)[0].save(root / "own.png")
     on_product(logo(2), width=0.3, seed=5)[0].save(root / "other.png")

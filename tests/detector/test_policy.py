@@ -408,8 +408,9 @@ def test_a_brands_mark_makes_the_photo_its_product_even_below_its_threshold():
     candidates = [cand(similarity=0.9, brand="Borel", product="BOR-1"), cand(similarity=0.6, product="AUR-1")]
     decision = decide(listing(seller="rogue"), candidates, SELLERS_AB, POLICY, [seen("Aurelio")], MARKED)
     assert (decision.verdict, decision.visual_state, decision.brand) == (FLAGGED, "mark", "Aurelio")
-    assert decision.marks == [{"brand": "Aurelio", "mark": "marks/aurelio.png", "inliers": 9, "inverted": False,
-                               "box": [0.2, 0.3, 0.4, 0.5], "shape_score": None}]
+    assert decision.marks == [{"brand": "Aurelio", "mark": "marks/aurelio.png", "found_by": "keypoints", "inliers": 9,
+                               "inverted": False, "box": [0.2, 0.3, 0.4, 0.5], "shape_score": None,
+                               "read_score": None}]
     assert "marks/aurelio.png" in decision.reasons[0] and "x 20%–40%" in decision.reasons[0]
     # the brand's own authorised seller showing its mark is authorised
     own = decide(listing(seller="auth-1"), candidates, SELLERS_AB, POLICY, [seen("Aurelio")], MARKED)
@@ -417,6 +418,19 @@ def test_a_brands_mark_makes_the_photo_its_product_even_below_its_threshold():
     # a product unlike any the brand sells is not its product, mark or not
     far = decide(listing(seller="rogue"), [cand(similarity=0.3)], SELLERS_AB, POLICY, [seen("Aurelio")], MARKED)
     assert far.visual_state == "no_match" and far.verdict == CLEAR
+
+
+def test_a_brands_name_read_in_the_photo_counts_as_its_mark_unless_the_policy_says_not(tmp_path):
+    named = Sighting("Aurelio", "AURELIO", 0, False, (0.1, 0.2, 0.5, 0.3), 0.93, "word")
+    candidates = [cand(similarity=0.9, brand="Borel", product="BOR-1"), cand(similarity=0.65, product="AUR-1")]
+    decision = decide(listing(seller="rogue"), candidates, SELLERS_AB, POLICY, [named], MARKED)
+    assert (decision.verdict, decision.visual_state, decision.brand) == (FLAGGED, "mark", "Aurelio")
+    assert decision.marks[0]["found_by"] == "word" and decision.marks[0]["read_score"] == 0.93
+    assert "Aurelio's name, read as 'AURELIO' (confidence 0.93" in decision.reasons[0]
+    uncounted = tmp_path / "p.toml"
+    uncounted.write_text("[marks]\nwords = false\n")
+    ignored = decide(listing(seller="rogue"), candidates, SELLERS_AB, load_policy(uncounted), [named], MARKED)
+    assert (ignored.brand, ignored.visual_state) == ("Borel", "mark_missing")
 
 
 def test_another_brands_mark_means_it_is_not_this_brands_product():
