@@ -321,7 +321,7 @@ class Detector:
         facts = Listing(listing_id=str(photo), seller_id=seller, title=title or "", price=price, currency=currency,
                         image=str(photo))
         decision = decide(facts, candidates_of(self.index, evidence.hits), authorized_sellers(self.index), self.policy,
-                          sightings_of(evidence.marks), marked_brands(self.index))
+                          sightings_of(evidence.marks), marked_brands(self.index, self._reads_words))
         if not judged:  # the visual finding alone: there is nothing else to judge
             decision.reasons, decision.findings = decision.reasons[:1], []
         return LookupResult(photo=str(photo), decision=decision, judged=judged)

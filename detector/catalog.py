@@ -10,6 +10,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from detector.batching import Prepared, embed_stream
+from detector.brand_words import WordReader
 from detector.embedders import Embedder
 from detector.errors import UserError
 from detector.images import decode_image, read_image_bytes, resolve_image_path
@@ -230,16 +231,28 @@ def _calibrate_marks(marks: dict[str, tuple[list[dict], bytes]], local: dict[str
       for a simple mark, by its shape at those levels (SIFT rarely places a simple mark, so by
       keypoints alone a brand whose every product carries one would seem to carry none). A brand
       whose catalogue shows its marks puts them on its products; one whose catalogue never shows
-      them (marks registered for a catalogue of unmarked goods) is judged without them."""
+      them (marks registered for a catalogue of unmarked goods) is judged without them;
+    - ``words_in_references``: how many of the brand's reference photos show its name, read as
+      :mod:`detector.brand_words` reads listing photos (a wordmark SIFT does not place is still
+      its mark; the policy counts these only where it counts brand words)."""
     pixels: dict[str, np.ndarray | None] = {}
+    reader = WordReader(sorted(marks))
+
+    def picture(product: dict):
+        try:
+            return decode_image(read_image_bytes(Path(product["image_path"])))
+        except UserError:
+            return None
 
     def pixels_of(product: dict) -> np.ndarray | None:
         if product["image_path"] not in pixels:
-            try:
-                pixels[product["image_path"]] = photo_pixels(decode_image(read_image_bytes(Path(product["image_path"]))))
-            except UserError:
-                pixels[product["image_path"]] = None
+            image = picture(product)
+            pixels[product["image_path"]] = None if image is None else photo_pixels(image)
         return pixels[product["image_path"]]
+
+    def named(brand: str, product: dict) -> bool:
+        image = picture(product) if reader else None
+        return image is not None and any(s.brand == brand for s in reader.find(image))
 
     def impostors(brand: str) -> list[np.ndarray]:
         others = sorted((p for name, rows in products.items() if name != brand for p in rows),
@@ -261,8 +274,9 @@ def _calibrate_marks(marks: dict[str, tuple[list[dict], bytes]], local: dict[str
                 own = pixels_of(product)
                 if own is not None:
                     names.update(s.name for s in shapes.find(own))
+        words = sum(named(brand, product) for product in products.get(brand, []))
         calibrated[brand] = ([{**row, "in_references": sum(row["image"] in names for names in seen),
-                               "shape_level": level, "hull_level": hull}
+                               "words_in_references": words, "shape_level": level, "hull_level": hull}
                               for row, (level, hull) in zip(rows, levels)], packed)
     return calibrated
 

@@ -214,12 +214,14 @@ def index_info(
     out.print(table)
     marks = [(brand, mark) for brand, entry in index.brands.items() for mark in entry.marks]
     if marks:
-        listed = Table("brand", "mark", "keypoints", "in the brand's photos", "shape level (outline / inside)",
-                       title="registered marks")
+        listed = Table("brand", "mark", "keypoints", "in the brand's photos", "name read in them",
+                       "shape level (outline / inside)", title="registered marks")
         for brand, mark in marks:
             level, hull = mark.get("shape_level"), mark.get("hull_level")
+            photos = index.brands[brand].vectors.shape[0]
             listed.add_row(escape(brand), escape(mark["image"]), str(mark["keypoints"]),
-                           f"{mark.get('in_references', 0)} of {index.brands[brand].vectors.shape[0]}",
+                           f"{mark.get('in_references', 0)} of {photos}",
+                           f"{mark.get('words_in_references', 0)} of {photos}",
                            "-" if level is None else f"{level:.3f}" + ("" if hull is None else f" / {hull:.3f}"))
         out.print(listed)
     else:

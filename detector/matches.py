@@ -74,11 +74,13 @@ def shape_levels(index: ReferenceIndex, kind: str = "shape_level") -> dict[tuple
             for name, entry in index.brands.items() for mark in entry.marks}
 
 
-def marked_brands(index: ReferenceIndex) -> frozenset[str]:
+def marked_brands(index: ReferenceIndex, words: bool = True) -> frozenset[str]:
     """The brands whose products carry their marks: they registered marks, and at least one shows
-    in their own catalogue photos (``index build`` counts them)."""
+    in their own catalogue photos (``index build`` counts them), or, where brand ``words`` count as
+    marks, their name is read in those photos."""
     return frozenset(name for name, entry in index.brands.items()
-                     if any(mark.get("in_references", 0) > 0 for mark in entry.marks))
+                     if any(mark.get("in_references", 0) > 0 or (words and mark.get("words_in_references", 0) > 0)
+                            for mark in entry.marks))
 
 
 def candidates_key(index: ReferenceIndex, hits: list[Hit]) -> str:

@@ -365,7 +365,7 @@ def _finalise(listings, index, embedder, policy, out_dir, state, authorized_over
     """Phase 2: decide every listing from the committed state and write all outputs (and, with
     a history, read earlier nights first and record this one last)."""
     authorized = authorized_sellers(index, authorized_override)
-    marked = marked_brands(index)
+    marked = marked_brands(index, options.read_words)
     verdicts = {FLAGGED: 0, CLEAR: 0, ERROR: 0}
     by_brand: dict[str, dict[str, int]] = {}
     top: list[tuple] = []

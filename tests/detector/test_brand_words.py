@@ -13,6 +13,7 @@ from detector import Detector, build_index
 from detector.brand_words import WordReader, brands_in
 from detector.demo import draw_product
 from detector.policy import load_policy
+from index.store import load_index
 from tests.detector.test_marks import two_marked_brands, write_csv
 
 
@@ -85,3 +86,22 @@ def test_the_policy_can_leave_names_read_uncounted(worded_shop, tmp_path):
     decisions = scanned(worded_shop, tmp_path / "out", policy=load_policy(policy))
     assert (decisions["rogue"]["verdict"], decisions["rogue"]["visual_state"]) == ("clear", "mark_missing")
     assert decisions["rogue"]["marks"] == []
+
+
+def test_a_brand_whose_catalogue_shows_its_name_needs_it_or_a_mark_in_a_match(tmp_path):
+    # Acme's catalogue photo shows its name, not its registered pictogram: its products carry a
+    # mark all the same, so the bare product is not Acme's (unless the policy leaves names uncounted)
+    root = two_marked_brands(tmp_path)
+    worded("ACME").save(root / "acme-ref.png")
+    draw_product(5, size=600).convert("RGB").save(root / "bare.png")
+    write_csv(root / "listings.csv", ["listing_id", "seller_id", "title", "price", "currency", "image"],
+              [["bare", "someone", "mug", "20", "USD", "bare.png"]])
+    build_index(root / "catalog.csv", root / "idx", authorized=root / "authorized.csv", marks=root / "marks.csv",
+                device="cpu")
+    acme = load_index(root / "idx", load_indexes=False).brands["Acme"].marks[0]
+    assert (acme["in_references"], acme["words_in_references"]) == (0, 1)
+    assert scanned(root, tmp_path / "out")["bare"]["visual_state"] == "mark_missing"
+    policy = tmp_path / "policy.toml"
+    policy.write_text("[marks]\nwords = false\n")
+    bare = scanned(root, tmp_path / "off", policy=load_policy(policy))["bare"]
+    assert (bare["verdict"], bare["visual_state"]) == ("flagged", "copy")
