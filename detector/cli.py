@@ -133,7 +133,7 @@ def index_build(
     catalog: Path = typer.Argument(..., help="Catalogue table (CSV, JSONL or Parquet): brand, product_id, image, price, currency[, title]. Image paths are relative to its folder."),
     out_dir: Path = typer.Option(..., "--out", help="INDEX_DIR to create or update. The previous index stays usable until the new one is complete."),
     authorized: Optional[Path] = typer.Option(None, "--authorized", help="Table of brand, seller_id: the sellers each brand authorises. Without it, the previous build's lists are kept."),
-    marks: Optional[Path] = typer.Option(None, "--marks", help="Table of brand, image: each brand's registered marks (logo files: PNG with or without transparency, JPEG), relative to its folder. A photo showing a brand's mark is that brand's product. Without it, the previous build's marks are kept."),
+    marks: Optional[Path] = typer.Option(None, "--marks", help="Table of brand, image: each brand's registered marks (logo files: PNG with or without transparency, JPEG), relative to its folder. A photo showing a brand's mark, or its name (read by OCR; policy `[marks] words`), is that brand's product. Without it, the previous build's marks are kept."),
     background: Optional[Path] = typer.Option(None, "--background", help="Folder of unrelated photos, used only to calibrate match thresholds (more impostors, better thresholds)."),
     embedder: str = typer.Option("lite0", "--embedder", help=EMBEDDER_HELP),
     weights: Optional[str] = typer.Option(None, "--weights", help="Weights file for the embedder (resnet50: or 'torchvision' to download when online)."),
