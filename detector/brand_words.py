@@ -75,7 +75,11 @@ class WordReader:
         """The brand names read in ``image``, one sighting per brand (its best line), best first."""
         pixels = np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1])  # RapidOCR reads BGR
         with self._lock:
-            result = self._ocr()(pixels)
+            engine = self._ocr()
+            try:
+                result = engine(pixels)
+            except Exception:  # noqa: BLE001 - a photo it cannot read (a 3000 x 20 strip) shows no name
+                return []
         if result.txts is None:
             return []
         height, width = pixels.shape[:2]

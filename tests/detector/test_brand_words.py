@@ -41,6 +41,8 @@ def test_the_reader_finds_the_name_with_its_box_and_nothing_in_a_photo_without_i
     x0, y0, x1, y1 = found[0].box
     assert 0.2 < x0 < 0.35 and 0.35 < y0 < 0.45 and x1 > 0.5 and found[0].score >= 0.6
     assert reader.find(draw_product(5, size=600).convert("RGB")) == []
+    for odd in (Image.new("RGB", (3000, 20), "white"), Image.new("L", (5, 5)), Image.new("RGBA", (80, 80))):
+        assert reader.find(odd) == []  # a picture the reader cannot take shows no name; it is no crash
 
 
 @pytest.fixture(scope="module")
