@@ -252,6 +252,16 @@ class EvidenceMaker:
             result.info = (digest, path, local, pixels, image)
         return result.info
 
+    def _local_or_error(self, result: Embedded[ListingRow], hits: list[Hit],
+                        closest: list[Hit] | None) -> tuple[dict[Hit, Outcome | None], list[Sighting]]:
+        """:meth:`_local`, where an unexpected failure on one photo becomes that row's error
+        (``analysis_failed``) instead of stopping the scan."""
+        try:
+            return self._local(result, hits, closest)
+        except Exception as exc:  # noqa: BLE001 - one photo's failure must not stop a nightly scan
+            result.error = ImageError("analysis_failed", f"could not analyse image: {type(exc).__name__}: {exc}")
+            return {}, []
+
     def _local(self, result: Embedded[ListingRow], hits: list[Hit],
                closest: list[Hit] | None) -> tuple[dict[Hit, Outcome | None], list[Sighting]]:
         """What the photo's local features show: geometric evidence against the closest
@@ -319,6 +329,15 @@ class EvidenceMaker:
             return False
         return closest is None or screen_photo(self.index, closest, local, self.references, []).go_on
 
+    def _screen_or_error(self, result: Embedded[ListingRow], hits: list[Hit]) -> bool:
+        """:meth:`_screen_one`, where an unexpected failure on one photo becomes that row's error
+        (``analysis_failed``, the photo stopped) instead of stopping the scan."""
+        try:
+            return self._screen_one(result, hits)
+        except Exception as exc:  # noqa: BLE001 - one photo's failure must not stop a nightly scan
+            result.error = ImageError("analysis_failed", f"could not analyse image: {type(exc).__name__}: {exc}")
+            return False
+
     def _screen_one(self, result: Embedded[ListingRow], hits: list[Hit]) -> bool:
         """Whether the photo goes on past the first stage (cached by its candidates). A photo read
         from the cache is decoded again for its keypoints only when the answer is not cached."""
@@ -360,7 +379,7 @@ class EvidenceMaker:
             return {}, set()
         with timed(self.clock, "search"):
             hits = search_views(self.index, [r.vector for r in whole], CANDIDATES)
-        going = list(pool.map(self._screen_one, whole, hits))
+        going = list(pool.map(self._screen_or_error, whole, hits))
         onward = [(r, h) for r, h, go in zip(whole, hits, going) if go]
         stopped = {id(r): h[:self.top_k] for r, h, go in zip(whole, hits, going) if not go}
         windows = []
@@ -391,7 +410,7 @@ class EvidenceMaker:
         local_of = {}
         if self.verify and onward:
             local_of = dict(zip((id(r) for r in onward),
-                                pool.map(self._local, onward, hits, [closest.get(id(r)) for r in onward])))
+                                pool.map(self._local_or_error, onward, hits, [closest.get(id(r)) for r in onward])))
         for r in onward:
             sighted = {s.brand for s in local_of.get(id(r), ({}, []))[1]}
             if sighted:  # the products of a brand whose mark is in the photo are candidates, however far

@@ -38,6 +38,7 @@ ERROR_CODES = {
     "too_many_pixels": "the image declares too many pixels (decompression-bomb guard)",
     "out_of_memory": "decoding the image ran out of memory",
     "decode_failed": "processing the image failed unexpectedly",
+    "analysis_failed": "comparing the decoded image with the references or marks failed unexpectedly",
 }
 """Every ``error_code`` a decision can carry, and what it means."""
 

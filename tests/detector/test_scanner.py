@@ -463,3 +463,31 @@ def test_the_gpu_path_gives_the_cpu_paths_decisions(tmp_path, demo_data, demo_in
     assert [(d["listing_id"], d["verdict"], d["product_id"]) for d in cpu] == \
         [(d["listing_id"], d["verdict"], d["product_id"]) for d in gpu]
     assert all(abs(a["similarity"] - b["similarity"]) < 0.01 for a, b in zip(cpu, gpu) if a["similarity"] is not None)
+
+
+def test_a_failure_while_analysing_one_photo_is_that_rows_error_not_the_scans(tmp_path, demo_data, loaded, monkeypatch):
+    import threading
+
+    import detector.evidence as evidence
+
+    failed, lock = [], threading.Lock()
+
+    def failing_once(real):
+        def call(*args, **kwargs):
+            with lock:
+                first = not any(f is real for f in failed)
+                if first:
+                    failed.append(real)
+            if first:
+                raise RuntimeError("boom")
+            return real(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(evidence, "screen_photo", failing_once(evidence.screen_photo))
+    monkeypatch.setattr(evidence, "verify_hits", failing_once(evidence.verify_hits))
+    summary = run_scan(demo_data.listings, tmp_path / "out", loaded, screen=True)
+    got = decisions(tmp_path / "out")
+    assert len(got) == len({d["listing_id"] for d in got}) == 38
+    errors = [d for d in got if d["verdict"] == "error"]
+    assert len(errors) == summary.errors == 2
+    assert all(d["error_code"] == "analysis_failed" and "RuntimeError: boom" in d["error"] for d in errors)
