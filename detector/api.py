@@ -352,7 +352,8 @@ class Detector:
         into the same ``out`` resumes a killed scan. ``authorized`` replaces the index's
         authorised sellers for the brands it names; ``screen``: the first-stage screen
         (detector/screening.py), by default on where the network runs on the CPU and off on CUDA,
-        where the window views cost little and the screen costs more than it saves; ``history``
+        where the window views cost little and the screen costs more than it saves (on Ray, by the
+        actors' device); ``history``
         is the file earlier nights are read from and this one appended to; ``engine="ray"`` runs
         the evidence stage on Ray (no embedding cache there)."""
         from detector.history import parse_night
@@ -374,7 +375,7 @@ class Detector:
             from detector.ray_engine import import_ray
 
             import_ray()  # a missing Ray is a clear error before anything is embedded
-        if screen is None:
+        if screen is None and engine == "local":  # Ray actors follow their own device (detector/ray_engine.py)
             screen = self.embedder.device == "cpu"
         options = ScanOptions(batch_size=batch_size, workers=workers, top_k=top_k, verify=verify, screen=screen,
                               read_words=self._reads_words,

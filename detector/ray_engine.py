@@ -40,6 +40,13 @@ def import_ray():
     return ray
 
 
+def actor_screen(screen: bool | None, gpus: int) -> bool:
+    """Whether the actors screen their photos: as asked, or by default (``None``) on CPUs and not
+    on GPUs, where the window views cost little and the screen more than it saves (the local
+    engine's rule, docs/performance.md)."""
+    return (not gpus) if screen is None else screen
+
+
 class EvidenceActor:
     """A Ray Data actor: opens the index and its embedder once, then turns batches of rows into
     evidence records (as JSON, one per row)."""
@@ -87,7 +94,7 @@ def run_on_ray(listings: Path, index, embedder, state, options, root: Path, stat
                            device="cuda" if gpus else "cpu",
                            backend=options.backend, root=str(root), verify=options.verify, top_k=options.top_k,
                            allow_outside=options.allow_outside, workers=options.workers,
-                           keep_vectors=options.history is not None, screen=options.screen,
+                           keep_vectors=options.history is not None, screen=actor_screen(options.screen, gpus),
                            read_words=options.read_words)
         for chunk in _chunks(pending_rows(listings, lambda row: row not in done, stats), CHUNK_ROWS):
             dataset = ray.data.from_items([{"listing": json.dumps(dataclasses.asdict(r))} for r in chunk])

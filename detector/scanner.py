@@ -56,7 +56,8 @@ class ScanOptions:
     workers: int = 2
     top_k: int = 5
     verify: bool = True
-    screen: bool = True  # the first-stage screen (detector/screening.py); off: every stage on every photo
+    screen: bool | None = True  # the first-stage screen (detector/screening.py); off: every stage on every
+    # photo; None (Ray only): on where the actors run on CPUs, off where they have GPUs
     read_words: bool = True  # brand names read in photos (detector/brand_words.py), where the index has marks
     allow_outside: bool = False
     restart: bool = False
@@ -135,7 +136,8 @@ def _identity(listings: Path, index: ReferenceIndex, embedder: Embedder, options
         "views": VIEWS_ID,
         "top_k": options.top_k,
         "verifier": VERIFIER_ID if options.verify else None,
-        "screen": SCREEN_ID if options.verify and options.screen else None,
+        "screen": (f"{SCREEN_ID}|by-device" if options.screen is None else SCREEN_ID if options.screen else None)
+        if options.verify else None,
         "words": WORDS_ID if options.verify and options.read_words else None,
         "allow_outside": options.allow_outside,
         "keeps_vectors": options.history is not None,
@@ -337,7 +339,8 @@ def _embed_rows(listings, index, embedder, state: ScanState, options: ScanOption
 
     maker = EvidenceMaker(index, embedder, listing_root(listings), cache=options.cache, verify=options.verify,
                           top_k=options.top_k, allow_outside=options.allow_outside, workers=options.workers,
-                          keep_vectors=options.history is not None, screen=options.screen,
+                          keep_vectors=options.history is not None,
+                          screen=options.screen if options.screen is not None else embedder.device == "cpu",
                           read_words=options.read_words, clock=options.clock)
     if on_progress:
         on_progress(next_row, total)

@@ -116,3 +116,11 @@ def test_the_screen_is_on_by_default_on_cpu_off_on_cuda_and_either_can_be_asked_
     for detector_, choice in ((loaded, None), (on_gpu, None), (loaded, False), (on_gpu, True)):
         detector_.scan(listings, tmp_path / "out", screen=choice)
     assert asked == [True, False, False, True]
+    # On Ray the actors, not the driver, hold the model: the default is left to their device
+    from detector.ray_engine import actor_screen
+
+    asked.clear()
+    loaded.scan(listings, tmp_path / "out", engine="ray")
+    assert asked == [None]
+    assert [actor_screen(None, 0), actor_screen(None, 1), actor_screen(True, 1), actor_screen(False, 0)] == \
+        [True, False, True, False]
