@@ -15,15 +15,13 @@ product, and with no registered mark found (docs/performance.md).
 
 from __future__ import annotations
 
-import re
 import threading
-import unicodedata
 
 import numpy as np
 from PIL import Image
 
 from detector.marks import Sighting
-from detector.spelling import misspelt_brand
+from detector.spelling import letters, misspelt_brand
 
 MIN_CONFIDENCE = 0.6
 """Lines the recogniser reads with less confidence than this are ignored."""
@@ -32,21 +30,19 @@ MIN_NAME = 3
 DETECT_SIDE = 512
 """The text detector sees the photo with its shorter side at least this (RapidOCR's default, 736,
 upsamples the scanner's 448-512 px decodes: 1.7x the cost, no detail gained)."""
+READER_ID = f"words-rapidocr3-side{DETECT_SIDE}-conf{MIN_CONFIDENCE}-name{MIN_NAME}"
+"""What names read by this reader are cached under: another detector size or level reads again."""
 BY_WORD = "word"
 """What a brand word's sighting is found by (:attr:`Sighting.found_by`)."""
 
 
-def _letters(text: str) -> str:
-    return re.sub(r"\W+", "", unicodedata.normalize("NFKC", text).casefold())
-
-
 def brands_in(line: str, brands: list[str]) -> list[str]:
     """The ``brands`` whose name ``line`` spells, as written (any case, spaced or not) or evasively."""
-    words = [_letters(w) for w in line.split()]
+    words = [letters(w) for w in line.split()]
     joined = {"".join(words[i:j]) for i in range(len(words)) for j in range(i + 1, min(len(words), i + 4) + 1)}
     found = []
     for brand in brands:
-        name = _letters(brand)
+        name = letters(brand)
         if len(name) >= MIN_NAME and (name in joined or misspelt_brand(line, brand) is not None):
             found.append(brand)
     return found
@@ -56,7 +52,7 @@ class WordReader:
     """Reads a photo's text once per call and returns the brands it names, with where."""
 
     def __init__(self, brands: list[str]):
-        self.brands = [b for b in brands if len(_letters(b)) >= MIN_NAME]
+        self.brands = [b for b in brands if len(letters(b)) >= MIN_NAME]
         self._engine = None
         self._lock = threading.Lock()
 

@@ -23,7 +23,7 @@ from typing import Callable, Iterable, Iterator, NamedTuple
 import numpy as np
 from PIL import Image
 
-from detector.brand_words import WordReader
+from detector.brand_words import READER_ID, WordReader
 from detector.batching import Embedded, Prepared, embed_stream, one_openmp_thread, opencv_one_thread
 from detector.cache import EmbeddingCache
 from detector.embedders import Embedder
@@ -50,8 +50,6 @@ from index.search import Hit
 from index.store import ReferenceIndex
 
 MARKS_ID = f"{VERIFIER_ID}|marks-v3"
-WORDS_ID = "words-rapidocr3-v1"
-"""Added to the marks' cache key when brand words are read too."""
 """What a cached mark search is filed under: the verifier's features, searched as detector/marks.py does."""
 SHAPE_GATE = 0.5
 """A photo is searched for simple marks by shape (the slow search) only when no mark's keypoints
@@ -123,6 +121,11 @@ def _sightings(rows: list[list]) -> list[Sighting]:
             in rows]
 
 
+def _analysis_failed(result: Embedded[ListingRow], exc: Exception) -> None:
+    """Make an unexpected failure while analysing one photo that row's error."""
+    result.error = ImageError("analysis_failed", f"could not analyse image: {type(exc).__name__}: {exc}")
+
+
 def candidates_of(index: ReferenceIndex, hits: str) -> list[Candidate]:
     """The policy's candidates from an evidence record's ``hits`` (see :class:`Evidence`)."""
     stored = json.loads(hits)
@@ -186,7 +189,7 @@ class EvidenceMaker:
         self.shapes = ShapeSearch(self.marks, shape_levels(index), shape_levels(index, "hull_level"))
         self.reader = WordReader(sorted({m.brand for m in self.marks})) if read_words and self.marks else None
         if self.reader:
-            self.marks_key = f"{self.marks_key}|{WORDS_ID}"
+            self.marks_key = f"{self.marks_key}|{READER_ID}"
         self.recent: dict[str, np.ndarray] = {}
 
     def batches(self, rows: Iterable[ListingRow], batch_size: int) -> Iterator[Counted]:
@@ -259,7 +262,7 @@ class EvidenceMaker:
         try:
             return self._local(result, hits, closest)
         except Exception as exc:  # noqa: BLE001 - one photo's failure must not stop a nightly scan
-            result.error = ImageError("analysis_failed", f"could not analyse image: {type(exc).__name__}: {exc}")
+            _analysis_failed(result, exc)
             return {}, []
 
     def _local(self, result: Embedded[ListingRow], hits: list[Hit],
@@ -335,7 +338,7 @@ class EvidenceMaker:
         try:
             return self._screen_one(result, hits)
         except Exception as exc:  # noqa: BLE001 - one photo's failure must not stop a nightly scan
-            result.error = ImageError("analysis_failed", f"could not analyse image: {type(exc).__name__}: {exc}")
+            _analysis_failed(result, exc)
             return False
 
     def _screen_one(self, result: Embedded[ListingRow], hits: list[Hit]) -> bool:

@@ -26,9 +26,8 @@ from detector.cache import EmbeddingCache
 from detector.decisions import CLEAR, ERROR, FLAGGED, Decision
 from detector.embedders import Embedder
 from detector.errors import UserError, disk_full
-from detector.evidence import (
-    WORDS_ID, EvidenceMaker, candidates_of, packed_bytes, pending_rows, sightings_of, unpack_vector,
-)
+from detector.brand_words import READER_ID
+from detector.evidence import EvidenceMaker, candidates_of, packed_bytes, pending_rows, sightings_of, unpack_vector
 from detector.history import PriorEvidence, ScanHistory, parse_night
 from detector.matches import authorized_sellers, marked_brands
 from detector.outputs import DecisionWriter, wilson_interval, write_json
@@ -138,7 +137,7 @@ def _identity(listings: Path, index: ReferenceIndex, embedder: Embedder, options
         "verifier": VERIFIER_ID if options.verify else None,
         "screen": (f"{SCREEN_ID}|by-device" if options.screen is None else SCREEN_ID if options.screen else None)
         if options.verify else None,
-        "words": WORDS_ID if options.verify and options.read_words else None,
+        "words": READER_ID if options.verify and options.read_words else None,
         "allow_outside": options.allow_outside,
         "keeps_vectors": options.history is not None,
     }

@@ -22,6 +22,11 @@ def normalise(text: str) -> str:
     return re.sub(r"[^\w:]+", " ", text).strip()
 
 
+def letters(text: str) -> str:
+    """The letters and digits of ``text``, casefolded: how a name is compared however it is spaced."""
+    return re.sub(r"\W+", "", unicodedata.normalize("NFKC", text).casefold())
+
+
 def _squeeze(text: str) -> str:
     """Runs of one letter made one (adidass → adidas, addidas → adidas)."""
     return re.sub(r"(.)\1+", r"\1", text)
@@ -33,7 +38,7 @@ def misspelt_brand(title: str, brand: str) -> str | None:
     from a double (adidass, Addidas), two neighbours swapped (Nkie). The brand's own spelling, in
     any case, is not evasive; neither is a one-letter change, which real words make (idea, Ikea)."""
     written = " ".join(unicodedata.normalize("NFKC", brand).casefold().split())
-    name = re.sub(r"\W+", "", written)
+    name = letters(brand)
     if len(name) < 3 or not title:
         return None
     words = unicodedata.normalize("NFKC", title).casefold().split()
