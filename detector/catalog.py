@@ -189,7 +189,7 @@ def build_catalog_index(
         if marks is None and previous.marks:
             report.notes.append("no --marks given: registered marks kept from the previous build")
             marks = {brand: found for brand, found in previous.marks.items() if brand in products}
-        marks = _calibrate_marks(marks or {}, local, products)
+        marks = _calibrate_marks(marks or {}, local, products, embedder.decode_size)
         entries = [
             BrandEntry(
                 brand=brand,
@@ -221,7 +221,7 @@ def build_catalog_index(
 
 
 def _calibrate_marks(marks: dict[str, tuple[list[dict], bytes]], local: dict[str, list[LocalFeatures]],
-                     products: dict[str, list[dict]]) -> dict[str, tuple[list[dict], bytes]]:
+                     products: dict[str, list[dict]], draft: int | None) -> dict[str, tuple[list[dict], bytes]]:
     """Each mark row with what the build measures, without labels:
 
     - ``shape_level`` and ``hull_level`` for a simple mark (see :mod:`detector.mark_shapes`):
@@ -234,25 +234,24 @@ def _calibrate_marks(marks: dict[str, tuple[list[dict], bytes]], local: dict[str
       them (marks registered for a catalogue of unmarked goods) is judged without them;
     - ``words_in_references``: how many of the brand's reference photos show its name, read as
       :mod:`detector.brand_words` reads listing photos (a wordmark SIFT does not place is still
-      its mark; the policy counts these only where it counts brand words)."""
+      its mark; the policy counts these only where it counts brand words).
+
+    Reference photos are decoded as a scan decodes listing photos (``draft``: the embedder's
+    decode size), so shapes and words are looked for at the size a listing photo shows them."""
     pixels: dict[str, np.ndarray | None] = {}
     reader = WordReader(sorted(marks))
 
     def picture(product: dict):
         try:
-            return decode_image(read_image_bytes(Path(product["image_path"])))
+            return decode_image(read_image_bytes(Path(product["image_path"])), draft=draft)
         except UserError:
             return None
 
-    def pixels_of(product: dict) -> np.ndarray | None:
+    def pixels_of(product: dict, image=None) -> np.ndarray | None:
         if product["image_path"] not in pixels:
-            image = picture(product)
+            image = image if image is not None else picture(product)
             pixels[product["image_path"]] = None if image is None else photo_pixels(image)
         return pixels[product["image_path"]]
-
-    def named(brand: str, product: dict) -> bool:
-        image = picture(product) if reader else None
-        return image is not None and any(s.brand == brand for s in reader.find(image))
 
     def impostors(brand: str) -> list[np.ndarray]:
         others = sorted((p for name, rows in products.items() if name != brand for p in rows),
@@ -269,12 +268,15 @@ def _calibrate_marks(marks: dict[str, tuple[list[dict], bytes]], local: dict[str
                   for mark, is_simple in zip(found, simple)]
         shapes = ShapeSearch(found, {(m.brand, m.name): lv for m, (lv, _) in zip(found, levels)},
                              {(m.brand, m.name): hull for m, (_, hull) in zip(found, levels)})
-        if shapes:
-            for names, product in zip(seen, products.get(brand, [])):
-                own = pixels_of(product)
-                if own is not None:
-                    names.update(s.name for s in shapes.find(own))
-        words = sum(named(brand, product) for product in products.get(brand, []))
+        words = 0
+        for names, product in zip(seen, products.get(brand, [])):
+            # one decode serves both searches (the impostor pass may have cached the pixels)
+            image = picture(product) if reader or (shapes and product["image_path"] not in pixels) else None
+            own = pixels_of(product, image) if shapes else None
+            if own is not None:
+                names.update(s.name for s in shapes.find(own))
+            if reader and image is not None:
+                words += any(s.brand == brand for s in reader.find(image))
         calibrated[brand] = ([{**row, "in_references": sum(row["image"] in names for names in seen),
                                "words_in_references": words, "shape_level": level, "hull_level": hull}
                               for row, (level, hull) in zip(rows, levels)], packed)

@@ -107,3 +107,27 @@ def test_a_brand_whose_catalogue_shows_its_name_needs_it_or_a_mark_in_a_match(tm
     policy.write_text("[marks]\nwords = false\n")
     bare = scanned(root, tmp_path / "off", policy=load_policy(policy))["bare"]
     assert (bare["verdict"], bare["visual_state"]) == ("flagged", "copy")
+
+
+def test_index_build_reads_a_catalogue_photo_at_the_size_a_scan_reads_a_listing(tmp_path, monkeypatch):
+    # a large JPEG is decoded at the embedder's draft size by the scan; the build must read the
+    # brand's name in the same picture, not in a full-size decode twice as large
+    root = two_marked_brands(tmp_path)
+    worded("ACME").resize((2400, 2400)).save(root / "acme-ref.png", format="JPEG", quality=90)
+    write_csv(root / "listings.csv", ["listing_id", "seller_id", "title", "price", "currency", "image"],
+              [["same", "someone", "mug", "20", "USD", "acme-ref.png"]])
+    read = []
+    real = WordReader.find
+
+    def recording(self, image):
+        read.append(image.size)
+        return real(self, image)
+
+    monkeypatch.setattr(WordReader, "find", recording)
+    build_index(root / "catalog.csv", root / "idx", authorized=root / "authorized.csv", marks=root / "marks.csv",
+                device="cpu")
+    at_build = list(read)
+    read.clear()
+    with Detector.open(root / "idx", device="cpu", cache=False) as detector:
+        detector.lookup(root / "acme-ref.png")
+    assert (2400, 2400) not in at_build and read and read[0] in at_build
