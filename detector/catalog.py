@@ -14,7 +14,7 @@ from detector.brand_words import WordReader
 from detector.embedders import Embedder
 from detector.errors import UserError
 from detector.images import decode_image, read_image_bytes, resolve_image_path
-from detector.mark_shapes import ShapeSearch, calibrate_level, photo_pixels, searched_by_shape
+from detector.mark_shapes import SHAPE_RULE, ShapeSearch, calibrate_level, photo_pixels, searched_by_shape
 from detector.marks import find_marks, marks_of, prepare_mark
 from detector.tables import IMAGE_SUFFIXES, CatalogRow, read_authorized, read_catalog, read_marks
 from detector.verify import VERIFIER_ID, LocalFeatures, QueryFeatures, extract, mirrored, pack, unpack, verify_candidates
@@ -32,6 +32,9 @@ MAX_PRODUCT_IMPOSTORS = 200
 how many matching keypoints a new photo of its products needs."""
 MAX_SHAPE_IMPOSTORS = 100
 """At most this many other brands' reference photos calibrate a simple mark's shape level."""
+MIN_SHAPE_SHARE = 1 / 3
+"""The share of a brand's reference photos a simple mark's shape must be found in to count as
+shown there (see :func:`_shown`)."""
 PRODUCT_CANDIDATES = 5
 """Each product impostor is verified against this many of the brand's nearest references, as a
 scanned photo is against its nearest hits."""
@@ -268,19 +271,30 @@ def _calibrate_marks(marks: dict[str, tuple[list[dict], bytes]], local: dict[str
                   for mark, is_simple in zip(found, simple)]
         shapes = ShapeSearch(found, {(m.brand, m.name): lv for m, (lv, _) in zip(found, levels)},
                              {(m.brand, m.name): hull for m, (_, hull) in zip(found, levels)})
-        words = 0
+        words, shaped = 0, []
         for names, product in zip(seen, products.get(brand, [])):
             # one decode serves both searches (the impostor pass may have cached the pixels)
             image = picture(product) if reader or (shapes and product["image_path"] not in pixels) else None
             own = pixels_of(product, image) if shapes else None
-            if own is not None:
-                names.update(s.name for s in shapes.find(own))
+            shaped.append({s.name for s in shapes.find(own)} - names if own is not None else set())
             if reader and image is not None:
                 words += any(s.brand == brand for s in reader.find(image))
-        calibrated[brand] = ([{**row, "in_references": sum(row["image"] in names for names in seen),
-                               "words_in_references": words, "shape_level": level, "hull_level": hull}
+        calibrated[brand] = ([{**row, "in_references": _shown(row["image"], seen, shaped),
+                               "words_in_references": words, "shape_level": level, "hull_level": hull,
+                               "shape_rule": SHAPE_RULE}
                               for row, (level, hull) in zip(rows, levels)], packed)
     return calibrated
+
+
+def _shown(mark: str, by_keypoints: list[set[str]], by_shape_only: list[set[str]]) -> int:
+    """In how many of a brand's reference photos its mark shows: by keypoints, plus by shape
+    where the shape is found in at least MIN_SHAPE_SHARE of them. A shape is weak evidence, and
+    its level is the best of the impostors', so a lone sighting among many photos (a blue ring
+    product "is" a round mark) is what chance gives; it would make the brand one that marks its
+    products, and every unmarked photo of them ``mark_missing``."""
+    keypoints = sum(mark in names for names in by_keypoints)
+    shapes = sum(mark in names for names in by_shape_only)
+    return keypoints + (shapes if shapes >= MIN_SHAPE_SHARE * len(by_shape_only) else 0)
 
 
 def _prepare_marks(marks_path: Path, rows: list, brands: set[str], allow_outside: bool,

@@ -11,6 +11,7 @@ import numpy as np
 
 from detector.embedders import Embedder, create_embedder
 from detector.errors import UserError
+from detector.mark_shapes import SHAPE_RULE
 from detector.marks import Mark, marks_of
 from detector.policy import Candidate
 from detector.verify import VERIFIER_ID, LocalFeatures, Outcome, QueryFeatures, unpack, verify_candidates
@@ -37,6 +38,7 @@ def open_index(
             )
     model = create_embedder(embedder or manifest["embedder"]["name"], device=device, weights=weights, backend=backend)
     index = load_index(Path(index_dir), fingerprint=model.fingerprint, fingerprint_id=model.fingerprint_id)
+    check_shape_rule(index, Path(index_dir))
     return index.on_device(model.device), model
 
 
@@ -69,9 +71,24 @@ def shape_levels(index: ReferenceIndex, kind: str = "shape_level") -> dict[tuple
     """Each mark's calibrated shape level (``kind``: ``shape_level``, or ``hull_level`` for the
     correlation within its hull; see :mod:`detector.mark_shapes`), by (brand, mark); ``None`` for
     a mark none of its brand's catalogue photos shows: a shape is weak evidence, searched only for
-    marks the brand is known to put on its products, and for an index built before that level."""
-    return {(name, mark["image"]): mark.get(kind) if mark.get("in_references", 0) > 0 else None
+    marks the brand is known to put on its products, and for an index built before that level
+    (:func:`open_index` refuses one whose levels were calibrated under another SHAPE_RULE)."""
+    return {(name, mark["image"]): mark.get(kind)
+            if mark.get("in_references", 0) > 0 and mark.get("shape_rule") == SHAPE_RULE else None
             for name, entry in index.brands.items() for mark in entry.marks}
+
+
+def check_shape_rule(index: ReferenceIndex, index_dir: Path) -> None:
+    """Refuse an index whose marks' shape levels were calibrated under another scoring rule."""
+    for name, entry in index.brands.items():
+        for mark in entry.marks:
+            if (mark.get("shape_level") is not None or mark.get("hull_level") is not None) \
+                    and mark.get("shape_rule") != SHAPE_RULE:
+                raise UserError(
+                    f"{index_dir} holds shape levels for {name}'s mark {mark['image']} calibrated under"
+                    f" {mark.get('shape_rule', 'an earlier rule')!r}, but this version scores shapes by"
+                    f" {SHAPE_RULE!r}; rebuild it with `counterfeit index build CATALOG --out {index_dir}` (it keeps the marks)"
+                )
 
 
 def marked_brands(index: ReferenceIndex, words: bool = True) -> frozenset[str]:
@@ -93,7 +110,8 @@ def candidates_key(index: ReferenceIndex, hits: list[Hit]) -> str:
 def marks_key(index: ReferenceIndex) -> str:
     """A short digest of an index's registered marks and the levels they are found at: what a
     cached search for them is keyed by (an index rebuilt with other levels searches again)."""
-    rows = sorted((name, m["image_sha256"], m.get("in_references", 0), m.get("shape_level"), m.get("hull_level"))
+    rows = sorted((name, m["image_sha256"], m.get("in_references", 0), m.get("shape_level"), m.get("hull_level"),
+                   m.get("shape_rule"))
                   for name, entry in index.brands.items() for m in entry.marks)
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
 

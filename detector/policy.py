@@ -595,7 +595,7 @@ def _sighting(mark: Sighting) -> str:
     where = f"at x {x0:.0%}–{x1:.0%}, y {y0:.0%}–{y1:.0%} of the photo"
     if mark.how == "word":
         return f"{mark.brand}'s name, read as {mark.name!r} (confidence {mark.score:.2f}, {where})"
-    how = f"{mark.inliers} matching keypoints" if mark.how == "keypoints" else f"its shape, correlation {mark.score:.2f}"
+    how = f"{mark.inliers} matching keypoints" if mark.how == "keypoints" else f"its shape, score {mark.score:.2f}"
     return f"{mark.brand}'s registered mark {mark.name} ({how}{colours}, {where})"
 
 

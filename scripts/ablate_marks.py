@@ -4,8 +4,8 @@
 For every listing photo: which registered marks are found, at several keypoint counts, against
 truth.csv's brand (empty for photos that carry no protected mark); then, for photos where no
 mark's keypoints were found, the shape search for simple marks (detector/mark_shapes.py), its
-levels calibrated as `index build` does, on other brands' catalogue photos (the outline
-correlation, then the correlation within the mark's hull). Prints, per kind of
+levels calibrated as `index build` does, on other brands' catalogue photos (the outline's
+correlation times its edges found, then the correlation within the mark's hull). Prints, per kind of
 listing, how often the right brand's mark is found, a wrong one, or none, and each search's cost
 per photo (SIFT extraction not included: the scanner takes it for verification anyway).
 

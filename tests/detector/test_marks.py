@@ -5,16 +5,19 @@ by them."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw, ImageOps
+from PIL import Image, ImageDraw, ImageFilter, ImageOps
+from typer.testing import CliRunner
 
 from detector import Detector, UserError, build_index
+from detector.cli import app
 from detector.demo import draw_product
-from detector.mark_shapes import SHAPE_KEYPOINTS, ShapeSearch, calibrate_level, photo_pixels, searched_by_shape
+from detector.mark_shapes import SHAPE_KEYPOINTS, SHAPE_RULE, ShapeSearch, calibrate_level, photo_pixels, searched_by_shape
 from detector.marks import POLARITY, find_marks, prepare_mark
 from detector.verify import extract, fit_layout
 from detector.matches import marked_brands, marks_key, shape_levels
@@ -324,14 +327,16 @@ def test_a_mark_with_many_keypoints_lost_when_small_is_calibrated_and_counted_by
 
 def test_only_marks_a_brands_photos_show_are_searched_by_shape():
     entry = BrandEntry("Acme", np.zeros((1, 4), np.float32), [], marks=[
-        {"image": "unseen.png", "shape_level": 0.7, "in_references": 0},
-        {"image": "seen.png", "shape_level": 0.7, "in_references": 2},
-        {"image": "busy.png", "shape_level": None, "in_references": 3},
+        {"image": "unseen.png", "shape_level": 0.7, "in_references": 0, "shape_rule": SHAPE_RULE},
+        {"image": "seen.png", "shape_level": 0.7, "in_references": 2, "shape_rule": SHAPE_RULE},
+        {"image": "busy.png", "shape_level": None, "in_references": 3, "shape_rule": SHAPE_RULE},
+        {"image": "old.png", "shape_level": 0.7, "in_references": 2},  # scored by correlation alone
     ])
     index = ReferenceIndex(Path("idx"), {}, {"Acme": entry})
-    assert shape_levels(index) == {("Acme", "unseen.png"): None, ("Acme", "seen.png"): 0.7, ("Acme", "busy.png"): None}
+    assert shape_levels(index) == {("Acme", "unseen.png"): None, ("Acme", "seen.png"): 0.7, ("Acme", "busy.png"): None,
+                                   ("Acme", "old.png"): None}
     assert shape_levels(index, "hull_level") == {("Acme", "unseen.png"): None, ("Acme", "seen.png"): None,
-                                                 ("Acme", "busy.png"): None}  # an index built before hull levels
+                                                 ("Acme", "busy.png"): None, ("Acme", "old.png"): None}
     assert marked_brands(index) == {"Acme"}
 
 
@@ -342,8 +347,9 @@ def test_cached_mark_searches_are_not_reused_when_the_levels_change():
         return ReferenceIndex(Path("idx"), {}, {"Acme": BrandEntry("Acme", np.zeros((1, 4), np.float32), [], marks=marks)})
 
     keys = {marks_key(index_with(shape_level=0.7)), marks_key(index_with(shape_level=0.7, hull_level=0.6)),
-            marks_key(index_with(shape_level=0.75, hull_level=0.6))}
-    assert len(keys) == 3
+            marks_key(index_with(shape_level=0.75, hull_level=0.6)),
+            marks_key(index_with(shape_level=0.75, hull_level=0.6, shape_rule=SHAPE_RULE))}
+    assert len(keys) == 4
     assert marks_key(index_with(shape_level=0.7)) == marks_key(index_with(shape_level=0.7))
 
 
@@ -416,3 +422,69 @@ def test_a_scan_without_the_screen_searches_the_same_photos_by_shape(tmp_path, m
             assert [m["brand"] for m in decisions["copy"]["marks"]] == ["Orbit"]
             assert decisions["scene-5"]["marks"] == decisions["scene-8"]["marks"] == []
     assert found[True] == found[False] and float(photo_pixels(photos["copy"]).sum()) in found[False]
+
+
+def disc_like(mark: Image.Image) -> Image.Image:
+    """A plain disc the size and colour of ``mark``'s drawing: its silhouette without the pattern."""
+    disc = Image.new("RGB", mark.size, "white")
+    ImageDraw.Draw(disc).ellipse(ImageOps.invert(mark.convert("L")).getbbox(), fill=(230, 90, 30))
+    return disc
+
+
+def photographed(picture: Image.Image, blur: float = 1.5, quality: int = 50) -> Image.Image:
+    """``picture`` softened and JPEG-compressed, as a phone photo of it would be."""
+    data = io.BytesIO()
+    picture.filter(ImageFilter.GaussianBlur(blur)).save(data, "JPEG", quality=quality)
+    return Image.open(data).convert("RGB")
+
+
+def test_a_round_mark_is_told_from_another_brands_plain_disc():
+    # another brand's logo is a plain disc: a filled silhouette's correlation is mostly its area,
+    # which the disc shares with this round mark, so by correlation alone the disc set a level
+    # that a softened, small, turned print of the mark no longer reached; the mark's own edges
+    # (the crescent) tell them apart
+    mark = prepare_mark(round_mark(), "Orbit", "orbit.png")
+    impostors = [photo_pixels(printed(logo(seed), body=body)[0]) for seed, body in ((2, (200, 60, 60)), (3, (60, 160, 90)))]
+    impostors.append(photo_pixels(printed(disc_like(round_mark()), body=(90, 140, 200))[0]))
+    shapes = ShapeSearch([mark], {("Orbit", "orbit.png"): calibrate_level(mark, impostors)})
+    for kwargs in ({"ink": (170, 170, 180), "body": (90, 100, 120)},
+                   {"ink": (20, 20, 20), "body": (120, 100, 60), "angle": 25, "width": 0.18, "at": (0.4, 0.45)}):
+        photo, where = printed(round_mark(), **kwargs)
+        found = shapes.find(photo_pixels(photographed(photo)))
+        assert [s.brand for s in found] == ["Orbit"], kwargs
+        assert overlap(found[0].box, where) > 0.5
+    disc = printed(disc_like(round_mark()), body=(30, 30, 40), width=0.25, at=(0.4, 0.4))[0]
+    assert shapes.find(photo_pixels(photographed(disc))) == []
+
+
+def test_an_index_whose_shape_levels_were_scored_another_way_must_be_rebuilt(tmp_path, monkeypatch):
+    index = simple_mark_shop(tmp_path, "Orbit", round_mark())
+    monkeypatch.setattr("detector.matches.SHAPE_RULE", "a-later-rule")  # this version scores shapes otherwise
+    with pytest.raises(UserError, match="rebuild it with `counterfeit index build CATALOG"):
+        Detector.open(index, device="cpu", cache=False)
+    result = CliRunner().invoke(app, ["lookup", str(tmp_path / "orbit-0.png"), "--index", str(index)])
+    assert result.exit_code != 0 and "rebuild it" in result.output and "Traceback" not in result.output
+    monkeypatch.undo()
+    build_index(tmp_path / "catalog.csv", index, device="cpu")  # without --marks: kept and recalibrated
+    Detector.open(index, device="cpu", cache=False).close()
+
+
+@pytest.mark.parametrize("showing, shown", [(1, 0), (2, 2)])
+def test_a_lone_shape_sighting_among_many_catalogue_photos_does_not_mark_the_brand(tmp_path, showing, shown):
+    # a shape is weak evidence: one of six catalogue photos "showing" a round mark (a ring-shaped
+    # product is enough) would make every unmarked listing of the brand mark_missing; a third will do
+    round_mark().save(tmp_path / "orbit.png")
+    logo(3).save(tmp_path / "acme.png")
+    rows = []
+    for i, body in enumerate(((90, 140, 200), (200, 80, 60), (60, 160, 90), (150, 150, 60), (120, 60, 160), (60, 60, 60))):
+        printed(round_mark() if i < showing else None, body=body)[0].save(tmp_path / f"orbit-{i}.png")
+        rows.append(["Orbit", f"ORB-{i}", f"orbit-{i}.png", "100", "USD"])
+    for i, seed in enumerate((2, 4, 6)):
+        printed(logo(seed), body=(60, 160, 90))[0].save(tmp_path / f"acme-{i}.png")
+        rows.append(["Acme", f"ACME-{i}", f"acme-{i}.png", "100", "USD"])
+    catalog = write_csv(tmp_path / "catalog.csv", ["brand", "product_id", "image", "price", "currency"], rows)
+    marks = write_csv(tmp_path / "marks.csv", ["brand", "image"], [["Orbit", "orbit.png"], ["Acme", "acme.png"]])
+    build_index(catalog, tmp_path / "idx", marks=marks, device="cpu")
+    index = load_index(tmp_path / "idx", load_indexes=False)
+    assert index.brands["Orbit"].marks[0]["in_references"] == shown
+    assert ("Orbit" in marked_brands(index)) == bool(shown)
