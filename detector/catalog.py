@@ -250,9 +250,9 @@ def _calibrate_marks(marks: dict[str, tuple[list[dict], bytes]], local: dict[str
         except UserError:
             return None
 
-    def pixels_of(product: dict, image=None) -> np.ndarray | None:
+    def pixels_of(product: dict) -> np.ndarray | None:
         if product["image_path"] not in pixels:
-            image = image if image is not None else picture(product)
+            image = picture(product)
             pixels[product["image_path"]] = None if image is None else photo_pixels(image)
         return pixels[product["image_path"]]
 
@@ -274,8 +274,11 @@ def _calibrate_marks(marks: dict[str, tuple[list[dict], bytes]], local: dict[str
         words, shaped = 0, []
         for names, product in zip(seen, products.get(brand, [])):
             # one decode serves both searches (the impostor pass may have cached the pixels)
-            image = picture(product) if reader or (shapes and product["image_path"] not in pixels) else None
-            own = pixels_of(product, image) if shapes else None
+            path = product["image_path"]
+            image = picture(product) if reader or (shapes and path not in pixels) else None
+            if shapes and path not in pixels:
+                pixels[path] = None if image is None else photo_pixels(image)
+            own = pixels.get(path) if shapes else None
             shaped.append({s.name for s in shapes.find(own)} - names if own is not None else set())
             if reader and image is not None:
                 words += any(s.brand == brand for s in reader.find(image))
