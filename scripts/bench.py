@@ -470,7 +470,9 @@ def nightly(labelled: Path, unprotected: Path, work: Path, total: int) -> dict:
 def scan_both_ways(index_dir: Path, table: Path, work: Path, naive: float, device: str = "cpu", **options) -> dict:
     """``Detector.scan`` of ``table`` screened and with every stage on every photo (``screen=False``):
     photos/s, the ratio to the ``naive`` pipeline's photos/s, flags, errors, each scan's stage
-    profile, and the flags only one of them raised. ``options`` go to the scan (workers, batch_size)."""
+    profile, how many cores it kept busy on average (process CPU time over wall time: well under the
+    worker count means the threads wait on each other, not on the cores), and the flags only one of
+    them raised. ``options`` go to the scan (workers, batch_size)."""
     from detector import Detector
     from detector.profile import StageClock
 
@@ -478,14 +480,15 @@ def scan_both_ways(index_dir: Path, table: Path, work: Path, naive: float, devic
     for name, screen in (("scan", True), ("full_scan", False)):
         clock = StageClock()
         with Detector.open(index_dir, device=device, cache=False) as detector:
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             summary = detector.scan(table, work / name, screen=screen, clock=clock, **options)
-            seconds = time.perf_counter() - start
+            seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         decisions = [json.loads(line) for line in summary.decisions_path.read_text(encoding="utf-8").splitlines()]
         flagged[name] = {d["listing_id"] for d in decisions if d["verdict"] == "flagged"}
         photos = len(decisions)
         result.update({f"{name}_photos_per_s": round(photos / seconds, 2),
                        f"{name}_over_naive": round(photos / seconds / naive, 2),
+                       f"{name}_cores_busy": round(cpu / seconds, 2),
                        f"{name}_flagged": summary.flagged, f"{name}_errors": summary.errors,
                        f"{name}_stage_ms_per_photo": clock.per_photo_ms(summary.photos_this_run)})
         if screen:

@@ -226,9 +226,10 @@ def naive(torch, paths: list[Path], refs: np.ndarray, device: str) -> float:
     return len(paths) / (time.perf_counter() - start)
 
 
-def scans(torch, table: Path, index_dir: Path, refs: np.ndarray, work: Path, device: str, workers: int,
-          batch: int) -> dict:
-    """(e) the real scan, screened and full, beside the naive pipeline on the same device."""
+def scans(torch, table: Path, index_dir: Path, refs: np.ndarray, work: Path, device: str, workers: int | None,
+          batch: int | None) -> dict:
+    """(e) the real scan, screened and full, beside the naive pipeline on the same device; with
+    ``workers`` or ``batch`` ``None``, the scan's own defaults."""
     from bench import scan_both_ways
 
     with open(table, newline="", encoding="utf-8") as fh:
@@ -236,7 +237,8 @@ def scans(torch, table: Path, index_dir: Path, refs: np.ndarray, work: Path, dev
     naive(torch, paths[:64], refs, device)
     reference = naive(torch, paths, refs, device)
     result = {"photos": len(paths), "workers": workers, "batch_size": batch, "naive_photos_per_s": round(reference, 2)}
-    result.update(scan_both_ways(index_dir, table, work, reference, device, workers=workers, batch_size=batch))
+    chosen = {name: value for name, value in (("workers", workers), ("batch_size", batch)) if value is not None}
+    result.update(scan_both_ways(index_dir, table, work, reference, device, **chosen))
     return result
 
 
@@ -251,8 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--marks", type=Path, help="with --table: the brands' marks (marks.csv) to index")
     parser.add_argument("--out", type=Path, default=Path("gpu-bench-work"), help="work folder; gpu.json goes here")
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
-    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="CPU threads (default: all cores)")
-    parser.add_argument("--batch", type=int, default=256, help="photos per GPU batch")
+    parser.add_argument("--workers", type=int, help="CPU threads (default: all cores; in (e), the scan's default)")
+    parser.add_argument("--batch", type=int, help="photos per GPU batch (default: 256; in (e), the scan's default)")
     parser.add_argument("--repeats", type=int, default=5, help="passes over the mix in (d)")
     parser.add_argument("--search-sizes", default="100000,1000000", help="reference counts for (c)")
     parser.add_argument("--search-queries", type=int, default=2048)
@@ -300,13 +302,17 @@ def main(argv: list[str] | None = None) -> int:
     refs = np.concatenate([e.vectors for e in load_index(work / "index", load_indexes=False).brands.values()])
     paths = jpeg_paths(table)
     embedder = create_embedder("lite0", device=args.device, backend="torch")
-    section("a_decode", lambda: decoding(torch, paths, args.device, args.workers, args.batch))
-    section("b_forward", lambda: forward(torch, embedder.model, args.device, args.batch, args.forward_repeats))
+    threads, batch = args.workers or os.cpu_count(), args.batch or 256
+    section("a_decode", lambda: decoding(torch, paths, args.device, threads, batch))
+    section("b_forward", lambda: forward(torch, embedder.model, args.device, batch, args.forward_repeats))
     section("c_search", lambda: searching(torch, args.device, [int(s) for s in args.search_sizes.split(",")],
                                           args.search_queries))
     embedder.model.to(memory_format=torch.channels_last)
-    section("d_one_view", lambda: one_view(torch, embedder, refs, paths, args.device, args.workers, args.batch,
+    section("d_one_view", lambda: one_view(torch, embedder, refs, paths, args.device, threads, batch,
                                            args.repeats))
+    # The scan's batches change shape (the screen sends on a different number of photos each time)
+    # and cuDNN's autotuning of every new shape takes seconds; `counterfeit scan` never turns it on.
+    torch.backends.cudnn.benchmark = False
     section("e_scan", lambda: scans(torch, table, work / "index", refs, work, args.device, args.workers,
                                     args.batch))
     print(f"results written to {work / 'gpu.json'}")
