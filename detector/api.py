@@ -362,12 +362,12 @@ class Detector:
         flagged.csv, summary.json and report.html (what ``counterfeit scan`` does). Rerunning
         into the same ``out`` resumes a killed scan. ``authorized`` replaces the index's
         authorised sellers for the brands it names; ``batch_size`` defaults to ``SCAN_BATCH`` for
-        the model's device and ``workers`` to one thread per CPU core; ``screen``: the first-stage screen
-        (detector/screening.py), by default on where the network runs on the CPU and off on CUDA,
-        where the window views cost little and the screen costs more than it saves (on Ray, by the
-        actors' device); ``history``
-        is the file earlier nights are read from and this one appended to; ``engine="ray"`` runs
-        the evidence stage on Ray (no embedding cache there)."""
+        the model's device and ``workers`` to one thread per CPU core (2 per Ray actor);
+        ``screen``: the first-stage screen (detector/screening.py), by default on where the
+        network runs on the CPU and off on CUDA, where the window views cost little and the screen
+        costs more than it saves (on Ray, by the actors' device); ``history`` is the file earlier
+        nights are read from and this one appended to; ``engine="ray"`` runs the evidence stage
+        on Ray (no embedding cache there)."""
         from detector.history import parse_night
         from detector.scanner import ScanOptions, scan
         from detector.tables import read_authorized
@@ -389,8 +389,8 @@ class Detector:
             import_ray()  # a missing Ray is a clear error before anything is embedded
         if batch_size is None:
             batch_size = SCAN_BATCH["cuda" if engine == "local" and self.embedder.device == "cuda" else "cpu"]
-        if workers is None:
-            workers = default_workers()
+        if workers is None:  # a Ray actor per two CPUs (detector/ray_engine.py) keeps two threads busy
+            workers = default_workers() if engine == "local" else 2
         if screen is None and engine == "local":  # Ray actors follow their own device (detector/ray_engine.py)
             screen = self.embedder.device == "cpu"
         options = ScanOptions(batch_size=batch_size, workers=workers, top_k=top_k, verify=verify, screen=screen,

@@ -290,7 +290,7 @@ def scan(
     device: Device = typer.Option(Device.auto, "--device", help="Where the model runs."),
     backend: Backend = typer.Option(Backend.auto, "--backend", help=BACKEND_HELP),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, max=4096, show_default=False, help="Photos per batch; each is a checkpoint and holds up to six views per photo. Default: 32 when the model runs on the CPU, 256 on CUDA (docs/performance.md#gpu-path)."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1, max=64, show_default=False, help="Threads decoding, taking keypoints and verifying while the model runs. Default: one per CPU core."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, max=64, show_default=False, help="Threads decoding, taking keypoints and verifying while the model runs. Default: one per CPU core (with --engine ray, 2 per actor)."),
     top_k: int = typer.Option(5, "--top-k", min=1, max=100, help="Nearest references kept per photo."),
     embedder: Optional[str] = typer.Option(None, "--embedder", help=EMBEDDER_OVERRIDE_HELP),
     cache: Optional[Path] = typer.Option(None, "--cache", help="Embedding cache file (default: $COUNTERFEIT_CACHE_DIR or ~/.cache/counterfeit-detector/embeddings.sqlite)."),

@@ -177,4 +177,5 @@ def test_a_scan_batches_by_the_models_device_and_uses_every_core_unless_told(mon
     on_gpu.scan(listings, tmp_path / "out", batch_size=8, workers=3)
     monkeypatch.setattr(detector.api.os, "cpu_count", lambda: 500)
     opened.scan(listings, tmp_path / "out")
-    assert asked == [(32, 12), (256, 12), (8, 3), (32, 64)]
+    opened.scan(listings, tmp_path / "out", engine="ray")  # an actor per two CPUs, two threads each
+    assert asked == [(32, 12), (256, 12), (8, 3), (32, 64), (32, 2)]
