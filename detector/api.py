@@ -42,7 +42,7 @@ INDEX_TYPES = ("auto", "flat", "hnsw", "ivf", "ivfpq", "ivfdisk")
 LIMITS = {"batch_size": (1, 4096), "workers": (1, 64), "top_k": (1, 100), "ray_actors": (1, 100_000)}
 """The range each whole-number option accepts (the CLI shows the same bounds in its help)."""
 SCAN_BATCH = {"cpu": 32, "cuda": 256}
-"""A scan's photos per batch when none is asked for, by where the model runs: on an H200 a scan
+"""A scan's (and an index build's) photos per batch when none is asked for, by where the model runs: on an H200 a scan
 in batches of 256 ran 1.2x (every stage) to 2x (screened) faster than in batches of 32
 (docs/performance.md#gpu-path); on the CPU 32 keeps a batch's views small."""
 
@@ -118,13 +118,15 @@ def build_index(
     memory_budget_mb: float | None = None,
     skip_bad_rows: bool = False,
     allow_outside_paths: bool = False,
-    batch_size: int = 32,
-    workers: int = 2,
+    batch_size: int | None = None,
+    workers: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> IndexInfo:
     """Embed a catalogue's reference photos into per-brand FAISS indexes at ``out`` (what
     ``counterfeit index build`` does). Rebuilding embeds only photos the index lacks; the previous
-    index stays usable until the new one is committed."""
+    index stays usable until the new one is committed. ``batch_size`` defaults to ``SCAN_BATCH``
+    for the model's device and ``workers`` (threads decoding and taking keypoints) to one per
+    CPU core."""
     catalog = _existing("catalogue", catalog)
     _existing("authorised-seller table", authorized)
     _existing("marks table", marks)
@@ -140,6 +142,8 @@ def build_index(
     from detector.embedders import create_embedder
 
     model = create_embedder(embedder, device=device, weights=weights, backend=backend)
+    batch_size = SCAN_BATCH["cuda" if model.device == "cuda" else "cpu"] if batch_size is None else batch_size
+    workers = default_workers() if workers is None else workers
     with _index_errors():
         report = build_catalog_index(
             catalog, Path(out), model, authorized_path=authorized and Path(authorized),

@@ -250,9 +250,10 @@ def _calibrate_marks(marks: dict[str, tuple[list[dict], bytes]], local: dict[str
         except UserError:
             return None
 
-    def pixels_of(product: dict) -> np.ndarray | None:
+    def pixels_of(product: dict, image=None) -> np.ndarray | None:
+        """The photo's pixels for the shape search, decoded once (from ``image`` when given)."""
         if product["image_path"] not in pixels:
-            image = picture(product)
+            image = image if image is not None else picture(product)
             pixels[product["image_path"]] = None if image is None else photo_pixels(image)
         return pixels[product["image_path"]]
 
@@ -273,12 +274,8 @@ def _calibrate_marks(marks: dict[str, tuple[list[dict], bytes]], local: dict[str
                              {(m.brand, m.name): hull for m, (_, hull) in zip(found, levels)})
         words, shaped = 0, []
         for names, product in zip(seen, products.get(brand, [])):
-            # one decode serves both searches (the impostor pass may have cached the pixels)
-            path = product["image_path"]
-            image = picture(product) if reader or (shapes and path not in pixels) else None
-            if shapes and path not in pixels:
-                pixels[path] = None if image is None else photo_pixels(image)
-            own = pixels.get(path) if shapes else None
+            image = picture(product) if reader else None  # OCR reads the decoded image; shapes reuse it
+            own = pixels_of(product, image) if shapes else None
             shaped.append({s.name for s in shapes.find(own)} - names if own is not None else set())
             if reader and image is not None:
                 words += any(s.brand == brand for s in reader.find(image))

@@ -143,8 +143,8 @@ def index_build(
     memory_budget: Optional[float] = typer.Option(None, "--memory-budget", min=0.001, help="MB of vectors a brand's index may hold; a brand whose full vectors exceed it is compressed (IVF-PQ, about 50x smaller, lower recall)."),
     skip_bad_rows: bool = typer.Option(False, "--skip-bad-rows", help="Build from the good rows when some rows are bad (they are listed)."),
     allow_outside_paths: bool = typer.Option(False, "--allow-outside-paths", help="Trust image paths that are absolute or lead outside the catalogue's folder."),
-    batch_size: int = typer.Option(32, "--batch-size", min=1, max=4096, help="Images per model batch."),
-    workers: int = typer.Option(2, "--workers", min=1, max=64, help="Threads reading and decoding images."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, max=4096, show_default=False, help="Images per model batch. Default: 256 on CUDA, 32 on the CPU."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, max=64, show_default=False, help="Threads reading, decoding and taking keypoints while the model runs. Default: one per CPU core."),
 ) -> None:
     """Embed a brand catalogue's reference photos into per-brand FAISS indexes.
 

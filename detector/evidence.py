@@ -371,7 +371,11 @@ class EvidenceMaker:
             return None
         result.info = (digest, path, local, pixels, image if self.reader else None)
         with timed(self.clock, "views"):
-            return self.embedder.preprocess_views(listing_views(image)[1:])
+            return self.window_arrays(image)
+
+    def window_arrays(self, image) -> np.ndarray:
+        """A decoded photo's five window views, preprocessed for the embedder."""
+        return self.embedder.preprocess_views(listing_views(image)[1:])
 
     def _first_stage(self, found: list[Embedded[ListingRow]], pool: ThreadPoolExecutor) -> tuple[dict[int, list[Hit]], set[int]]:
         """Screen the photos known by their whole view alone; give those sent on their window

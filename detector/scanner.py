@@ -51,8 +51,8 @@ class ScanOptions:
     """How to run a scan (none of these change its decisions except ``top_k``, ``verify``,
     ``screen``, ``read_words`` and ``allow_outside``). ``engine`` is ``local`` or ``ray``; ``device`` and ``backend`` are what Ray actors use."""
 
-    batch_size: int = 32
-    workers: int = 2
+    batch_size: int  # no defaults here: detector.api chooses them by device and cores
+    workers: int
     top_k: int = 5
     verify: bool = True
     screen: bool | None = True  # the first-stage screen (detector/screening.py); off: every stage on every
@@ -265,7 +265,7 @@ def scan(
     policy: Policy,
     out_dir: Path,
     *,
-    options: ScanOptions = ScanOptions(),
+    options: ScanOptions,
     authorized_override: dict[str, set[str]] | None = None,
     on_progress: Callable[[int, int | None], None] | None = None,
 ) -> ScanSummary:

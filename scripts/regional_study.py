@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from detector.embedders import Embedder, _pool, create_embedder  # noqa: E402
-from detector.images import ImageError, decode_image  # noqa: E402
+from detector.images import decode_image  # noqa: E402
 from detector.views import WINDOW, listing_views  # noqa: E402
 from index.store import load_index  # noqa: E402
 
@@ -104,16 +104,11 @@ def evaluate_pooled(argv: list[str], size: int) -> int:
     def embed_arrays(self, batch, _plain=Embedder.embed_arrays):
         return pooled_windows(torch, self, batch) if batch.ndim == 4 and batch.shape[-1] == size else _plain(self, batch)
 
-    def windows(self, result):
-        try:
-            digest, path, local, pixels, image = self._decoded(result, image_too=True)
-        except ImageError:
-            return None
-        result.info = (digest, path, local, pixels, image if self.reader else None)
+    def window_arrays(self, image):
         return dataclasses.replace(self.embedder.preprocess, size=size)(image)[None]
 
     Embedder.embed_arrays = embed_arrays
-    evidence.EvidenceMaker._windows = windows
+    evidence.EvidenceMaker.window_arrays = window_arrays
     return evaluate.main(argv)
 
 

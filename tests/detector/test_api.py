@@ -179,3 +179,24 @@ def test_a_scan_batches_by_the_models_device_and_uses_every_core_unless_told(mon
     opened.scan(listings, tmp_path / "out")
     opened.scan(listings, tmp_path / "out", engine="ray")  # an actor per two CPUs, two threads each
     assert asked == [(32, 12), (256, 12), (8, 3), (32, 64), (32, 2)]
+
+
+def test_an_index_build_batches_by_the_models_device_and_uses_every_core_unless_told(monkeypatch, demo_data, tmp_path):
+    # Reference photos are decoded and their keypoints taken in the worker threads, as a scan's are.
+    import types
+
+    import detector.api
+    import detector.catalog
+    import detector.embedders
+
+    asked, device = [], ["cpu"]
+    monkeypatch.setattr(detector.embedders, "create_embedder", lambda *a, **kw: types.SimpleNamespace(device=device[0]))
+    monkeypatch.setattr(detector.catalog, "build_catalog_index", lambda *a, batch_size, workers, **kw: asked.append(
+        (batch_size, workers)) or types.SimpleNamespace(manifest={"counts": {"brands": 0, "products": 0, "vectors": 0}},
+                                                          embedded=0, reused=0, skipped=[], notes=[]))
+    monkeypatch.setattr(detector.api.os, "cpu_count", lambda: 12)
+    build_index(demo_data.catalog, tmp_path / "idx")
+    device[0] = "cuda"
+    build_index(demo_data.catalog, tmp_path / "idx")
+    build_index(demo_data.catalog, tmp_path / "idx", batch_size=8, workers=3)
+    assert asked == [(32, 12), (256, 12), (8, 3)]
