@@ -227,7 +227,7 @@ def extract(image: Image.Image, side: int = MAX_SIDE) -> LocalFeatures:
         pixels, None)
     if descriptors is None or not keypoints:
         return LocalFeatures(EMPTY.points, EMPTY.descriptors, thumbnail, colour)
-    points = np.array([kp.pt for kp in keypoints], np.float32)
+    points = cv2.KeyPoint_convert(keypoints).reshape(-1, 2).astype(np.float32, copy=False)
     return LocalFeatures(points, np.clip(descriptors, 0, 255).astype(np.uint8), thumbnail, colour)
 
 
@@ -351,7 +351,8 @@ def _unique_inliers(query: QueryFeatures, references: list[LocalFeatures], fits:
 
 
 def _distinct(points: np.ndarray) -> int:
-    return len({(round(x / 3), round(y / 3)) for x, y in points})
+    """How many 3-pixel cells the points fall in (a keypoint found twice counts once)."""
+    return len(set(map(tuple, np.round(points / 3).astype(np.int64).tolist())))
 
 
 def _plausible(homography: np.ndarray, reference: LocalFeatures) -> bool:

@@ -4,6 +4,7 @@
     python scripts/bench.py [--photos 240] [--faiss-sizes 10000,100000,1000000] [--out bench-work]
     python scripts/bench.py --faiss-only [--faiss-sizes 1000000]      # section (f) alone
     python scripts/bench.py --nightly ../shared/eval-public --unprotected DIR [--mix 1000]   # section (i) alone
+    python scripts/bench.py --brands 10,100,1000                     # section (j) alone
 
 (a) bare network forward, photos/s, for the scanner's per-photo work (six 224x224 views):
     eager torch (the reference), torch channels_last + inference_mode, ONNX Runtime;
@@ -20,7 +21,9 @@ distinct) and 10% listings of the labelled folder --nightly, scanned against tha
 catalogue (and its marks.csv, when it has one) twice, screened (the default) and with every stage on every photo (``screen=False``),
 beside a naive one-view pipeline on the same files (Lite0 eager in torch, centre crop 224,
 batch 32, 2 threads, exact search), with the ratios, each scan's stage profile, and the flags
-one scan raised and the other did not.
+one scan raised and the other did not;
+(j) with --brands: a batch's search against many brands of 8 references each (one index per
+brand, hits merged) beside one index of the same vectors.
 Nothing is downloaded; the photos of (a)-(h) are drawn by detector.demo.
 """
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import os
 import platform
@@ -332,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nightly", type=Path, help="run section (i) alone, on this labelled folder's catalogue and listings")
     parser.add_argument("--unprotected", type=Path, help="for --nightly: a folder of images no brand protects")
     parser.add_argument("--mix", type=int, default=1000, help="for --nightly: photos in the nightly mix")
+    parser.add_argument("--brands", help="run section (j) alone for these comma-separated brand counts (e.g. 10,100,1000)")
     parser.add_argument("--faiss-data", choices=("spectral", "isotropic"), default="spectral",
                         help="synthetic vectors for (f): spectral = real embeddings' variance spectrum (default); "
                              "isotropic = no structure beyond the product, a worst case")
@@ -346,6 +351,10 @@ def main(argv: list[str] | None = None) -> int:
         rows = faiss_search(sizes, args.faiss_dim, work, args.faiss_data, only=only)
         (work / "results.json").write_text(json.dumps({"faiss": rows}, indent=2) + "\n")
         report_faiss(rows)
+        return 0
+    if args.brands:
+        rows = many_brands([int(n) for n in args.brands.split(",") if n], args.faiss_dim)
+        (work / "results.json").write_text(json.dumps({"brands": rows}, indent=2) + "\n")
         return 0
     os.environ.setdefault("COUNTERFEIT_CACHE_DIR", str(work / "home-cache"))
     if args.nightly:
@@ -525,6 +534,41 @@ def report(results: dict) -> None:
     lookup = results["lookup"]
     print(f"(e) lookup: {lookup['cold_process_seconds']} s in a fresh process, {lookup['warm_ms']} ms warm")
     report_faiss(results["faiss"])
+
+
+def many_brands(counts: list[int], dim: int, per_brand: int = 8, batch: int = 32, k: int = 10) -> list[dict]:
+    """(j): a scan's search of one batch (``batch`` photos, ``k`` neighbours) against ``n``
+    brands of ``per_brand`` references each, as ``ReferenceIndex.search`` runs it (one exact index
+    per brand, the hits merged), beside one exact index holding the same vectors: the ratio is what
+    keeping brands apart costs. One FAISS thread, as a scan's worker threads use."""
+    import faiss
+
+    from index.search import build_faiss_index, search_brands
+
+    faiss.omp_set_num_threads(1)
+    rng = np.random.default_rng(0)
+    rows = []
+    for n in counts:
+        vectors = VectorModel("spectral", n * per_brand, dim, rng)
+        base = vectors.photos(n * per_brand)
+        queries = vectors.queries(base, batch)
+        split = {f"brand-{b:05d}": build_faiss_index(base[b * per_brand:(b + 1) * per_brand], "flat") for b in range(n)}
+        whole = build_faiss_index(base, "flat")
+        timings = {}
+        for name, run in (("per_brand", functools.partial(search_brands, split, queries, k)),
+                          ("one_index", functools.partial(whole.search, queries, k))):
+            run()
+            repeats = max(3, int(2000 / n))
+            start = time.perf_counter()
+            for _ in range(repeats):
+                run()
+            timings[name] = (time.perf_counter() - start) / repeats / batch * 1000
+        rows.append({"brands": n, "references": n * per_brand, "per_brand_ms_per_photo": round(timings["per_brand"], 3),
+                     "one_index_ms_per_photo": round(timings["one_index"], 3),
+                     "per_brand_over_one_index": round(timings["per_brand"] / timings["one_index"], 2)})
+        print(f"  {n:6d} brands: per brand {timings['per_brand']:.3f} ms/photo, one index {timings['one_index']:.3f} "
+              f"({rows[-1]['per_brand_over_one_index']}x)", flush=True)
+    return rows
 
 
 def report_faiss(rows: list[dict]) -> None:

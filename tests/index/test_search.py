@@ -68,3 +68,14 @@ def test_search_merges_brands_by_similarity():
     assert {(h.brand, h.row) for h in hits[:2]} == {("B", 1), ("A", 2)}
     assert [h.similarity for h in hits] == sorted((h.similarity for h in hits), reverse=True)
     assert search_brands(indexes, np.zeros((0, 32), np.float32), k=3) == []
+
+
+def test_equal_similarities_are_ordered_by_brand_then_row_whatever_the_index_order():
+    rng = np.random.default_rng(2)
+    same = np.repeat(unit(rng, 1), 3, axis=0)
+    queries = np.concatenate([same[:1], -same[:1]])
+    indexes = {"Zed": build_faiss_index(same, "flat"), "Alpha": build_faiss_index(same[:2], "flat")}
+    near, far = search_brands(indexes, queries, k=4)
+    assert [(h.brand, h.row) for h in near] == [("Alpha", 0), ("Alpha", 1), ("Zed", 0), ("Zed", 1)]
+    assert all(isinstance(h.row, int) and isinstance(h.similarity, float) for h in near)
+    assert [round(h.similarity, 4) for h in near] == [1.0] * 4 and [round(h.similarity, 4) for h in far] == [-1.0] * 4
