@@ -121,12 +121,15 @@ def build_index(
     batch_size: int | None = None,
     workers: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    on_calibration: Callable[[int, int], None] | None = None,
 ) -> IndexInfo:
     """Embed a catalogue's reference photos into per-brand FAISS indexes at ``out`` (what
     ``counterfeit index build`` does). Rebuilding embeds only photos the index lacks; the previous
     index stays usable until the new one is committed. ``batch_size`` defaults to ``SCAN_BATCH``
     for the model's device and ``workers`` (threads decoding and taking keypoints) to one per
-    CPU core."""
+    CPU core. ``on_progress(done, total)`` follows the photos embedded; ``on_calibration(done,
+    total)`` the verifications that calibrate each brand's keypoint count (up to 200 per brand:
+    most of a many-brand build's time)."""
     catalog = _existing("catalogue", catalog)
     _existing("authorised-seller table", authorized)
     _existing("marks table", marks)
@@ -150,7 +153,7 @@ def build_index(
             marks_path=marks and Path(marks), background_dir=background and Path(background), skip_bad_rows=skip_bad_rows,
             allow_outside=allow_outside_paths, index_kind=None if index_type == "auto" else index_type,
             memory_budget=None if memory_budget_mb is None else int(memory_budget_mb * 2**20),
-            batch_size=batch_size, workers=workers, on_progress=on_progress,
+            batch_size=batch_size, workers=workers, on_progress=on_progress, on_calibration=on_calibration,
         )
     counts = report.manifest["counts"]
     return IndexInfo(path=Path(out), brands=counts["brands"], products=counts["products"], photos=counts["vectors"],

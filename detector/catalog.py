@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, NamedTuple
 
 import numpy as np
 
-from detector.batching import Prepared, embed_stream
+from detector.batching import Prepared, embed_stream, one_openmp_thread, opencv_one_thread
 from detector.brand_words import WordReader
 from detector.embedders import Embedder
 from detector.errors import UserError
@@ -109,6 +110,7 @@ def build_catalog_index(
     rule: CalibrationRule = CalibrationRule(),
     count_rule: CountRule = CountRule(),
     on_progress: Callable[[int, int], None] | None = None,
+    on_calibration: Callable[[int, int], None] | None = None,
 ) -> BuildReport:
     """Build or update ``out_dir`` from a catalogue; the previous index stays intact on any failure."""
     catalog_path, out_dir = Path(catalog_path), Path(out_dir)
@@ -180,7 +182,7 @@ def build_catalog_index(
         stacked = {brand: np.stack(vs).astype(np.float32) for brand, vs in vectors.items()}
         queries = _calibration_queries(products, embedder, batch_size, workers)
         calibration = calibrate_thresholds(stacked, background, rule, queries)
-        products_need = calibrate_counts(_product_impostors(products, stacked, local), count_rule)
+        products_need = calibrate_counts(_product_impostors(products, stacked, local, workers, on_calibration), count_rule)
         for brand, found in products_need.items():
             calibration[brand].update(found)
         if authorized is None and previous_sellers:
@@ -323,22 +325,36 @@ def _prepare_marks(marks_path: Path, rows: list, brands: set[str], allow_outside
 
 
 def _product_impostors(products: dict[str, list[dict]], vectors: dict[str, np.ndarray],
-                       local: dict[str, list[LocalFeatures]]) -> dict[str, np.ndarray]:
+                       local: dict[str, list[LocalFeatures]], workers: int,
+                       on_done: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
     """For each brand, the most matching keypoints each impostor reaches against the brand's
     products: other brands' reference photos (a fixed sample of at most MAX_PRODUCT_IMPOSTORS,
     by content hash), each verified as a listing photo would be, against the PRODUCT_CANDIDATES
-    of the brand's references nearest to it."""
+    of the brand's references nearest to it. That is up to 200 verifications per brand, most of
+    a many-brand build's time, so they run on ``workers`` threads (OpenCV and FAISS release the
+    GIL), one FAISS and one OpenCV thread each, as a scan's do; ``on_done(done, total)`` follows
+    them."""
     every = sorted((p["image_sha256"], brand, row) for brand, ps in products.items() for row, p in enumerate(ps))
-    counts = {}
-    for brand, mine in vectors.items():
+    pairs = [(brand, other, row) for brand in vectors
+             for _, other, row in [item for item in every if item[1] != brand][:MAX_PRODUCT_IMPOSTORS]]
+
+    def most_matched(pair: tuple[str, str, int]) -> int:
+        brand, other, row = pair
+        nearest = np.argsort(-(vectors[brand] @ vectors[other][row]))[:PRODUCT_CANDIDATES]
+        query = QueryFeatures(local[other][row], mirrored(local[other][row]))
+        outcomes = verify_candidates(query, [local[brand][i] for i in nearest])
+        return max((max(o.inliers, o.unique) for o in outcomes if o is not None), default=0)
+
+    with opencv_one_thread(), ThreadPoolExecutor(max_workers=workers, initializer=one_openmp_thread) as pool:
         found = []
-        for _, other, row in [item for item in every if item[1] != brand][:MAX_PRODUCT_IMPOSTORS]:
-            nearest = np.argsort(-(mine @ vectors[other][row]))[:PRODUCT_CANDIDATES]
-            query = QueryFeatures(local[other][row], mirrored(local[other][row]))
-            outcomes = verify_candidates(query, [local[brand][i] for i in nearest])
-            found.append(max((max(o.inliers, o.unique) for o in outcomes if o is not None), default=0))
-        counts[brand] = np.array(found, np.float64)
-    return counts
+        for count in pool.map(most_matched, pairs):
+            found.append(count)
+            if on_done:
+                on_done(len(found), len(pairs))
+    counts = {brand: [] for brand in vectors}
+    for (brand, _, _), count in zip(pairs, found):
+        counts[brand].append(count)
+    return {brand: np.array(c, np.float64) for brand, c in counts.items()}
 
 
 def _views_of(path: Path, embedder: Embedder) -> Prepared:

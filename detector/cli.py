@@ -160,11 +160,19 @@ def index_build(
             bar.update(task, completed=done, total=total)
             bar.update(task, rate=_rate(bar.tasks[task]))
 
+        checks = None
+
+        def calibrate(done: int, total: int) -> None:
+            nonlocal checks
+            if checks is None:
+                checks = bar.add_task("calibrating (impostor checks)", total=total, rate="")
+            bar.update(checks, completed=done)
+
         info = build_index(catalog, out_dir, authorized=authorized, marks=marks, background=background, embedder=embedder,
                            weights=weights, device=device.value, backend=backend.value, index_type=index_type.value,
                            memory_budget_mb=memory_budget, skip_bad_rows=skip_bad_rows,
                            allow_outside_paths=allow_outside_paths, batch_size=batch_size, workers=workers,
-                           on_progress=advance)
+                           on_progress=advance, on_calibration=calibrate)
     _print_build(info)
 
 

@@ -158,3 +158,19 @@ def test_an_index_made_with_other_reference_views_is_re_embedded_and_refused_unt
     report = build_catalog_index(catalog, tmp_path / "idx", embedder)
     assert report.embedded == 3 and any("another way" in n for n in report.notes)
     open_index(tmp_path / "idx")
+
+
+def test_the_keypoint_calibration_reports_progress_and_does_not_depend_on_the_worker_count(tmp_path, embedder):
+    # Each brand's products are verified against the other brands' photos (most of a many-brand
+    # build's time); they run on the worker threads, and a user sees how far they are.
+    rows = ROWS + [["Crest", f"C-{i}", f"c{i}.png", "60", "USD", "crest"] for i in range(3)]
+    catalog = make_catalog(tmp_path / "cat", rows)
+    seen = []
+    one = build_catalog_index(catalog, tmp_path / "one", embedder, workers=1)
+    four = build_catalog_index(catalog, tmp_path / "four", embedder, workers=4,
+                               on_calibration=lambda done, total: seen.append((done, total)))
+    # Acme has 4 other brands' photos to check, Bolt 5, Crest 3
+    assert seen == [(done, 12) for done in range(1, 13)]
+    for brand, impostors in (("Acme", 4), ("Bolt", 5), ("Crest", 3)):
+        assert four.manifest["brands"][brand]["calibration"] == one.manifest["brands"][brand]["calibration"]
+        assert four.manifest["brands"][brand]["calibration"]["product_impostors"] == impostors
