@@ -116,8 +116,10 @@ def progress_bar() -> Progress:
 
 
 def _rate(task) -> str:
-    speed = task.speed
-    return f"{speed:,.1f} img/s" if speed else ""
+    """Photos per second since the task started: work arrives a batch at a time, so rich's
+    recent-window speed read tens of thousands of photos per second at each batch's end."""
+    elapsed = task.elapsed
+    return f"{task.completed / elapsed:,.1f} img/s" if elapsed and task.completed else ""
 
 
 # --- index ------------------------------------------------------------------------------------

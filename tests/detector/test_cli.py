@@ -174,3 +174,13 @@ def test_lookup_in_a_fresh_process_does_not_import_torch(demo_index, demo_data):
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout)
     assert (result["visual_state"], result["matches"][0]["product_id"]) == ("copy", "AUR-000")
+
+
+def test_the_progress_rate_is_photos_since_the_start_not_the_burst_at_a_batch_end():
+    # A batch's photos all arrive at once; rich's recent-window speed then read ~59,000 img/s.
+    from types import SimpleNamespace
+
+    from detector.cli import _rate
+
+    assert _rate(SimpleNamespace(completed=12, elapsed=0.8, speed=59_333.1)) == "15.0 img/s"
+    assert _rate(SimpleNamespace(completed=0, elapsed=None, speed=None)) == ""
