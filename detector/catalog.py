@@ -342,7 +342,7 @@ def _product_impostors(products: dict[str, list[dict]], vectors: dict[str, np.nd
         brand, other, row = pair
         nearest = np.argsort(-(vectors[brand] @ vectors[other][row]))[:PRODUCT_CANDIDATES]
         query = QueryFeatures(local[other][row], mirrored(local[other][row]))
-        outcomes = verify_candidates(query, [local[brand][i] for i in nearest])
+        outcomes = verify_candidates(query, [local[brand][i] for i in nearest], counts_only=True)
         return max((max(o.inliers, o.unique) for o in outcomes if o is not None), default=0)
 
     with opencv_one_thread(), ThreadPoolExecutor(max_workers=workers, initializer=one_openmp_thread) as pool:

@@ -168,10 +168,12 @@ def verify_pair(query: QueryFeatures, reference: LocalFeatures) -> Outcome | Non
     return verify_candidates(query, [reference])[0]
 
 
-def verify_candidates(query: QueryFeatures, references: list[LocalFeatures]) -> list[Outcome | None]:
+def verify_candidates(query: QueryFeatures, references: list[LocalFeatures], counts_only: bool = False) -> list[Outcome | None]:
     """Verify a listing photo against each of its candidate references, jointly: each pair's
     layout and outline as :func:`verify_pair` finds them, and the ``unique`` keypoints that
-    favour that reference over all the others (``None`` where a pair cannot be verified)."""
+    favour that reference over all the others (``None`` where a pair cannot be verified).
+    ``counts_only``: just ``inliers`` and ``unique`` (the same numbers), without the homography,
+    outline, colour and region that only a listing's evidence needs."""
     if len(query.plain) < MIN_KEYPOINTS:
         return [None] * len(references)
     fits: list[_Fit | None] = []
@@ -179,18 +181,21 @@ def verify_candidates(query: QueryFeatures, references: list[LocalFeatures]) -> 
         if len(reference) < MIN_KEYPOINTS:
             fits.append(None)
             continue
-        plain, flipped = query.layout(reference, False), query.layout(reference, True)
-        if flipped[0] > plain[0]:
-            fits.append(_fit(query.mirrored, reference, True, *flipped))
-        else:
-            fits.append(_fit(query.plain, reference, False, *plain))
+        # The orientation is chosen on the similarity fit alone; the homography (a RANSAC that
+        # runs to its iteration cap on unrelated photos) is tried for the chosen one only.
+        plain, mirror = query.layout(reference, False, homography=False), query.layout(reference, True, homography=False)
+        flipped = mirror[0] > plain[0]
+        inliers, maps = mirror if flipped else plain
+        if not counts_only and inliers >= MIN_LAYOUT:
+            inliers, maps = query.layout(reference, flipped)  # the same fit (RANSAC is seeded), with the homography
+        fits.append(_fit(query.mirrored if flipped else query.plain, reference, flipped, inliers, maps))
     unique = _unique_inliers(query, references, fits)
-    colours = _colours(query.plain.colour, references, fits)
+    colours = _colours(query.plain.colour, references, fits) if not counts_only else [None] * len(references)
     outcomes = []
     for reference, fit, extra, colour in zip(references, fits, unique, colours):
         if fit is None:
             outcomes.append(None)
-        elif fit.inliers < MIN_LAYOUT:
+        elif fit.inliers < MIN_LAYOUT or counts_only:
             outcomes.append(Outcome(fit.inliers, None, extra))
         else:
             found = [edge_alignment(query.plain.thumbnail, reference.thumbnail, m, fit.flipped) for m in fit.maps]

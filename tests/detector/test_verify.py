@@ -207,3 +207,16 @@ def test_matches_found_by_the_first_stage_are_reused_and_give_the_same_outcome(m
     assert verify_candidates(query, references) == alone
     assert len(calls) == 4 + len(references)  # only the RootSIFT matches of the unique test are new
     assert counted[0] == alone[0].inliers
+
+
+def test_counts_only_gives_the_same_counts_as_the_full_verification():
+    # Index builds calibrate keypoint counts on thousands of impostor pairs and need no outline,
+    # colour or homography; the counts must be the ones a scan's verification would find.
+    product, sibling_product = sibling(2), sibling(3)
+    references = [extract(product), extract(sibling_product), extract(draw_product(31)), EMPTY]
+    for shot in (held_up(product), ImageOps.mirror(perspective(product)), draw_product(32)):
+        query = extract_query(shot)
+        full, counted = verify_candidates(query, references), verify_candidates(query, references, counts_only=True)
+        assert [(o.inliers, o.unique) if o else None for o in counted] == [(o.inliers, o.unique) if o else None for o in full]
+        assert all(o.alignment is None and o.colour is None and o.region is None for o in counted if o)
+    assert full[0] is not None and full[-1] is None and verify_candidates(extract_query(held_up(product)), references)[0].alignment > 0.9
