@@ -129,9 +129,10 @@ def search_brands(indexes: dict[str, faiss.Index], queries: np.ndarray, k: int) 
     if not found:
         return [[] for _ in range(len(queries))]
     names = sorted(brand for brand, _, _ in found)
+    rank_of = {brand: rank for rank, brand in enumerate(names)}
     similarities = np.concatenate([s for _, s, _ in found], axis=1)
     rows = np.concatenate([r for _, _, r in found], axis=1)
-    brand_rank = np.concatenate([np.full(r.shape, names.index(brand)) for brand, _, r in found], axis=1)
+    brand_rank = np.concatenate([np.full(r.shape, rank_of[brand]) for brand, _, r in found], axis=1)
     order = np.lexsort((rows, brand_rank, np.where(rows >= 0, -similarities, np.inf)), axis=1)[:, :k]
     picked = [np.take_along_axis(a, order, axis=1).tolist() for a in (brand_rank, rows, similarities)]
     return [[Hit(names[b], r, s) for b, r, s in zip(*per_query) if r >= 0] for per_query in zip(*picked)]
