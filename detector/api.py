@@ -47,6 +47,11 @@ in batches of 256 ran 1.2x (every stage) to 2x (screened) faster than in batches
 (docs/performance.md#gpu-path); on the CPU 32 keeps a batch's views small."""
 
 
+def default_batch(device: str) -> int:
+    """Photos per batch when none is asked for, for a model on ``device``."""
+    return SCAN_BATCH["cuda" if device == "cuda" else "cpu"]
+
+
 def default_workers() -> int:
     """Worker threads when none are asked for: one per CPU core, within ``LIMITS``."""
     low, high = LIMITS["workers"]
@@ -145,7 +150,7 @@ def build_index(
     from detector.embedders import create_embedder
 
     model = create_embedder(embedder, device=device, weights=weights, backend=backend)
-    batch_size = SCAN_BATCH["cuda" if model.device == "cuda" else "cpu"] if batch_size is None else batch_size
+    batch_size = default_batch(model.device) if batch_size is None else batch_size
     workers = default_workers() if workers is None else workers
     with _index_errors():
         report = build_catalog_index(
@@ -395,7 +400,7 @@ class Detector:
 
             import_ray()  # a missing Ray is a clear error before anything is embedded
         if batch_size is None:
-            batch_size = SCAN_BATCH["cuda" if engine == "local" and self.embedder.device == "cuda" else "cpu"]
+            batch_size = default_batch(self.embedder.device if engine == "local" else "cpu")
         if workers is None:  # a Ray actor per two CPUs (detector/ray_engine.py) keeps two threads busy
             workers = default_workers() if engine == "local" else 2
         if screen is None and engine == "local":  # Ray actors follow their own device (detector/ray_engine.py)
