@@ -18,45 +18,23 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
 from detector.decisions import Decision, Finding, Match
 from detector.errors import UserError
-from detector.policy import Listing, Policy, decide, load_policy
+from detector.policy import Listing, Policy, load_policy
 from detector.scanner import ScanSummary
+from detector.settings import BACKENDS, DEVICES, ENGINES, INDEX_TYPES, LIMITS, TOP_K, default_batch, default_workers
 
 if TYPE_CHECKING:
     from detector.cache import EmbeddingCache
     from detector.embedders import Embedder
     from detector.evidence import EvidenceMaker
+    from detector.judging import Judge
     from detector.profile import StageClock
     from index.store import ReferenceIndex
-
-DEVICES = ("auto", "cpu", "cuda")
-BACKENDS = ("auto", "torch", "onnx")
-ENGINES = ("local", "ray")
-INDEX_TYPES = ("auto", "flat", "hnsw", "ivf", "ivfpq", "ivfdisk")
-LIMITS = {"batch_size": (1, 4096), "workers": (1, 64), "top_k": (1, 100), "ray_actors": (1, 100_000)}
-"""The range each whole-number option accepts (the CLI shows the same bounds in its help)."""
-SCAN_BATCH = {"cpu": 32, "cuda": 256}
-"""A scan's (and an index build's) photos per batch when none is asked for, by where the model runs: on an H200 a scan
-in batches of 256 ran 1.2x (every stage) to 2x (screened) faster than in batches of 32
-(docs/performance.md#gpu-path); on the CPU 32 keeps a batch's views small."""
-
-
-def default_batch(device: str) -> int:
-    """Photos per batch when none is asked for, for a model on ``device``."""
-    return SCAN_BATCH["cuda" if device == "cuda" else "cpu"]
-
-
-def default_workers() -> int:
-    """Worker threads when none are asked for: one per CPU core, within ``LIMITS``."""
-    low, high = LIMITS["workers"]
-    return max(low, min(high, os.cpu_count() or low))
-
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
@@ -208,6 +186,11 @@ class LookupResult:
         """The registered marks found in the photo: brand, mark, inliers, inverted, box (fractions)."""
         return self.decision.marks
 
+    @property
+    def evidence(self) -> dict[str, dict]:
+        """The fields stages report (``Stage.reports``), by stage name."""
+        return self.decision.evidence
+
     def as_json(self) -> dict:
         """What ``counterfeit lookup --json`` prints."""
         d = self.decision
@@ -224,6 +207,7 @@ class LookupResult:
             "matches": [{**m.as_record(), "image": m.reference_image, "price": m.price, "currency": m.currency}
                         for m in d.matches],
             "marks": d.marks,
+            "evidence": d.evidence,
         }
 
 
@@ -247,6 +231,7 @@ class Detector:
         self.device, self.backend, self.cache_path = device, backend, cache
         self._cache: EmbeddingCache | None = None
         self._makers: dict[int, EvidenceMaker] = {}
+        self._judge: Judge | None = None
 
     @classmethod
     def open(
@@ -316,7 +301,7 @@ class Detector:
         currency: str | None = None,
         seller: str | None = None,
         title: str | None = None,
-        top_k: int = 5,
+        top_k: int = TOP_K,
     ) -> LookupResult:
         """Is this photo one of ours? Its nearest protected products, and a verdict when listing
         facts (``price`` with ``currency``, ``seller``, ``title``) are given. The photo's path is
@@ -327,13 +312,15 @@ class Detector:
                                   or not math.isfinite(price) or price < 0):
             raise UserError(f"price must be a non-negative number, not {price!r}")
         _whole("top_k", top_k)
-        from detector.evidence import EvidenceMaker, candidates_of, sightings_of
-        from detector.matches import authorized_sellers, marked_brands
+        from detector.evidence import EvidenceMaker
+        from detector.judging import Judge
+        from detector.stages import Options
         from detector.tables import ListingRow
 
         if top_k not in self._makers:
-            self._makers[top_k] = EvidenceMaker(self.index, self.embedder, Path("/"), cache=self.cache, top_k=top_k,
-                                                allow_outside=True, workers=1, read_words=self._reads_words)
+            self._makers[top_k] = EvidenceMaker(
+                self.index, self.embedder, Path("/"), cache=self.cache, workers=1,
+                options=Options(top_k=top_k, read_words=self._reads_words, allow_outside=True))
         currency = currency.upper() if currency else None
         row = ListingRow(row=0, line=0, listing_id=str(photo), seller_id=seller, title=title or "", price=price,
                          currency=currency, image=str(Path(photo).absolute()))
@@ -343,8 +330,9 @@ class Detector:
         judged = price is not None or seller is not None or title is not None
         facts = Listing(listing_id=str(photo), seller_id=seller, title=title or "", price=price, currency=currency,
                         image=str(photo))
-        decision = decide(facts, candidates_of(self.index, evidence.hits), authorized_sellers(self.index), self.policy,
-                          sightings_of(evidence.marks), marked_brands(self.index, self._reads_words))
+        if self._judge is None:
+            self._judge = Judge(self.index, self.policy, words=self._reads_words)
+        decision = self._judge.decide(evidence, facts)
         if not judged:  # the visual finding alone: there is nothing else to judge
             decision.reasons, decision.findings = decision.reasons[:1], []
         return LookupResult(photo=str(photo), decision=decision, judged=judged)
@@ -357,7 +345,7 @@ class Detector:
         authorized: str | Path | None = None,
         batch_size: int | None = None,
         workers: int | None = None,
-        top_k: int = 5,
+        top_k: int = TOP_K,
         verify: bool = True,
         screen: bool | None = None,
         allow_outside_paths: bool = False,
@@ -377,7 +365,7 @@ class Detector:
         the model's device and ``workers`` to one thread per CPU core (2 per Ray actor);
         ``screen``: the first-stage screen (detector/screening.py), by default on where the
         network runs on the CPU and off on CUDA, where the window views cost little and the screen
-        costs more than it saves (on Ray, by the actors' device); ``history`` is the file earlier
+        costs more than it saves (``detector.settings.default_screen``; on Ray, by the actors' device); ``history`` is the file earlier
         nights are read from and this one appended to; ``engine="ray"`` runs the evidence stage
         on Ray (no embedding cache there)."""
         from detector.history import parse_night
@@ -401,10 +389,8 @@ class Detector:
             import_ray()  # a missing Ray is a clear error before anything is embedded
         if batch_size is None:
             batch_size = default_batch(self.embedder.device if engine == "local" else "cpu")
-        if workers is None:  # a Ray actor per two CPUs (detector/ray_engine.py) keeps two threads busy
-            workers = default_workers() if engine == "local" else 2
-        if screen is None and engine == "local":  # Ray actors follow their own device (detector/ray_engine.py)
-            screen = self.embedder.device == "cpu"
+        if workers is None:
+            workers = default_workers(engine)
         options = ScanOptions(batch_size=batch_size, workers=workers, top_k=top_k, verify=verify, screen=screen,
                               read_words=self._reads_words,
                               allow_outside=allow_outside_paths, restart=restart,

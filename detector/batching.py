@@ -95,8 +95,8 @@ def embed_stream(
     items: Iterable[T],
     prepare: Callable[[T], Prepared],
     *,
-    batch_size: int = 32,
-    workers: int = 2,
+    batch_size: int,
+    workers: int,
     clock: StageClock | None = None,
 ) -> Iterator[Embedded[T]]:
     """Yield an :class:`Embedded` per item, in order, decoding ahead while the model runs (the

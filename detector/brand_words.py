@@ -20,7 +20,7 @@ import threading
 import numpy as np
 from PIL import Image
 
-from detector.marks import Sighting
+from detector.records import Sighting
 from detector.spelling import letters, misspelt_brand
 
 MIN_CONFIDENCE = 0.6

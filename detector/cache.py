@@ -1,9 +1,10 @@
 """Embedding cache: vectors keyed by image content hash + embedder fingerprint, in one bounded
-SQLite file, so tomorrow's scan embeds only photos it has not seen. Geometric-verification
-outcomes (matching keypoints of a photo against a reference photo) are kept beside them, so a
-warm rescan neither decodes nor verifies again.
+SQLite file, so tomorrow's scan embeds only photos it has not seen. The outputs of the other
+stages that are worth keeping (the screen's verdict, the geometric verification, the marks found:
+see ``Stage.cache_key``) are kept beside them, filed under the stage's name and version, so a warm
+rescan neither decodes nor verifies again.
 
-Each vector and each verification outcome carries a CRC32; a damaged entry is dropped and
+Each vector and each stage output carries a CRC32; a damaged entry is dropped and
 recomputed, never used. Damage SQLite itself detects mid-run ("database disk image is
 malformed") turns the cache off for the rest of the run: every photo is then embedded afresh,
 and :attr:`EmbeddingCache.damaged` says why, so the caller can tell the user to delete the file.
@@ -24,14 +25,13 @@ import numpy as np
 
 from detector.errors import UserError, disk_full
 from detector.paths import cache_dir
-from detector.verify import Outcome
 from detector.views import LISTING_VIEWS
 
 DEFAULT_MAX_BYTES = 4 << 30
 
 
-def _verification_crc(verifier: str, digest: str, reference: str, outcome: str | None) -> int:
-    return zlib.crc32(f"{verifier}|{digest}|{reference}|{outcome}".encode())
+def _output_crc(stage: str, digest: str, inputs: str, value: str | None) -> int:
+    return zlib.crc32(f"{stage}|{digest}|{inputs}|{value}".encode())
 
 
 def default_cache_path() -> Path:
@@ -62,12 +62,10 @@ class EmbeddingCache:
                 " used INTEGER, PRIMARY KEY (fingerprint, digest)) WITHOUT ROWID"
             )
             self._db.execute("CREATE INDEX IF NOT EXISTS vectors_used ON vectors (used)")
-            columns = {row[1] for row in self._db.execute("PRAGMA table_info(verifications)")}
-            if columns and "outcome" not in columns:  # written before outcomes were stored whole
-                self._db.execute("DROP TABLE verifications")
+            self._db.execute("DROP TABLE IF EXISTS verifications")  # stage outputs as written before stages had names
             self._db.execute(
-                "CREATE TABLE IF NOT EXISTS verifications (verifier TEXT, digest TEXT, reference TEXT,"
-                " outcome TEXT, crc INTEGER, PRIMARY KEY (verifier, digest, reference)) WITHOUT ROWID"
+                "CREATE TABLE IF NOT EXISTS outputs (stage TEXT, digest TEXT, inputs TEXT, value TEXT, crc INTEGER,"
+                " PRIMARY KEY (stage, digest, inputs)) WITHOUT ROWID"
             )
             (self._count,) = self._db.execute("SELECT COUNT(*) FROM vectors").fetchone()
         except (sqlite3.DatabaseError, OSError) as exc:
@@ -134,44 +132,32 @@ class EmbeddingCache:
                 " (SELECT fingerprint, digest FROM vectors ORDER BY used LIMIT ?)",
                 (excess,),
             )
-            self._db.execute("DELETE FROM verifications WHERE digest NOT IN (SELECT digest FROM vectors)")
+            self._db.execute("DELETE FROM outputs WHERE digest NOT IN (SELECT digest FROM vectors)")
         self._count = count - max(0, excess)
 
-    def get_outcome(self, verifier: str, digest: str, reference: str) -> tuple[bool, Outcome | None]:
-        """``(found, outcome)`` for a cached verification; ``outcome`` is ``None`` for an
-        unverifiable pair."""
-        found, value = self.get_json(verifier, digest, reference)
-        return found, None if value is None else Outcome(*value)
-
-    def put_outcomes(self, verifier: str, outcomes: dict[tuple[str, str], Outcome | None]) -> None:
-        """Store verification outcomes keyed by (photo hash, reference key)."""
-        self.put_json(verifier, {key: None if outcome is None else list(outcome) for key, outcome in outcomes.items()})
-
-    def get_json(self, verifier: str, digest: str, reference: str) -> tuple[bool, object]:
-        """``(found, value)`` for a JSON value cached beside a photo's vector by ``verifier``
-        (a verification outcome, the marks found in it) under a ``reference`` key."""
+    def get_json(self, stage: str, digest: str, inputs: str) -> tuple[bool, object]:
+        """``(found, value)`` for a stage's output cached beside a photo's vector: ``stage`` is the
+        stage's name and version, ``inputs`` its key for every input other than the photo."""
         with self._lock:
-            row = self._read(
-                "SELECT outcome, crc FROM verifications WHERE verifier=? AND digest=? AND reference=?",
-                (verifier, digest, reference),
-            )
+            row = self._read("SELECT value, crc FROM outputs WHERE stage=? AND digest=? AND inputs=?",
+                             (stage, digest, inputs))
         if row is None:
             return False, None
-        if row[1] != _verification_crc(verifier, digest, reference, row[0]):
+        if row[1] != _output_crc(stage, digest, inputs, row[0]):
             self.corrupt += 1
             return False, None
         return True, None if row[0] is None else json.loads(row[0])
 
-    def put_json(self, verifier: str, values: dict[tuple[str, str], object]) -> None:
-        """Store JSON values keyed by (photo hash, reference key); see :meth:`get_json`."""
+    def put_json(self, stage: str, values: dict[tuple[str, str], object]) -> None:
+        """Store stage outputs keyed by (photo hash, inputs key); see :meth:`get_json`."""
         if not values:
             return
         rows = []
-        for (digest, reference), value in values.items():
+        for (digest, inputs), value in values.items():
             text = None if value is None else json.dumps(value)
-            rows.append((verifier, digest, reference, text, _verification_crc(verifier, digest, reference, text)))
+            rows.append((stage, digest, inputs, text, _output_crc(stage, digest, inputs, text)))
         with self._lock:
-            self._write(lambda: self._db.executemany("INSERT OR REPLACE INTO verifications VALUES (?, ?, ?, ?, ?)", rows))
+            self._write(lambda: self._db.executemany("INSERT OR REPLACE INTO outputs VALUES (?, ?, ?, ?, ?)", rows))
 
     def _read(self, sql: str, args: tuple):
         """One row, or ``None`` when absent or when the file turns out damaged."""

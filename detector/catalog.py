@@ -14,6 +14,7 @@ from detector.batching import Prepared, embed_stream, one_openmp_thread, opencv_
 from detector.brand_words import WordReader
 from detector.embedders import Embedder
 from detector.errors import UserError
+from detector.settings import default_batch, default_workers
 from detector.images import decode_image, read_image_bytes, resolve_image_path
 from detector.mark_shapes import SHAPE_RULE, ShapeSearch, calibrate_level, photo_pixels, searched_by_shape
 from detector.marks import find_marks, marks_of, prepare_mark
@@ -105,14 +106,17 @@ def build_catalog_index(
     allow_outside: bool = False,
     index_kind: str | None = None,
     memory_budget: int | None = None,
-    batch_size: int = 32,
-    workers: int = 2,
+    batch_size: int | None = None,
+    workers: int | None = None,
     rule: CalibrationRule = CalibrationRule(),
     count_rule: CountRule = CountRule(),
     on_progress: Callable[[int, int], None] | None = None,
     on_calibration: Callable[[int, int], None] | None = None,
 ) -> BuildReport:
-    """Build or update ``out_dir`` from a catalogue; the previous index stays intact on any failure."""
+    """Build or update ``out_dir`` from a catalogue; the previous index stays intact on any failure.
+    ``batch_size`` and ``workers`` default to :mod:`detector.settings`' choice for the embedder's device."""
+    batch_size = default_batch(embedder.device) if batch_size is None else batch_size
+    workers = default_workers() if workers is None else workers
     catalog_path, out_dir = Path(catalog_path), Path(out_dir)
     report = BuildReport()
     rows, errors = read_catalog(catalog_path)

@@ -11,7 +11,6 @@ import json
 import os
 import shlex
 import sys
-from enum import Enum
 from pathlib import Path
 from typing import Optional
 
@@ -24,6 +23,7 @@ from rich.table import Table
 
 from detector.embedders import available_embedders
 from detector.errors import UserError
+from detector.settings import BACKENDS, DEVICES, ENGINES, INDEX_TYPES, LIMITS, SCAN_BATCH, TOP_K, choices
 
 app = typer.Typer(
     help=(
@@ -44,33 +44,17 @@ out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
 
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-
-
-class Backend(str, Enum):
-    auto = "auto"
-    torch = "torch"
-    onnx = "onnx"
-
-
-class Engine(str, Enum):
-    local = "local"
-    ray = "ray"
-
-
+Device = choices(DEVICES, "Device")
+Backend = choices(BACKENDS, "Backend")
+Engine = choices(ENGINES, "Engine")
+IndexKind = choices(INDEX_TYPES, "IndexKind")
 BACKEND_HELP = "How the network runs: auto = ONNX Runtime on CPU when it matches torch to 1e-4, else torch."
 
 
-class IndexKind(str, Enum):
-    auto = "auto"
-    flat = "flat"
-    hnsw = "hnsw"
-    ivf = "ivf"
-    ivfpq = "ivfpq"
-    ivfdisk = "ivfdisk"
+def bounds(name: str) -> dict:
+    """The ``min`` and ``max`` of a whole-number option, from detector.settings.LIMITS."""
+    low, high = LIMITS[name]
+    return {"min": low, "max": high}
 
 
 def friendly_errors(command):
@@ -139,14 +123,14 @@ def index_build(
     background: Optional[Path] = typer.Option(None, "--background", help="Folder of unrelated photos, used only to calibrate match thresholds (more impostors, better thresholds)."),
     embedder: str = typer.Option("lite0", "--embedder", help=EMBEDDER_HELP),
     weights: Optional[str] = typer.Option(None, "--weights", help="Weights file for the embedder (resnet50: or 'torchvision' to download when online)."),
-    device: Device = typer.Option(Device.auto, "--device", help="Where the model runs."),
-    backend: Backend = typer.Option(Backend.auto, "--backend", help=BACKEND_HELP),
-    index_type: IndexKind = typer.Option(IndexKind.auto, "--index-type", help="FAISS index per brand; auto = exact Flat up to 20,000 vectors, HNSW up to 1,000,000, IVF above, IVF-PQ over --memory-budget; ivfdisk = IVF whose vectors stay in a memory-mapped file, for brands bigger than memory (docs/index.md, docs/scaling.md)."),
+    device: Device = typer.Option(Device("auto"), "--device", help="Where the model runs."),
+    backend: Backend = typer.Option(Backend("auto"), "--backend", help=BACKEND_HELP),
+    index_type: IndexKind = typer.Option(IndexKind("auto"), "--index-type", help="FAISS index per brand; auto = exact Flat up to 20,000 vectors, HNSW up to 1,000,000, IVF above, IVF-PQ over --memory-budget; ivfdisk = IVF whose vectors stay in a memory-mapped file, for brands bigger than memory (docs/index.md, docs/scaling.md)."),
     memory_budget: Optional[float] = typer.Option(None, "--memory-budget", min=0.001, help="MB of vectors a brand's index may hold; a brand whose full vectors exceed it is compressed (IVF-PQ, about 50x smaller, lower recall)."),
     skip_bad_rows: bool = typer.Option(False, "--skip-bad-rows", help="Build from the good rows when some rows are bad (they are listed)."),
     allow_outside_paths: bool = typer.Option(False, "--allow-outside-paths", help="Trust image paths that are absolute or lead outside the catalogue's folder."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, max=4096, show_default=False, help="Images per model batch. Default: 256 on CUDA, 32 on the CPU."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1, max=64, show_default=False, help="Threads reading, decoding and taking keypoints while the model runs. Default: one per CPU core."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", **bounds("batch_size"), show_default=False, help=f"Images per model batch. Default: {SCAN_BATCH['cuda']} on CUDA, {SCAN_BATCH['cpu']} on the CPU."),
+    workers: Optional[int] = typer.Option(None, "--workers", **bounds("workers"), show_default=False, help="Threads reading, decoding and taking keypoints while the model runs. Default: one per CPU core."),
 ) -> None:
     """Embed a brand catalogue's reference photos into per-brand FAISS indexes.
 
@@ -251,10 +235,10 @@ def lookup(
     currency: Optional[str] = typer.Option(None, "--currency", help="Currency of --price (required with it), e.g. USD."),
     seller: Optional[str] = typer.Option(None, "--seller", help="The listing's seller id; checked against the brand's authorised sellers."),
     title: Optional[str] = typer.Option(None, "--title", help="The listing's title; searched for counterfeit cues."),
-    top_k: int = typer.Option(5, "--top-k", min=1, max=100, help="How many matches to show."),
+    top_k: int = typer.Option(TOP_K, "--top-k", **bounds("top_k"), help="How many matches to show."),
     policy_file: Optional[Path] = typer.Option(None, "--policy", help="Policy TOML overriding the defaults (see detector/default_policy.toml)."),
     embedder: Optional[str] = typer.Option(None, "--embedder", help=EMBEDDER_OVERRIDE_HELP),
-    device: Device = typer.Option(Device.auto, "--device", help="Where the model runs."),
+    device: Device = typer.Option(Device("auto"), "--device", help="Where the model runs."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (verdict, visual_state, findings with codes, matches) instead of a table."),
 ) -> None:
     """Is this photo one of ours? Show the closest protected products, and a verdict when listing
@@ -297,11 +281,11 @@ def scan(
     out_dir: Path = typer.Option(..., "--out", help="OUT_DIR for decisions.jsonl, flagged.csv, summary.json and report.html. Rerunning into it resumes."),
     authorized: Optional[Path] = typer.Option(None, "--authorized", help="brand, seller_id table; replaces the index's authorised sellers for the brands it names."),
     policy_file: Optional[Path] = typer.Option(None, "--policy", help="Policy TOML overriding the defaults (see detector/default_policy.toml)."),
-    device: Device = typer.Option(Device.auto, "--device", help="Where the model runs."),
-    backend: Backend = typer.Option(Backend.auto, "--backend", help=BACKEND_HELP),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, max=4096, show_default=False, help="Photos per batch; each is a checkpoint and holds up to six views per photo. Default: 32 when the model runs on the CPU, 256 on CUDA (docs/performance.md#gpu-path)."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1, max=64, show_default=False, help="Threads decoding, taking keypoints and verifying while the model runs. Default: one per CPU core (with --engine ray, 2 per actor)."),
-    top_k: int = typer.Option(5, "--top-k", min=1, max=100, help="Nearest references kept per photo."),
+    device: Device = typer.Option(Device("auto"), "--device", help="Where the model runs."),
+    backend: Backend = typer.Option(Backend("auto"), "--backend", help=BACKEND_HELP),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", **bounds("batch_size"), show_default=False, help=f"Photos per batch; each is a checkpoint and holds up to six views per photo. Default: {SCAN_BATCH['cpu']} when the model runs on the CPU, {SCAN_BATCH['cuda']} on CUDA (docs/performance.md#gpu-path)."),
+    workers: Optional[int] = typer.Option(None, "--workers", **bounds("workers"), show_default=False, help="Threads decoding, taking keypoints and verifying while the model runs. Default: one per CPU core (with --engine ray, 2 per actor)."),
+    top_k: int = typer.Option(TOP_K, "--top-k", **bounds("top_k"), help="Nearest references kept per photo."),
     embedder: Optional[str] = typer.Option(None, "--embedder", help=EMBEDDER_OVERRIDE_HELP),
     cache: Optional[Path] = typer.Option(None, "--cache", help="Embedding cache file (default: $COUNTERFEIT_CACHE_DIR or ~/.cache/counterfeit-detector/embeddings.sqlite)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Embed every photo; read and write no cache."),
@@ -309,9 +293,9 @@ def scan(
     screen: Optional[bool] = typer.Option(None, "--screen/--no-screen", help="The first-stage screen: the whole photo, its search and its keypoints against the 10 closest references send on only photos that could match; the others skip the five window views and full verification, and their decisions say `screened_out`. Default: on when the model runs on the CPU (1.5x faster on a night of mostly unprotected photos), off on CUDA, where the window views cost little and the screen cost more than it saved (docs/performance.md); with --engine ray, by the actors' device."),
     allow_outside_paths: bool = typer.Option(False, "--allow-outside-paths", help="Trust image paths that are absolute or lead outside the listing table's folder."),
     restart: bool = typer.Option(False, "--restart", help="Discard OUT_DIR's earlier progress instead of resuming it."),
-    engine: Engine = typer.Option(Engine.local, "--engine", help="local: this process. ray: a Ray Data actor pool (pip install -e '.[ray]'); same decisions, same outputs; no embedding cache."),
+    engine: Engine = typer.Option(Engine("local"), "--engine", help="local: this process. ray: a Ray Data actor pool (pip install -e '.[ray]'); same decisions, same outputs; no embedding cache."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join (e.g. ray://head:10001 or auto); default: start Ray on this machine."),
-    ray_actors: Optional[int] = typer.Option(None, "--ray-actors", min=1, max=100_000, help="Ray actors embedding in parallel; default: one per GPU, else one per two CPUs."),
+    ray_actors: Optional[int] = typer.Option(None, "--ray-actors", **bounds("ray_actors"), help="Ray actors embedding in parallel; default: one per GPU, else one per two CPUs."),
     history: Optional[Path] = typer.Option(None, "--history", help="Scan history file (SQLite, created when missing): earlier nights' flags raise the risk of repeat offenders and reveal comebacks (new seller ids re-using flagged photos); this night is appended. See `counterfeit history --help`."),
     night: Optional[str] = typer.Option(None, "--night", help="The night this dump belongs to, as YYYY-MM-DD (default: today, UTC); used with --history."),
 ) -> None:
@@ -323,7 +307,7 @@ def scan(
     """
     from detector.api import Detector
 
-    if engine == Engine.ray and cache is not None:
+    if engine == Engine("ray") and cache is not None:
         err.print("[yellow]note:[/] --engine ray does not use the embedding cache; --cache is ignored")
     with Detector.open(index_dir, policy=policy_file, device=device.value, backend=backend.value,
                        cache=False if no_cache else (cache or True), embedder=embedder) as detector:
@@ -592,7 +576,7 @@ def review_export(
 @friendly_errors
 def demo(
     out_dir: Path = typer.Option(Path("counterfeit-demo"), "--out", help="Folder for the demo data, index and scan."),
-    device: Device = typer.Option(Device.auto, "--device", help="Where the model runs."),
+    device: Device = typer.Option(Device("auto"), "--device", help="Where the model runs."),
 ) -> None:
     """Run the whole job on a built-in demo data set: draw a small brand catalogue and a listing
     dump, build the index, scan the dump, and print where the report is."""

@@ -150,6 +150,7 @@ class Decision:
     prior_flags: list[str] = field(default_factory=list)
     comeback: list[dict] = field(default_factory=list)
     marks: list[dict] = field(default_factory=list)  # registered marks found in the photo, with their boxes
+    evidence: dict[str, dict] = field(default_factory=dict)  # fields stages report, by stage name (detector.stages)
     reference_path: str | None = None  # local file of the reference photo, for the report only
 
     def as_record(self) -> dict:

@@ -159,7 +159,7 @@ class Embedder:
                     features = self.model(x)
             else:
                 features = self.model(x)
-            return torch.nn.functional.normalize(_pool(features.float(), self.pooling), dim=1)
+            return torch.nn.functional.normalize(pool_features(features.float(), self.pooling), dim=1)
 
     def use_onnx(self, folder: Path | None = None) -> bool:
         """Switch to ONNX Runtime (CPU only). Exports once into ``folder`` (the cache folder by
@@ -235,7 +235,7 @@ def _verified_onnx(name: str, weights_file: Callable[..., Path] | None, weights:
     return embedder
 
 
-def _pool(features, pooling: str):
+def pool_features(features, pooling: str):
     """GeM (p = 3) or average pooling of an [n, c, h, w] feature map."""
     if pooling == "gem":
         return features.clamp(min=1e-6).pow(3).mean(dim=(2, 3)).pow(1.0 / 3)
@@ -261,7 +261,7 @@ def _export_onnx(embedder: Embedder, path: Path) -> None:
             self.model = embedder.model
 
         def forward(self, images):
-            return torch.nn.functional.normalize(_pool(self.model(images).float(), embedder.pooling), dim=1)
+            return torch.nn.functional.normalize(pool_features(self.model(images).float(), embedder.pooling), dim=1)
 
     path.parent.mkdir(parents=True, exist_ok=True)
     example = torch.from_numpy(_probe_batch(embedder.preprocess.size))

@@ -35,7 +35,7 @@ from typing import Iterable
 import numpy as np
 
 from detector.errors import UserError
-from detector.evidence import unit_vector
+from detector.records import unit_vector
 from detector.labels import read_latest
 from index.files import utc_now
 from index.search import build_faiss_index

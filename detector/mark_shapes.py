@@ -30,7 +30,8 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from detector.marks import BACKGROUND_LEVEL, Mark, Sighting
+from detector.marks import BACKGROUND_LEVEL, Mark
+from detector.records import Sighting
 
 SHAPE_KEYPOINTS = 40
 """Marks with fewer SIFT keypoints than this are also searched by shape."""

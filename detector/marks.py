@@ -9,19 +9,18 @@ a turn, so the inverted mark's descriptors are the plain ones with their 4 x 4 c
 at any position, scale and rotation, and gives its box in the photo.
 
 Simple round marks with few corners give few keypoints: :mod:`detector.mark_shapes` searches
-those by their shape. ``scripts/ablate_marks.py`` measures both on a labelled folder with a
+those by their shape. ``scripts/studies/ablate_marks.py`` measures both on a labelled folder with a
 ``marks.csv``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
-
 import numpy as np
 from PIL import Image
 
 from detector.errors import UserError
+from detector.records import Sighting
 from detector.verify import MAX_SIDE, LocalFeatures, extract, fit_layout, unpack
 
 POLARITY = np.arange(128).reshape(4, 4, 8)[::-1, ::-1].reshape(-1)
@@ -50,27 +49,6 @@ class Mark:
     plain: LocalFeatures
     inverted: LocalFeatures
     box: tuple[float, float, float, float]
-
-
-class Sighting(NamedTuple):
-    """A mark found in a photo: keypoints in its layout, whether it was found in the other
-    polarity, its box (x0, y0, x1, y1) as fractions of the photo's width and height, and, for a
-    mark found by its shape (:mod:`detector.mark_shapes`; ``inliers`` 0), the correlation. A brand's
-    name read in the photo (:mod:`detector.brand_words`) is a sighting too: ``found_by`` ``word``,
-    ``name`` the text read, ``score`` the reader's confidence."""
-
-    brand: str
-    name: str
-    inliers: int
-    inverted: bool
-    box: tuple[float, float, float, float]
-    score: float | None = None
-    found_by: str | None = None  # "word" for a brand word; otherwise keypoints (score None) or shape
-
-    @property
-    def how(self) -> str:
-        """``keypoints``, ``shape`` or ``word``."""
-        return self.found_by or ("keypoints" if self.score is None else "shape")
 
 
 def prepare_mark(image: Image.Image, brand: str, name: str) -> Mark:

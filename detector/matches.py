@@ -13,7 +13,7 @@ from detector.embedders import Embedder, create_embedder
 from detector.errors import UserError
 from detector.mark_shapes import SHAPE_RULE
 from detector.marks import Mark, marks_of
-from detector.policy import Candidate
+from detector.records import Candidate
 from detector.verify import VERIFIER_ID, LocalFeatures, Outcome, QueryFeatures, unpack, verify_candidates
 from detector.views import REFERENCE_VIEW_ID
 from index.search import Hit
@@ -165,14 +165,14 @@ def verify_hits(features: QueryFeatures, hits: list[Hit], references: ReferenceF
 
 
 def candidates(
-    index: ReferenceIndex, hits: list[Hit], outcomes: dict[Hit, Outcome | None] | None = None
+    index: ReferenceIndex, hits: list[Hit], outcomes: dict[tuple[str, int], Outcome] | None = None
 ) -> list[Candidate]:
     """One policy candidate per hit, carrying the product's catalogue facts, brand threshold and
-    (where verified) the geometric evidence."""
+    (where verified) the geometric evidence (``outcomes`` by the hit's brand and row)."""
     outcomes = outcomes or {}
     found = []
     for hit in hits:
-        product, outcome = index.product(hit), outcomes.get(hit)
+        product, outcome = index.product(hit), outcomes.get((hit.brand, hit.row))
         found.append(
             Candidate(
                 brand=hit.brand,

@@ -17,18 +17,14 @@ import tomllib
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from detector.decisions import (
     CLEAR, COPY, ERROR, FLAGGED, LOOKALIKE, MARK, MARK_MISSING, MATCHING, NO_MATCH, OTHER_MARK, PRODUCT, SIMILAR,
     UNVERIFIED, VETOED, Decision, Finding, Match,
 )
 from detector.errors import UserError
+from detector.records import Candidate, Sighting
 from detector.spelling import LEET, misspelt_brand, normalise
-
-if TYPE_CHECKING:
-    from detector.marks import Sighting
-
 
 
 @dataclass(frozen=True)
@@ -253,27 +249,6 @@ class Listing:
     comebacks: list[dict] = field(default_factory=list)  # flagged photos of other sellers this photo is
     confirmed: list[dict] = field(default_factory=list)  # this seller's listings reviewers confirmed counterfeit
     cleared: dict | None = None  # the review that labelled this seller's same photo genuine on an earlier night
-
-
-@dataclass
-class Candidate:
-    """A reference product the listing photo resembles, with the brand's calibrated threshold."""
-
-    brand: str
-    product_id: str
-    similarity: float
-    calibrated_threshold: float
-    product_inliers: int | None = None  # the brand's calibrated keypoints for a new photo (index build)
-    reference_image: str | None = None
-    reference_path: str | None = None
-    price: float | None = None
-    currency: str | None = None
-    title: str = ""
-    inliers: int | None = None  # matching keypoints from geometric verification; None if not verified
-    alignment: float | None = None  # share of the reference's edges found in the photo once aligned
-    unique: int | None = None  # of those keypoints, the ones that favour this reference over the other candidates
-    colour: float | None = None  # colour agreement once aligned, 0..1 (see detector.verify.Outcome)
-    region: list | None = None  # where the reference lands in the photo: four [x, y] corners as fractions
 
 
 @dataclass

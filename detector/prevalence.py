@@ -11,7 +11,7 @@ design's effective sample size n_eff = p (1 - p) / var(p), scaled by (t_{n-1} / 
 stays valid for rare events, where a normal interval falls below 0. Precision is the same
 estimator over the flagged strata, the missed rate over the clear ones. The overall rate and
 recall combine the flagged and clear sides, and their intervals are built from 97.5% intervals
-on each side. scripts/prevalence_coverage.py measures the coverage.
+on each side. scripts/studies/prevalence_coverage.py measures the coverage.
 """
 
 from __future__ import annotations

@@ -23,7 +23,9 @@ from typing import Callable, Iterator
 import numpy as np
 
 from detector.errors import UserError
-from detector.evidence import Counted, Evidence, EvidenceMaker, pending_rows
+from detector.evidence import Counted, EvidenceMaker, RunStats, pending_rows
+from detector.records import Evidence
+from detector.stages import Options
 from detector.tables import ListingRow, count_rows
 
 CHUNK_ROWS = 20_000
@@ -40,26 +42,16 @@ def import_ray():
     return ray
 
 
-def actor_screen(screen: bool | None, gpus: int) -> bool:
-    """Whether the actors screen their photos: as asked, or by default (``None``) on CPUs and not
-    on GPUs, where the window views cost little and the screen more than it saves (the local
-    engine's rule, docs/performance.md)."""
-    return (not gpus) if screen is None else screen
-
-
 class EvidenceActor:
     """A Ray Data actor: opens the index and its embedder once, then turns batches of rows into
     evidence records (as JSON, one per row)."""
 
-    def __init__(self, index_dir: str, embedder: str, device: str, backend: str, root: str, verify: bool,
-                 top_k: int, allow_outside: bool, workers: int, keep_vectors: bool, screen: bool = True,
-                 read_words: bool = True):
+    def __init__(self, index_dir: str, embedder: str, device: str, backend: str, root: str, workers: int,
+                 options: dict):
         from detector.matches import open_index
 
         index, model = open_index(Path(index_dir), embedder=embedder, device=device, backend=backend)
-        self.maker = EvidenceMaker(index, model, Path(root), verify=verify, top_k=top_k,
-                                   allow_outside=allow_outside, workers=workers, keep_vectors=keep_vectors,
-                                   screen=screen, read_words=read_words)
+        self.maker = EvidenceMaker(index, model, Path(root), options=Options(**options), workers=workers)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = [ListingRow(**json.loads(text)) for text in batch["listing"]]
@@ -67,11 +59,11 @@ class EvidenceActor:
         for counted in self.maker.batches(rows, batch_size=len(rows)):
             records += counted.records
             computed.append(counted.embedded)
-        return {"evidence": np.array([json.dumps(r) for r in records], dtype=object),
+        return {"evidence": np.array([json.dumps(r.as_record()) for r in records], dtype=object),
                 "embedded": np.array([sum(computed)] + [0] * (len(records) - 1), dtype=np.int64)}
 
 
-def run_on_ray(listings: Path, index, embedder, state, options, root: Path, stats: dict,
+def run_on_ray(listings: Path, index, embedder, state, options, root: Path, stats: RunStats,
                on_progress: Callable[[int, int | None], None] | None) -> None:
     """Phase 1 on Ray: every row the state database lacks → evidence committed to it."""
     ray = import_ray()
@@ -90,12 +82,10 @@ def run_on_ray(listings: Path, index, embedder, state, options, root: Path, stat
         total = None if listings.is_dir() else count_rows(listings)
         if on_progress:
             on_progress(len(done), total)
-        constructor = dict(index_dir=str(index.path), embedder=embedder.fingerprint["name"],
-                           device="cuda" if gpus else "cpu",
-                           backend=options.backend, root=str(root), verify=options.verify, top_k=options.top_k,
-                           allow_outside=options.allow_outside, workers=options.workers,
-                           keep_vectors=options.history is not None, screen=actor_screen(options.screen, gpus),
-                           read_words=options.read_words)
+        device = "cuda" if gpus else "cpu"
+        constructor = dict(index_dir=str(index.path), embedder=embedder.fingerprint["name"], device=device,
+                           backend=options.backend, root=str(root), workers=options.workers,
+                           options=dataclasses.asdict(options.stage_options(device)))
         for chunk in _chunks(pending_rows(listings, lambda row: row not in done, stats), CHUNK_ROWS):
             dataset = ray.data.from_items([{"listing": json.dumps(dataclasses.asdict(r))} for r in chunk])
             evidence = dataset.map_batches(
@@ -104,13 +94,13 @@ def run_on_ray(listings: Path, index, embedder, state, options, root: Path, stat
                 batch_format="numpy",
             )
             for batch in evidence.iter_batches(batch_size=options.batch_size, batch_format="numpy"):
-                records = [Evidence(*json.loads(text)) for text in batch["evidence"]]
+                records = [Evidence.from_record(json.loads(text)) for text in batch["evidence"]]
                 state.commit_batch(records)
                 errors = sum(r.error is not None for r in records)
                 embedded = int(batch["embedded"].sum())
                 Counted(records, embedded, len(records) - embedded - errors, errors).add_to(stats)
                 if on_progress:
-                    on_progress(len(done) + stats["rows"], total)
+                    on_progress(len(done) + stats.rows, total)
     finally:
         if started_here:
             ray.shutdown()

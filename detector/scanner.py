@@ -1,11 +1,12 @@
-"""A scan: stream listing rows → evidence (read, decode, embed, search, verify; in this process,
-or on Ray with ``engine="ray"``) → progress database → decisions → outputs.
+"""A scan: stream listing rows → evidence (the registered stages: in this process, or on Ray with
+``engine="ray"``) → progress database → decisions → outputs.
 
-Progress lives in ``OUT_DIR/.scan/state.sqlite``: every processed row with its nearest
-references and a checksum, committed batch by batch. Rerunning the same command after a kill
-(SIGKILL included) continues where the committed rows end. Decisions are made from that state
-once every row is in and checked present, so a resumed scan writes exactly what an
-uninterrupted one would, and every input listing appears exactly once.
+Progress lives in ``OUT_DIR/.scan/state.sqlite``: every processed row's evidence record, with each
+stage's fields under the stage's name and version, and a checksum, committed batch by batch.
+Rerunning the same command after a kill (SIGKILL included) continues where the committed rows
+end; rows recorded under another version of a stage are run again, never misread. Decisions are
+made from that state once every row is in and checked present, so a resumed scan writes exactly
+what an uninterrupted one would, and every input listing appears exactly once.
 """
 
 from __future__ import annotations
@@ -18,45 +19,47 @@ import os
 import sqlite3
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+import detector.stages as registry
 from detector.cache import EmbeddingCache
 from detector.decisions import CLEAR, ERROR, FLAGGED, Decision
 from detector.embedders import Embedder
 from detector.errors import UserError, disk_full
-from detector.brand_words import READER_ID
-from detector.evidence import EvidenceMaker, candidates_of, packed_bytes, pending_rows, sightings_of, unpack_vector
+from detector.evidence import EvidenceMaker, RunStats, pending_rows
 from detector.history import PriorEvidence, ScanHistory, parse_night
-from detector.matches import authorized_sellers, marked_brands
+from detector.judging import Judge
 from detector.outputs import DecisionWriter, wilson_interval, write_json
-from detector.policy import Listing, Policy, combine, decide, error_decision
+from detector.policy import Listing, Policy, combine
 from detector.profile import StageClock
-from detector.screening import CODE as SCREENED_OUT
-from detector.screening import SCREEN_ID
+from detector.records import Evidence, packed_bytes, unpack_vector
 from detector.report import REPORT_LIMIT, write_report
+from detector.settings import TOP_K, default_screen
+from detector.stages import Options
 from detector.tables import LISTING_REQUIRED, count_rows, require_columns, table_columns
-from detector.verify import VERIFIER_ID
 from detector.views import VIEWS_ID
 from index.files import file_sha256, utc_now
 from index.store import ReferenceIndex
 
 STATE_DIR = ".scan"
-STATE_VERSION = 9
+STATE_VERSION = 10
+"""The progress database's layout (its tables and columns); what stages add is versioned per stage."""
 
 
 @dataclass
 class ScanOptions:
     """How to run a scan (none of these change its decisions except ``top_k``, ``verify``,
-    ``screen``, ``read_words`` and ``allow_outside``). ``engine`` is ``local`` or ``ray``; ``device`` and ``backend`` are what Ray actors use."""
+    ``screen``, ``read_words`` and ``allow_outside``). ``engine`` is ``local`` or ``ray``; ``device`` and
+    ``backend`` are what Ray actors use."""
 
-    batch_size: int  # no defaults here: detector.api chooses them by device and cores
+    batch_size: int  # no defaults here: detector.settings chooses them by device and cores
     workers: int
-    top_k: int = 5
+    top_k: int = TOP_K
     verify: bool = True
-    screen: bool | None = True  # the first-stage screen (detector/screening.py); off: every stage on every
-    # photo; None (Ray only): on where the actors run on CPUs, off where they have GPUs
+    screen: bool | None = None  # the first-stage screen (detector/screening.py); None: by the device the
+    # network runs on (detector.settings.default_screen), the Ray actors' on Ray
     read_words: bool = True  # brand names read in photos (detector/brand_words.py), where the index has marks
     allow_outside: bool = False
     restart: bool = False
@@ -69,6 +72,13 @@ class ScanOptions:
     history: Path | None = None  # the scan history file to read earlier nights from and append to
     night: str | None = None  # the night this dump belongs to (ISO date); today when None
     clock: StageClock | None = None  # where the local engine's time per stage goes (scripts/bench.py)
+
+    def stage_options(self, device: str) -> Options:
+        """What the stages read, for a network on ``device``."""
+        screen = default_screen(device) if self.screen is None else self.screen
+        return Options(verify=self.verify, screen=screen and self.verify, top_k=self.top_k,
+                       read_words=self.read_words, keep_vectors=self.history is not None,
+                       allow_outside=self.allow_outside)
 
 
 @dataclass(frozen=True)
@@ -122,9 +132,14 @@ def cache_key(embedder: Embedder) -> str:
 
 
 def _identity(listings: Path, index: ReferenceIndex, embedder: Embedder, options: ScanOptions) -> dict:
-    """What must be equal for a rerun to continue an earlier scan's state."""
+    """What must be equal for a rerun to continue an earlier scan's state (the stages' versions
+    are checked row by row: see :meth:`ScanState.forget_stale`)."""
     source = Path(listings).resolve()
     stat = source.stat()
+    if options.engine == "ray" and options.screen is None:
+        screen = "by-device"
+    else:
+        screen = options.stage_options(embedder.device).screen
     return {
         "state_version": STATE_VERSION,
         "listings": str(source),
@@ -132,12 +147,10 @@ def _identity(listings: Path, index: ReferenceIndex, embedder: Embedder, options
         "listings_mtime_ns": stat.st_mtime_ns if source.is_file() else None,
         "index_manifest_sha256": file_sha256(index.path / "manifest.json"),
         "embedder_id": embedder.fingerprint_id,
-        "views": VIEWS_ID,
         "top_k": options.top_k,
-        "verifier": VERIFIER_ID if options.verify else None,
-        "screen": (f"{SCREEN_ID}|by-device" if options.screen is None else SCREEN_ID if options.screen else None)
-        if options.verify else None,
-        "words": READER_ID if options.verify and options.read_words else None,
+        "verify": options.verify,
+        "screen": screen if options.verify else None,
+        "words": options.verify and options.read_words,
         "allow_outside": options.allow_outside,
         "keeps_vectors": options.history is not None,
     }
@@ -148,19 +161,16 @@ class StateDamaged(Exception):
 
 
 class ScanState:
-    """The per-OUT_DIR state database: identity, committed rows and their nearest references.
-    Every row carries a CRC32 of its fields, checked when decisions are made from it."""
+    """The per-OUT_DIR state database: identity, and each committed row's evidence record (JSON,
+    read by name) with a CRC32 that is checked when decisions are made from it."""
 
     def __init__(self, path: Path):
         self.db = sqlite3.connect(path, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
-        self.db.execute(
-            "CREATE TABLE IF NOT EXISTS rows (row INTEGER PRIMARY KEY, listing_id TEXT, line INTEGER,"
-            " seller_id TEXT, title TEXT, price REAL, currency TEXT, image TEXT, path TEXT, error TEXT, error_code TEXT,"
-            " notes TEXT, digest TEXT, hits TEXT, vector TEXT, marks TEXT, crc INTEGER)"
-        )
+        self.db.execute("CREATE TABLE IF NOT EXISTS rows (row INTEGER PRIMARY KEY, listing_id TEXT, record TEXT,"
+                        " crc INTEGER)")
         self.db.execute("CREATE INDEX IF NOT EXISTS rows_listing ON rows (listing_id, row)")
 
     def get(self, key: str, default=None):
@@ -173,13 +183,16 @@ class ScanState:
     def put(self, key: str, value) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
 
-    def commit_batch(self, records: list[tuple], next_row: int | None = None) -> None:
+    def commit_batch(self, records: list[Evidence], next_row: int | None = None) -> None:
         """Record a batch of rows and the resume point in one transaction. Rows that arrive in
         any order (the Ray engine) leave the resume point alone: that engine sends what is missing."""
-        sealed = [(*record, _row_crc(record)) for record in records]
+        sealed = []
+        for evidence in records:
+            text = json.dumps(evidence.as_record())
+            sealed.append((evidence.row, evidence.listing_id, text, _row_crc(evidence.row, evidence.listing_id, text)))
         self.db.execute("BEGIN IMMEDIATE")
         try:
-            self.db.executemany("INSERT OR REPLACE INTO rows VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", sealed)
+            self.db.executemany("INSERT OR REPLACE INTO rows VALUES (?, ?, ?, ?)", sealed)
             if next_row is not None:
                 self.db.execute("INSERT OR REPLACE INTO meta VALUES ('next_row', ?)", (json.dumps(next_row),))
             self.db.execute("COMMIT")
@@ -187,6 +200,20 @@ class ScanState:
             with contextlib.suppress(sqlite3.Error):
                 self.db.execute("ROLLBACK")
             raise
+
+    def forget_stale(self, versions: dict[str, str]) -> None:
+        """Drop the rows recorded under other stage versions than ``versions`` (a stage changed
+        since they were recorded: they are run again), and move the resume point back to the first."""
+        if self.get("stage_versions") == versions:
+            return
+        stale = [row for row, text in self.db.execute("SELECT row, record FROM rows")
+                 if _versions(text) != versions]
+        self.db.execute("BEGIN IMMEDIATE")
+        self.db.executemany("DELETE FROM rows WHERE row=?", [(row,) for row in stale])
+        if stale and self.get("next_row", 0) > min(stale):
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('next_row', ?)", (json.dumps(min(stale)),))
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES ('stage_versions', ?)", (json.dumps(versions),))
+        self.db.execute("COMMIT")
 
     def recorded(self) -> int:
         """How many rows are recorded."""
@@ -203,37 +230,51 @@ class ScanState:
         if tuple(found) != expected:
             raise StateDamaged(f"it records {found[0]:,} rows of an input that has {rows_in_input:,}")
 
-    def listings(self) -> Iterator[tuple[str, list[sqlite3.Row]]]:
-        """Each listing's rows, listings in order of first appearance in the input."""
-        cursor = self.db.execute(
-            "SELECT r.* FROM rows r JOIN (SELECT listing_id, MIN(row) AS first FROM rows GROUP BY listing_id) f"
-            " USING (listing_id) ORDER BY f.first, r.row"
-        )
-        cursor.row_factory = sqlite3.Row
+    def _records(self, sql: str) -> Iterator[Evidence]:
+        for row, listing_id, text, crc in self.db.execute(sql):
+            if _row_crc(row, listing_id, text) != crc:
+                raise StateDamaged(f"row {row} fails its checksum")
+            try:
+                yield Evidence.from_record(json.loads(text))
+            except (TypeError, ValueError) as exc:
+                raise StateDamaged(f"row {row} is unreadable ({exc})") from None
+
+    def listings(self, versions: dict[str, str]) -> Iterator[tuple[str, list[Evidence]]]:
+        """Each listing's rows, listings in order of first appearance in the input; a row recorded
+        under other stage versions than ``versions`` is damage, never read as if it were current."""
         current, group = None, []
-        for row in cursor:
-            if _row_crc(tuple(row)[:-1]) != row["crc"]:
-                raise StateDamaged(f"row {row['row']} fails its checksum")
-            if row["listing_id"] != current and group:
+        for evidence in self._records(
+                "SELECT r.row, r.listing_id, r.record, r.crc FROM rows r JOIN (SELECT listing_id, MIN(row) AS first"
+                " FROM rows GROUP BY listing_id) f USING (listing_id) ORDER BY f.first, r.row"):
+            if evidence.versions() != versions:
+                raise StateDamaged(f"row {evidence.row} was recorded by other versions of the stages")
+            if evidence.listing_id != current and group:
                 yield current, group
                 group = []
-            current = row["listing_id"]
-            group.append(row)
+            current = evidence.listing_id
+            group.append(evidence)
         if group:
             yield current, group
 
     def photos(self) -> Iterator[tuple[int, str | None, str | None]]:
         """(row, content hash, packed whole-image vector) of every row with a readable photo."""
-        yield from self.db.execute("SELECT row, digest, vector FROM rows WHERE error IS NULL ORDER BY row")
+        for evidence in self._records("SELECT row, listing_id, record, crc FROM rows ORDER BY row"):
+            if not evidence.error:
+                yield evidence.row, evidence.digest, evidence.vector
 
     def close(self) -> None:
         self.db.close()
 
 
-def _row_crc(record: tuple) -> int:
-    # numbers as floats: SQLite hands a REAL column's 10 back as 10.0
-    fields = [float(v) if isinstance(v, (int, float)) else v for v in record]
-    return zlib.crc32(json.dumps(fields).encode())
+def _row_crc(row: int, listing_id: str, record: str) -> int:
+    return zlib.crc32(json.dumps([row, listing_id, record]).encode())
+
+
+def _versions(record: str) -> dict[str, str] | None:
+    try:
+        return {name: stage["version"] for name, stage in json.loads(record)["stages"].items()}
+    except (TypeError, ValueError, KeyError):
+        return None
 
 
 @contextlib.contextmanager
@@ -302,17 +343,21 @@ def scan(
             state.put("identity", identity)
             if state.get("started") is None:
                 state.put("started", utc_now())
+            versions = registry.versions()
+            state.forget_stale(versions)
             if options.engine == "ray":
                 from detector.ray_engine import run_on_ray
 
-                stats = _new_stats()
+                stats = RunStats()
                 run_on_ray(listings, index, embedder, state, options, listing_root(listings), stats, on_progress)
             else:
                 stats = _embed_rows(listings, index, embedder, state, options, on_progress)
-            state.check_complete(stats["rows_in_input"])
+            state.check_complete(stats.rows_in_input)
             embed_seconds = time.monotonic() - started
-            return _finalise(listings, index, embedder, policy, out_dir, state, authorized_override,
-                             stats, embed_seconds, started, resumed, options)
+            judge = Judge(index, policy, words=options.read_words, authorized_override=authorized_override)
+            run = _Run(listings=Path(listings), index=index, embedder=embedder, out_dir=out_dir, state=state,
+                       stats=stats, started=started, embed_seconds=embed_seconds, resumed=resumed, versions=versions)
+            return _finalise(run, judge, policy, options)
         except (OSError, sqlite3.DatabaseError, StateDamaged) as exc:
             if disk_full(exc):
                 raise UserError(
@@ -330,17 +375,13 @@ def scan(
                 state.close()
 
 
-def _embed_rows(listings, index, embedder, state: ScanState, options: ScanOptions, on_progress) -> dict:
+def _embed_rows(listings, index, embedder, state: ScanState, options: ScanOptions, on_progress) -> RunStats:
     """Phase 1, in this process: every row not yet committed → evidence in the state database."""
     next_row = state.get("next_row", 0)
     total = None if listings.is_dir() else count_rows(listings)
-    stats = _new_stats()
-
-    maker = EvidenceMaker(index, embedder, listing_root(listings), cache=options.cache, verify=options.verify,
-                          top_k=options.top_k, allow_outside=options.allow_outside, workers=options.workers,
-                          keep_vectors=options.history is not None,
-                          screen=options.screen if options.screen is not None else embedder.device == "cpu",
-                          read_words=options.read_words, clock=options.clock)
+    stats = RunStats()
+    maker = EvidenceMaker(index, embedder, listing_root(listings), options=options.stage_options(embedder.device),
+                          workers=options.workers, cache=options.cache, clock=options.clock)
     if on_progress:
         on_progress(next_row, total)
     rows = pending_rows(listings, lambda row: row >= next_row, stats)
@@ -349,7 +390,7 @@ def _embed_rows(listings, index, embedder, state: ScanState, options: ScanOption
         counted.add_to(stats)
         if on_progress:
             on_progress(counted.records[-1].row + 1, total)
-    stats["cache_damaged"] = options.cache.damaged if options.cache is not None else None
+    stats.cache_damaged = options.cache.damaged if options.cache is not None else None
     return stats
 
 
@@ -358,81 +399,116 @@ def listing_root(listings: Path) -> Path:
     return listings.resolve() if listings.is_dir() else listings.resolve().parent
 
 
-def _new_stats() -> dict:
-    return {"rows": 0, "embedded": 0, "cache_hits": 0, "errors": 0, "rows_in_input": 0, "cache_damaged": None}
+# --- phase 2: decisions and outputs ----------------------------------------------------------------
 
 
-def _finalise(listings, index, embedder, policy, out_dir, state, authorized_override, stats, embed_seconds,
-              started, resumed, options: ScanOptions) -> ScanSummary:
+@dataclass
+class _Run:
+    """What phase 2 works from: the scan's inputs, its committed state, and phase 1's counts."""
+
+    listings: Path
+    index: ReferenceIndex
+    embedder: Embedder
+    out_dir: Path
+    state: ScanState
+    stats: RunStats
+    started: float
+    embed_seconds: float
+    resumed: bool
+    versions: dict[str, str]
+
+
+@dataclass
+class _Tally:
+    """Counts and lists gathered from the decisions as they are written."""
+
+    verdicts: dict[str, int] = field(default_factory=lambda: {FLAGGED: 0, CLEAR: 0, ERROR: 0})
+    by_brand: dict[str, dict[str, int]] = field(default_factory=dict)
+    listings: int = 0
+    rows: int = 0
+    images: int = 0
+    screened_out: int = 0
+    top: list[tuple] = field(default_factory=list)  # a heap of the REPORT_LIMIT riskiest flags
+    repeat_offenders: set[str] = field(default_factory=set)
+    comebacks: list[dict] = field(default_factory=list)
+    cleared_by_review: int = 0
+
+    def add(self, decision: Decision, rows: list[Evidence]) -> None:
+        readable = [evidence for evidence in rows if not evidence.error]
+        paths = {evidence.image: evidence.path for evidence in readable}
+        self.listings += 1
+        self.rows += len(rows)
+        self.images += len(paths)
+        self.screened_out += sum(evidence.screened_out for evidence in readable)
+        self.verdicts[decision.verdict] += 1
+        if decision.visual_match:
+            counts = self.by_brand.setdefault(decision.brand, {FLAGGED: 0, CLEAR: 0})
+            counts[decision.verdict] += 1
+        self._add_history(decision)
+        if decision.verdict == FLAGGED:
+            record = {**decision.as_record(), "image_path": paths.get(decision.image),
+                      "reference_path": decision.reference_path}
+            item = (decision.score, decision.listing_id, self.listings, record)
+            if len(self.top) < REPORT_LIMIT:
+                heapq.heappush(self.top, item)
+            else:
+                heapq.heappushpop(self.top, item)
+
+    def _add_history(self, decision: Decision) -> None:
+        if decision.verdict == FLAGGED and any(f.code == "repeat_offender" for f in decision.findings):
+            self.repeat_offenders.add(decision.seller_id)
+        self.cleared_by_review += any(f.code == "cleared_by_review" for f in decision.findings)
+        if decision.comeback and len(self.comebacks) < REPORT_LIMIT:
+            self.comebacks.append({"listing_id": decision.listing_id, "seller_id": decision.seller_id,
+                                   "verdict": decision.verdict, "brand": decision.brand, "links": decision.comeback})
+
+
+def _facts(listing_id: str, evidence: Evidence, prior: PriorEvidence) -> Listing:
+    """What the policy knows of one listing row: the table's facts and the earlier nights' record."""
+    cleared = prior.cleared_for(evidence.row, evidence.seller_id)
+    return Listing(listing_id=listing_id, seller_id=evidence.seller_id, title=evidence.title or "",
+                   price=evidence.price, currency=evidence.currency, image=evidence.image,
+                   notes=[(code, text) for code, text in evidence.notes],
+                   prior_flags=prior.prior_flags(evidence.seller_id),
+                   comebacks=[link.as_record() for link in prior.comebacks(evidence.row, evidence.seller_id)],
+                   confirmed=prior.confirmed_offences(evidence.seller_id),
+                   cleared=cleared.as_record() if cleared else None)
+
+
+def _decisions(run: _Run, judge: Judge, prior: PriorEvidence) -> Iterator[tuple[Decision, list[Evidence]]]:
+    """Each listing's decision (its photos' decisions combined), in input order, with its rows."""
+    for listing_id, rows in run.state.listings(run.versions):
+        yield combine([judge.decide(evidence, _facts(listing_id, evidence, prior)) for evidence in rows]), rows
+
+
+def _prior(run: _Run, history: ScanHistory | None, night: str, policy: Policy) -> PriorEvidence:
+    """What earlier nights say about this night's sellers and photos (nothing without a history)."""
+    if history is None:
+        return PriorEvidence(night)
+    photos = ((row, digest, unpack_vector(vector) if vector else None) for row, digest, vector in run.state.photos())
+    return history.prior_evidence(night, photos, policy.history.link_similarity)
+
+
+def _finalise(run: _Run, judge: Judge, policy: Policy, options: ScanOptions) -> ScanSummary:
     """Phase 2: decide every listing from the committed state and write all outputs (and, with
     a history, read earlier nights first and record this one last)."""
-    authorized = authorized_sellers(index, authorized_override)
-    marked = marked_brands(index, options.read_words)
-    verdicts = {FLAGGED: 0, CLEAR: 0, ERROR: 0}
-    by_brand: dict[str, dict[str, int]] = {}
-    top: list[tuple] = []
-    n_listings = n_rows = n_images = 0
     history = ScanHistory(options.history) if options.history is not None else None
     night = parse_night(options.night)
-    prior = PriorEvidence(night)
-    if history is not None:
-        photos = ((row, digest, unpack_vector(vector) if vector else None) for row, digest, vector in state.photos())
-        prior = history.prior_evidence(night, photos, policy.history.link_similarity)
-    repeat_offenders: set[str] = set()
-    comebacks: list[dict] = []
-    cleared_by_review = 0
-    screened_out = 0
-    writer = DecisionWriter(out_dir)
+    tally = _Tally()
+    writer = DecisionWriter(run.out_dir)
     try:
-        scan_id = history.begin_night(night, out_dir) if history is not None else None
-        for listing_id, rows in state.listings():
-            decisions, paths = [], {}
-            for row in rows:
-                facts = Listing(listing_id=listing_id, seller_id=row["seller_id"], title=row["title"] or "",
-                                price=row["price"], currency=row["currency"], image=row["image"],
-                                notes=[(code, text) for code, text in json.loads(row["notes"] or "[]")],
-                                prior_flags=prior.prior_flags(row["seller_id"]),
-                                comebacks=[link.as_record() for link in prior.comebacks(row["row"], row["seller_id"])],
-                                confirmed=prior.confirmed_offences(row["seller_id"]),
-                                cleared=cleared.as_record() if (cleared := prior.cleared_for(row["row"], row["seller_id"]))
-                                else None)
-                if row["error"]:
-                    decisions.append(error_decision(facts, row["error"], row["error_code"]))
-                    continue
-                paths[row["image"]] = row["path"]
-                screened_out += any(code == SCREENED_OUT for code, _ in facts.notes)
-                decisions.append(decide(facts, candidates_of(index, row["hits"]), authorized, policy,
-                                        sightings_of(row["marks"]), marked))
-            decision = combine(decisions)
+        prior = _prior(run, history, night, policy)
+        scan_id = history.begin_night(night, run.out_dir) if history is not None else None
+        for decision, rows in _decisions(run, judge, prior):
             writer.write(decision)
             if history is not None:
                 history.add_listing(scan_id, decision.as_record(),
-                                    [(row["digest"], packed_bytes(row["vector"]) if row["vector"] else None)
-                                     for row in rows if not row["error"]])
-            n_listings += 1
-            n_rows += len(rows)
-            n_images += len(paths)
-            verdicts[decision.verdict] += 1
-            if decision.verdict == FLAGGED and any(f.code == "repeat_offender" for f in decision.findings):
-                repeat_offenders.add(decision.seller_id)
-            cleared_by_review += any(f.code == "cleared_by_review" for f in decision.findings)
-            if decision.comeback and len(comebacks) < REPORT_LIMIT:
-                comebacks.append({"listing_id": listing_id, "seller_id": decision.seller_id, "verdict": decision.verdict,
-                                  "brand": decision.brand, "links": decision.comeback})
-            if decision.visual_match:
-                counts = by_brand.setdefault(decision.brand, {FLAGGED: 0, CLEAR: 0})
-                counts[decision.verdict] += 1
-            if decision.verdict == FLAGGED:
-                record = {**decision.as_record(), "image_path": paths.get(decision.image),
-                          "reference_path": decision.reference_path}
-                item = (decision.score, listing_id, n_listings, record)
-                if len(top) < REPORT_LIMIT:
-                    heapq.heappush(top, item)
-                else:
-                    heapq.heappushpop(top, item)
+                                    [(e.digest, packed_bytes(e.vector) if e.vector else None)
+                                     for e in rows if not e.error])
+            tally.add(decision, rows)
         writer.commit()
         if history is not None:
-            history.commit_night(scan_id, verdicts)
+            history.commit_night(scan_id, tally.verdicts)
     except BaseException:
         writer.abort()
         if history is not None:
@@ -441,56 +517,66 @@ def _finalise(listings, index, embedder, policy, out_dir, state, authorized_over
         raise
     history_summary = None
     if history is not None:
-        history_summary = {
-            "file": str(Path(options.history).resolve()),
-            "night": night,
-            "repeat_offenders": len(repeat_offenders),
-            "comeback_sellers": len({c["seller_id"] for c in comebacks}),
-            "cleared_by_review": cleared_by_review,
-            "comebacks": comebacks,
-            "trend": history.trend(),
-        }
+        history_summary = _history_summary(history, options.history, night, tally)
         history.close()
+    summary = _summary(run, tally, history_summary)
+    report = write_report(run.out_dir, summary, [item[3] for item in tally.top])
+    summary["elapsed_seconds"] = round(time.monotonic() - run.started, 3)
+    write_json(run.out_dir / "summary.json", summary)
+    return ScanSummary.of(run.out_dir, summary, report)
+
+
+def _history_summary(history: ScanHistory, path: Path, night: str, tally: _Tally) -> dict:
+    return {
+        "file": str(Path(path).resolve()),
+        "night": night,
+        "repeat_offenders": len(tally.repeat_offenders),
+        "comeback_sellers": len({c["seller_id"] for c in tally.comebacks}),
+        "cleared_by_review": tally.cleared_by_review,
+        "comebacks": tally.comebacks,
+        "trend": history.trend(),
+    }
+
+
+def _summary(run: _Run, tally: _Tally, history_summary: dict | None) -> dict:
+    """summary.json's content."""
+    verdicts, stats = tally.verdicts, run.stats
     judged = verdicts[FLAGGED] + verdicts[CLEAR]
     low, high = wilson_interval(verdicts[FLAGGED], judged)
     per_10000, ci95 = 1e4 * verdicts[FLAGGED] / judged if judged else 0.0, [round(1e4 * low, 2), round(1e4 * high, 2)]
-    elapsed = time.monotonic() - started
     finished = utc_now()
-    state.put("finished", finished)
-    summary = {
-        "listings_source": str(Path(listings).resolve()),
-        "index_path": str(index.path.resolve()),
-        "out_dir": str(out_dir.resolve()),
-        "started": state.get("started"),
+    run.state.put("finished", finished)
+    return {
+        "listings_source": str(run.listings.resolve()),
+        "index_path": str(run.index.path.resolve()),
+        "out_dir": str(run.out_dir.resolve()),
+        "started": run.state.get("started"),
         "finished": finished,
-        "resumed": resumed,
-        "listings": n_listings,
-        "rows": n_rows,
-        "images": n_images,
-        "screened_out": screened_out,
+        "resumed": run.resumed,
+        "listings": tally.listings,
+        "rows": tally.rows,
+        "images": tally.images,
+        "screened_out": tally.screened_out,
         "verdicts": verdicts,
-        "by_brand": dict(sorted(by_brand.items())),
+        "by_brand": dict(sorted(tally.by_brand.items())),
         "flagged_per_10000": per_10000,
         "flagged_per_10000_ci95": ci95,
         "flagged_per_10k": per_10000,  # the old names, kept as aliases for now (README)
         "flagged_per_10k_ci95": ci95,
         "flagged_rate_denominator": "listings with a verdict other than error",
         "this_run": {
-            "rows_processed": stats["rows"],
-            "embedded": stats["embedded"],
-            "cache_hits": stats["cache_hits"],
-            "row_errors": stats["errors"],
-            "embed_seconds": round(embed_seconds, 3),
-            "cache_damaged": stats["cache_damaged"],
+            "rows_processed": stats.rows,
+            "embedded": stats.embedded,
+            "cache_hits": stats.cache_hits,
+            "row_errors": stats.errors,
+            "embed_seconds": round(run.embed_seconds, 3),
+            "cache_damaged": stats.cache_damaged,
         },
-        "images_per_second": round(stats["rows"] / embed_seconds, 2) if embed_seconds > 0 else None,
-        "elapsed_seconds": round(elapsed, 3),
-        "embedder": embedder.fingerprint,
-        "embedder_id": embedder.fingerprint_id,
-        "index": index.manifest,
+        "images_per_second": round(stats.rows / run.embed_seconds, 2) if run.embed_seconds > 0 else None,
+        "elapsed_seconds": round(time.monotonic() - run.started, 3),
+        "embedder": run.embedder.fingerprint,
+        "embedder_id": run.embedder.fingerprint_id,
+        "index": run.index.manifest,
         "history": history_summary,
+        "stages": run.versions,
     }
-    report = write_report(out_dir, summary, [item[3] for item in top])
-    summary["elapsed_seconds"] = round(time.monotonic() - started, 3)
-    write_json(out_dir / "summary.json", summary)
-    return ScanSummary.of(out_dir, summary, report)

@@ -8,7 +8,7 @@ keypoints are in it. The rest end with what the first stage found, and say so in
 The descriptor matches the screen finds stay with the photo's features, and the full verification
 of a photo sent on uses them instead of matching again.
 
-The levels were chosen with ``scripts/gate_study.py`` on the labelled folders (docs/performance.md):
+The levels were chosen with ``scripts/studies/gate_study.py`` on the labelled folders (docs/performance.md):
 lower, and the gate lets through most unrelated pictures; higher, and it stops cropped copies
 whose right reference only a window view finds.
 """

@@ -162,12 +162,12 @@ def test_a_scan_batches_by_the_models_device_and_uses_every_core_unless_told(mon
     # 32 photos and 2 threads (docs/performance.md#gpu-path); on the CPU a batch stays at 32.
     import dataclasses
 
-    import detector.api
     import detector.scanner
+    import detector.settings
 
     asked = []
     monkeypatch.setattr(detector.scanner, "scan", lambda *a, options, **kw: asked.append((options.batch_size, options.workers)))
-    monkeypatch.setattr(detector.api.os, "cpu_count", lambda: 12)
+    monkeypatch.setattr(detector.settings.os, "cpu_count", lambda: 12)
     listings = tmp_path / "l.csv"
     listings.write_text("listing_id,seller_id,title,price,currency,image\n")
     on_gpu = Detector(opened.index, dataclasses.replace(opened.embedder, device="cuda"), opened.policy, device="cuda",
@@ -175,7 +175,7 @@ def test_a_scan_batches_by_the_models_device_and_uses_every_core_unless_told(mon
     opened.scan(listings, tmp_path / "out")
     on_gpu.scan(listings, tmp_path / "out")
     on_gpu.scan(listings, tmp_path / "out", batch_size=8, workers=3)
-    monkeypatch.setattr(detector.api.os, "cpu_count", lambda: 500)
+    monkeypatch.setattr(detector.settings.os, "cpu_count", lambda: 500)
     opened.scan(listings, tmp_path / "out")
     opened.scan(listings, tmp_path / "out", engine="ray")  # an actor per two CPUs, two threads each
     assert asked == [(32, 12), (256, 12), (8, 3), (32, 64), (32, 2)]
@@ -185,16 +185,16 @@ def test_an_index_build_batches_by_the_models_device_and_uses_every_core_unless_
     # Reference photos are decoded and their keypoints taken in the worker threads, as a scan's are.
     import types
 
-    import detector.api
     import detector.catalog
     import detector.embedders
+    import detector.settings
 
     asked, device = [], ["cpu"]
     monkeypatch.setattr(detector.embedders, "create_embedder", lambda *a, **kw: types.SimpleNamespace(device=device[0]))
     monkeypatch.setattr(detector.catalog, "build_catalog_index", lambda *a, batch_size, workers, **kw: asked.append(
         (batch_size, workers)) or types.SimpleNamespace(manifest={"counts": {"brands": 0, "products": 0, "vectors": 0}},
                                                           embedded=0, reused=0, skipped=[], notes=[]))
-    monkeypatch.setattr(detector.api.os, "cpu_count", lambda: 12)
+    monkeypatch.setattr(detector.settings.os, "cpu_count", lambda: 12)
     build_index(demo_data.catalog, tmp_path / "idx")
     device[0] = "cuda"
     build_index(demo_data.catalog, tmp_path / "idx")

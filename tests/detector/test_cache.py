@@ -7,36 +7,36 @@ import sqlite3
 import numpy as np
 
 from detector.cache import EmbeddingCache
-from detector.verify import Outcome
 from tests.conftest import run_cli
 
+OUTCOMES = {"outcomes": [{"brand": "B", "row": 0, "inliers": 12, "alignment": 0.875, "unique": 7}]}
 
-def test_round_trip_of_vectors_and_verification_outcomes(tmp_path):
+
+def test_round_trip_of_vectors_and_stage_outputs(tmp_path):
     cache = EmbeddingCache(tmp_path / "c.sqlite", "fp", 4)
     cache.put_many({"a": np.arange(8, dtype=np.float32).reshape(2, 4)})
-    cache.put_outcomes("v1", {("a", "ref"): Outcome(12, 0.875, 7), ("a", "flat"): Outcome(5, None), ("a", "other"): None})
+    cache.put_json("verify|v1", {("a", "ref"): OUTCOMES, ("a", "other"): None})
     assert cache.get("a").shape == (2, 4) and cache.get("b") is None
-    assert cache.get_outcome("v1", "a", "ref") == (True, Outcome(12, 0.875, 7))
-    assert cache.get_outcome("v1", "a", "flat") == (True, Outcome(5, None))
-    assert cache.get_outcome("v1", "a", "other") == (True, None)
-    assert cache.get_outcome("v2", "a", "ref") == (False, None)
+    assert cache.get_json("verify|v1", "a", "ref") == (True, OUTCOMES)
+    assert cache.get_json("verify|v1", "a", "other") == (True, None)
+    assert cache.get_json("verify|v2", "a", "ref") == (False, None)  # another version of the stage: not found
 
 
-def test_a_damaged_verification_outcome_is_recomputed_not_used(tmp_path):
+def test_a_damaged_stage_output_is_recomputed_not_used(tmp_path):
     cache = EmbeddingCache(tmp_path / "c.sqlite", "fp", 4)
-    cache.put_outcomes("v1", {("a", "ref"): Outcome(12, 0.5, 3), ("b", "ref"): Outcome(12, 0.5, 3)})
+    cache.put_json("verify|v1", {("a", "ref"): OUTCOMES, ("b", "ref"): OUTCOMES})
     cache.close()
     db = sqlite3.connect(tmp_path / "c.sqlite")
-    db.execute("UPDATE verifications SET outcome = '[44, 0.5, 3]' WHERE digest = 'a'")  # one flipped bit turns 12 into 44
-    db.execute("UPDATE verifications SET outcome = '[12, 0.75, 3]' WHERE digest = 'b'")
+    db.execute("UPDATE outputs SET value = replace(value, '12', '44') WHERE digest = 'a'")  # a flipped bit
+    db.execute("UPDATE outputs SET value = replace(value, '0.875', '0.75') WHERE digest = 'b'")
     db.commit()
     db.close()
     cache = EmbeddingCache(tmp_path / "c.sqlite", "fp", 4)
-    assert cache.get_outcome("v1", "a", "ref") == (False, None)
-    assert cache.get_outcome("v1", "b", "ref") == (False, None) and cache.corrupt == 2
+    assert cache.get_json("verify|v1", "a", "ref") == (False, None)
+    assert cache.get_json("verify|v1", "b", "ref") == (False, None) and cache.corrupt == 2
 
 
-def test_outcomes_written_by_an_older_version_are_dropped_on_open(tmp_path):
+def test_stage_outputs_written_by_an_older_version_are_dropped_on_open(tmp_path):
     db = sqlite3.connect(tmp_path / "c.sqlite")
     db.execute("CREATE TABLE verifications (verifier TEXT, digest TEXT, reference TEXT, inliers INTEGER,"
                " crc INTEGER, PRIMARY KEY (verifier, digest, reference)) WITHOUT ROWID")
@@ -44,9 +44,9 @@ def test_outcomes_written_by_an_older_version_are_dropped_on_open(tmp_path):
     db.commit()
     db.close()
     cache = EmbeddingCache(tmp_path / "c.sqlite", "fp", 4)
-    assert cache.get_outcome("v1", "a", "ref") == (False, None)
-    cache.put_outcomes("v1", {("a", "ref"): Outcome(12, 1.0)})
-    assert cache.get_outcome("v1", "a", "ref") == (True, Outcome(12, 1.0))
+    assert cache.get_json("v1", "a", "ref") == (False, None)
+    cache.put_json("v1", {("a", "ref"): OUTCOMES})
+    assert cache.get_json("v1", "a", "ref") == (True, OUTCOMES)
 
 
 def _garble_back_half(path):

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from detector.decisions import CLEAR, ERROR, FINDINGS, FLAGGED, MATCHING, VISUAL_STATES, Decision
 from detector.errors import UserError
-from detector.marks import Sighting
-from detector.policy import Candidate, Listing, combine, decide, error_decision, find_cues, load_policy, misspelt_brand
+from detector.records import Candidate, Sighting
+from detector.policy import Listing, combine, decide, error_decision, find_cues, load_policy, misspelt_brand
 
 POLICY = load_policy()
 SELLERS = {"Aurelio": {"auth-1"}}

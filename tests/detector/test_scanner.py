@@ -224,7 +224,7 @@ def test_warm_cache_rescan_embeds_nothing(tmp_path, demo_data, loaded):
 
 def test_warm_rescan_decodes_nothing(tmp_path, demo_data, loaded, monkeypatch):
     """Embeddings and verification outcomes both come from the cache: no photo is decoded."""
-    import detector.evidence as evidence
+    import detector.stages.base as base
 
     cached = loaded.using(cache=tmp_path / "cache.sqlite")
     run_scan(demo_data.listings, tmp_path / "cold", cached)
@@ -232,7 +232,7 @@ def test_warm_rescan_decodes_nothing(tmp_path, demo_data, loaded, monkeypatch):
     def no_decoding(*args, **kwargs):
         raise AssertionError("a warm rescan decoded a photo")
 
-    monkeypatch.setattr(evidence, "decode_image", no_decoding)
+    monkeypatch.setattr(base, "decode_image", no_decoding)
     run_scan(demo_data.listings, tmp_path / "warm", cached)
     assert decisions(tmp_path / "cold") == decisions(tmp_path / "warm")
     assert any(d["inliers"] for d in decisions(tmp_path / "warm"))
@@ -296,7 +296,7 @@ def test_damaged_progress_is_refused_with_the_restart_command(tmp_path, demo_dat
     run_scan(demo_data.listings, out, loaded)
     state = out / STATE_DIR / "state.sqlite"
     db = sqlite3.connect(state)
-    db.execute("UPDATE rows SET hits = replace(hits, '0.', '0.1') WHERE row = 5")  # a flipped value
+    db.execute("UPDATE rows SET record = replace(record, '0.', '0.1') WHERE row = 5")  # a flipped value
     db.commit()
     db.close()
     with pytest.raises(UserError, match="row 5 fails its checksum.*--restart"):
@@ -468,7 +468,8 @@ def test_the_gpu_path_gives_the_cpu_paths_decisions(tmp_path, demo_data, demo_in
 def test_a_failure_while_analysing_one_photo_is_that_rows_error_not_the_scans(tmp_path, demo_data, loaded, monkeypatch):
     import threading
 
-    import detector.evidence as evidence
+    import detector.stages.screen as screen_stage
+    import detector.stages.verification as verification
 
     failed, lock = [], threading.Lock()
 
@@ -483,8 +484,8 @@ def test_a_failure_while_analysing_one_photo_is_that_rows_error_not_the_scans(tm
             return real(*args, **kwargs)
         return call
 
-    monkeypatch.setattr(evidence, "screen_photo", failing_once(evidence.screen_photo))
-    monkeypatch.setattr(evidence, "verify_hits", failing_once(evidence.verify_hits))
+    monkeypatch.setattr(screen_stage, "screen", failing_once(screen_stage.screen))
+    monkeypatch.setattr(verification, "verify_hits", failing_once(verification.verify_hits))
     summary = run_scan(demo_data.listings, tmp_path / "out", loaded, screen=True)
     got = decisions(tmp_path / "out")
     assert len(got) == len({d["listing_id"] for d in got}) == 38

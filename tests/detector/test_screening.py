@@ -108,7 +108,8 @@ def test_the_screen_is_on_by_default_on_cpu_off_on_cuda_and_either_can_be_asked_
     import detector.scanner
 
     asked = []
-    monkeypatch.setattr(detector.scanner, "scan", lambda *args, options, **kw: asked.append(options.screen))
+    monkeypatch.setattr(detector.scanner, "scan", lambda listings, index, embedder, *args, options, **kw: asked.append(
+        options.screen if options.engine == "ray" else options.stage_options(embedder.device).screen))
     listings = tmp_path / "l.csv"
     listings.write_text("listing_id,seller_id,title,price,currency,image\n")
     on_gpu = Detector(loaded.index, dataclasses.replace(loaded.embedder, device="cuda"), loaded.policy, device="cuda",
@@ -117,10 +118,11 @@ def test_the_screen_is_on_by_default_on_cpu_off_on_cuda_and_either_can_be_asked_
         detector_.scan(listings, tmp_path / "out", screen=choice)
     assert asked == [True, False, False, True]
     # On Ray the actors, not the driver, hold the model: the default is left to their device
-    from detector.ray_engine import actor_screen
+    from detector.scanner import ScanOptions
 
     asked.clear()
     loaded.scan(listings, tmp_path / "out", engine="ray")
     assert asked == [None]
-    assert [actor_screen(None, 0), actor_screen(None, 1), actor_screen(True, 1), actor_screen(False, 0)] == \
+    options = [ScanOptions(batch_size=1, workers=1, screen=screen) for screen in (None, None, True, False)]
+    assert [o.stage_options(device).screen for o, device in zip(options, ("cpu", "cuda", "cuda", "cpu"))] == \
         [True, False, True, False]

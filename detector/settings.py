@@ -1,0 +1,49 @@
+"""Every run setting's choices, bounds and default, in one place: the API checks options against
+these tables, the CLI builds its choices and bounds from them, and the scanner, the Ray engine
+and ``index build`` ask the same functions for their defaults."""
+
+from __future__ import annotations
+
+import os
+from enum import Enum
+
+DEVICES = ("auto", "cpu", "cuda")
+BACKENDS = ("auto", "torch", "onnx")
+ENGINES = ("local", "ray")
+INDEX_TYPES = ("auto", "flat", "hnsw", "ivf", "ivfpq", "ivfdisk")
+LIMITS = {"batch_size": (1, 4096), "workers": (1, 64), "top_k": (1, 100), "ray_actors": (1, 100_000)}
+"""The range each whole-number option accepts."""
+TOP_K = 5
+"""Nearest references kept per photo (and shown by ``lookup``) when none is asked for."""
+SCAN_BATCH = {"cpu": 32, "cuda": 256}
+"""A scan's (and an index build's) photos per batch when none is asked for, by where the model runs: on an H200 a scan
+in batches of 256 ran 1.2x (every stage) to 2x (screened) faster than in batches of 32
+(docs/performance.md#gpu-path); on the CPU 32 keeps a batch's views small."""
+RAY_ACTOR_WORKERS = 2
+"""Worker threads per Ray actor when none are asked for: an actor per two CPUs keeps two busy."""
+
+
+def choices(values: tuple[str, ...], name: str) -> type[Enum]:
+    """An Enum of ``values`` for the command line's choice options (Typer shows and checks them)."""
+    return Enum(name, {value: value for value in values}, type=str)
+
+
+def default_batch(device: str) -> int:
+    """Photos per batch when none is asked for, for a model on ``device``."""
+    return SCAN_BATCH["cuda" if device == "cuda" else "cpu"]
+
+
+def default_workers(engine: str = "local") -> int:
+    """Worker threads when none are asked for: one per CPU core, within ``LIMITS`` (a Ray
+    actor's: ``RAY_ACTOR_WORKERS``)."""
+    if engine == "ray":
+        return RAY_ACTOR_WORKERS
+    low, high = LIMITS["workers"]
+    return max(low, min(high, os.cpu_count() or low))
+
+
+def default_screen(device: str) -> bool:
+    """Whether the first-stage screen runs when not asked: where the network runs on the CPU.
+    On CUDA the window views cost little and the screen's keypoint matching cost more than it
+    saved (docs/performance.md#gpu-path)."""
+    return device == "cpu"
