@@ -44,12 +44,10 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from detector.demo import EDITS, draw_product, make_demo_dataset  # noqa: E402
-from detector.embedders import CPU_CHUNK  # noqa: E402
-from index.search import INDEX_KINDS, IVF_NPROBE, build_faiss_index, choose_index_kind, hnsw_ef_search  # noqa: E402
+from detector.demo import EDITS, draw_product, make_demo_dataset
+from detector.embedders import CPU_CHUNK
+from index.search import INDEX_KINDS, IVF_NPROBE, build_faiss_index, choose_index_kind, hnsw_ef_search
 
 FORWARD_CHUNK = CPU_CHUNK  # the views per run the embedder uses on CPU
 
@@ -206,7 +204,7 @@ def lookups(index_dir: Path, photo: Path, repeats: int = 5) -> dict:
 
 SPECTRUM_SLOPE = 1.2
 """Real Lite0 view embeddings' residual variance falls off as rank^-1.2 (power-law fit over ranks
-10-400; scripts/embedding_stats.py on eval-public's 3,492 views gave 1.17, and 0.93-1.43 over
+10-400; scripts/studies/embedding_stats.py on eval-public's 3,492 views gave 1.17, and 0.93-1.43 over
 other rank ranges). Top 50 of 1,280 directions hold 57% of the variance."""
 SHARED, PRODUCT, PHOTO = 0.41, 0.39, 0.20
 """Shares of a vector's squared norm: the component every photo shares (real: unrelated photos

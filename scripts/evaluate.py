@@ -22,10 +22,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detector import Detector, build_index  # noqa: E402
-from detector.profile import StageClock  # noqa: E402
+from detector import Detector, build_index
+from detector.profile import StageClock
 
 
 def precision_recall_f1(predicted: list[bool], actual: list[bool]) -> dict:

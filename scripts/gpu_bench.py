@@ -30,17 +30,14 @@ import argparse
 import csv
 import json
 import os
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from detector.images import decode_image, read_image_bytes  # noqa: E402
+from detector.images import decode_image, read_image_bytes
 
 VIEW = 224
 

@@ -25,10 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from scripts.bench import VectorModel  # noqa: E402
+from bench import VectorModel
 
 QUERIES = 200
 

@@ -13,14 +13,12 @@ from __future__ import annotations
 import argparse
 import secrets
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detector.review_server import Workbench, running  # noqa: E402
+from detector.review_server import Workbench, running
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,11 +23,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from detector.demo import make_demo_dataset  # noqa: E402
-from scripts.bench import run_measured  # noqa: E402
+from detector.demo import make_demo_dataset
+from bench import run_measured
 
 
 def write_table(data_listings: Path, rows: int, path: Path) -> None:

@@ -7,7 +7,7 @@ with the share of derived listings whose true-product score beats the 95th perce
 non-derived listings' best scores (a threshold-free separation measure). Truth is read here,
 never in the detector.
 
-    python scripts/ablate_descriptors.py ../shared/eval-public
+    python -m scripts.studies.ablate_descriptors ../shared/eval-public
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ correlation times its edges found, then the correlation within the mark's hull).
 listing, how often the right brand's mark is found, a wrong one, or none, and each search's cost
 per photo (SIFT extraction not included: the scanner takes it for verification anyway).
 
-    python scripts/ablate_marks.py ../shared/public-logo [--counts 3,4,5]
+    python -m scripts.studies.ablate_marks ../shared/public-logo [--counts 3,4,5]
 """
 
 from __future__ import annotations
@@ -23,11 +23,10 @@ from pathlib import Path
 
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detector.mark_shapes import ShapeSearch, calibrate_level, photo_pixels, searched_by_shape  # noqa: E402
-from detector.marks import MIN_INLIERS, find_marks, prepare_mark  # noqa: E402
-from detector.verify import extract  # noqa: E402
+from detector.mark_shapes import ShapeSearch, calibrate_level, photo_pixels, searched_by_shape
+from detector.marks import MIN_INLIERS, find_marks, prepare_mark
+from detector.verify import extract
 
 
 def main(argv: list[str] | None = None) -> int:

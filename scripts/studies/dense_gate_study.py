@@ -14,27 +14,24 @@ It reports, for each setting, what such a gate would stop among the listings the
 flagged on each labelled folder (an ``evaluate.py`` work folder, as ``gate_study.py`` reads them)
 and what share of unprotected pictures it would let through.
 
-    python scripts/dense_gate_study.py ../shared/eval-public:W1 [FOLDER:WORK ...] \\
+    python -m scripts.studies.dense_gate_study ../shared/eval-public:W1 [FOLDER:WORK ...] \\
         --unprotected DIR --against W1 [--limit 300] [--out dense-gates.json]
 """
 
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gate_study import MARGINS, TEN, labelled, study_arguments  # noqa: E402
+from scripts.studies.gate_study import MARGINS, TEN, labelled, study_arguments
 
-from detector.embedders import create_embedder  # noqa: E402
-from detector.images import ImageError, decode_image, read_image_bytes  # noqa: E402
-from detector.matches import open_index, search_views  # noqa: E402
+from detector.embedders import create_embedder
+from detector.images import ImageError, decode_image, read_image_bytes
+from detector.matches import open_index, search_views
 
 MAPS = ("stride16", "stride32")
 LEVELS = (0.5, 0.6, 0.7)

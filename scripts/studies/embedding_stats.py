@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Measure the statistics of real photo embeddings that scripts/bench.py's synthetic vectors copy.
 
-    python scripts/embedding_stats.py PHOTO_DIR [PHOTO_DIR ...] [--embedder lite0]
+    python -m scripts.studies.embedding_stats PHOTO_DIR [PHOTO_DIR ...] [--embedder lite0]
 
 Embeds every photo's listing views (the vectors a scan searches with) and prints: the norm of
 the mean vector (the component all photos share), the mean cosine of unrelated pairs, the share
@@ -18,12 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from detector.embedders import create_embedder  # noqa: E402
-from detector.images import decode_image  # noqa: E402
-from detector.views import listing_views  # noqa: E402
+from detector.embedders import create_embedder
+from detector.images import decode_image
+from detector.views import listing_views
 
 SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 

@@ -24,7 +24,7 @@ On each labelled folder (an ``evaluate.py`` work folder: its index, embedding ca
 state is a visual match or a veto and the flagged ones that the gate would have stopped early;
 on a folder of unprotected pictures it counts the share the gate lets through.
 
-    python scripts/gate_study.py ../shared/eval-public:eval-work [FOLDER:WORK ...]
+    python -m scripts.studies.gate_study ../shared/eval-public:eval-work [FOLDER:WORK ...]
         --unprotected DIR --against eval-work [--limit 300] [--out gates.json]
 """
 
@@ -34,23 +34,21 @@ import argparse
 import csv
 import hashlib
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detector import verify  # noqa: E402
-from detector.cache import EmbeddingCache  # noqa: E402
-from detector.images import ImageError, decode_image, read_image_bytes  # noqa: E402
-from detector.marks import find_marks  # noqa: E402
-from detector.matches import ReferenceFeatures, index_marks, open_index, search_views, to_verify, verify_hits  # noqa: E402
-from detector.scanner import cache_key  # noqa: E402
-from detector.tables import image_files  # noqa: E402
-from detector.views import listing_views  # noqa: E402
+from detector import verify
+from detector.cache import EmbeddingCache
+from detector.images import ImageError, decode_image, read_image_bytes
+from detector.marks import find_marks
+from detector.matches import ReferenceFeatures, index_marks, open_index, search_views, to_verify, verify_hits
+from detector.scanner import cache_key
+from detector.tables import image_files
+from detector.views import listing_views
 
 LEVELS = (0.4, 0.45, 0.5, 0.55, 0.6)
 KEYPOINTS = (3, 4, 5, 6)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Measure where the history's "same photo" threshold (policy [history] link_similarity) should sit.
 
-    python scripts/link_threshold.py BENCH_DIR [--limit 200]
+    python -m scripts.studies.link_threshold BENCH_DIR [--limit 200]
 
 On a labelled folder like shared/eval-public (listings.csv + truth.csv), compares whole-image
 embeddings, the vectors the scan history keeps, for three kinds of pairs:
@@ -24,11 +24,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from detector.embedders import create_embedder  # noqa: E402
-from detector.images import decode_image  # noqa: E402
+from detector.embedders import create_embedder
+from detector.images import decode_image
 
 
 def _jpeg(image: Image.Image, quality: int) -> Image.Image:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """How often do `counterfeit prevalence`'s 95% intervals cover the truth? A simulation.
 
-    python scripts/prevalence_coverage.py [--reviews 1000] [--n 400] [--seed 0]
+    python -m scripts.studies.prevalence_coverage [--reviews 1000] [--n 400] [--seed 0]
 
 A synthetic night: 3 brands, 100,000 decided listings, where the scanner flagged 1,500 (of which
 80-90% are fakes, by brand) and cleared the rest (among which 0.1-0.4% are missed fakes). Each
@@ -14,15 +14,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from detector.prevalence import Stratum, estimate  # noqa: E402
-from detector.sampling import FLAGGED_SHARE, allocate  # noqa: E402
+from detector.prevalence import Stratum, estimate
+from detector.sampling import FLAGGED_SHARE, allocate
 
 # stratum → (listings, counterfeit among them)
 NIGHT = {

@@ -7,26 +7,24 @@ benchmark photos), then embeds the six listing views of the photos in --photos w
 models, side by side in one run: views/s of each, and the cosine of each int8 vector to its fp32
 vector. Issue 18 adopts int8 only if every vector stays within 1e-3 cosine.
 
-    python scripts/quantize_study.py --calibration DIR --photos DIR [--limit 96] [--out W]
+    python -m scripts.studies.quantize_study --calibration DIR --photos DIR [--limit 96] [--out W]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detector.embedders import CPU_CHUNK, create_embedder  # noqa: E402
-from detector.images import decode_image, read_image_bytes  # noqa: E402
-from detector.paths import cache_dir  # noqa: E402
-from detector.tables import image_files  # noqa: E402
-from detector.views import listing_views  # noqa: E402
+from detector.embedders import CPU_CHUNK, create_embedder
+from detector.images import decode_image, read_image_bytes
+from detector.paths import cache_dir
+from detector.tables import image_files
+from detector.views import listing_views
 
 
 def pictures(folder: Path, limit: int) -> list[Path]:

@@ -7,15 +7,15 @@ asks whether regional pooling from one forward pass holds quality: the whole pho
 gives Lite0 a 10 x 10 feature map, on which each 60% window is exactly 6 x 6 cells, pooled (GeM)
 like a view. That is about 2 views' worth of network instead of 5.
 
-    python scripts/regional_study.py vectors BENCH --work W [--limit 80] [--size 320]
-    python scripts/regional_study.py evaluate BENCH --work W2 [evaluate.py's options]
+    python -m scripts.studies.regional_study vectors BENCH --work W [--limit 80] [--size 320]
+    python -m scripts.studies.regional_study evaluate BENCH --work W2 [evaluate.py's options]
 
 ``vectors``: for the listings of BENCH whose truth names a product (W an ``evaluate.py`` work
 folder holding BENCH's index), the cosine of each pooled window to its crop, whether the best
 reference over the six views stays the same, how often it is the right product, and the network
-time of both (eager torch, 2 threads). ``evaluate``: ``scripts/evaluate.py`` with the window views
-of the photos the screen sends on pooled from the one pass (in-process; the whole view is
-unchanged), to compare with a plain ``evaluate.py`` run on the same folder.
+time of both (eager torch, 2 threads). ``evaluate``: ``scripts/evaluate.py`` with the ``windows`` stage
+replaced by one that pools them from the one pass (in-process; the whole view is unchanged), to
+compare with a plain ``evaluate.py`` run on the same folder.
 """
 
 from __future__ import annotations
@@ -29,13 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from detector.embedders import Embedder, _pool, create_embedder  # noqa: E402
-from detector.images import decode_image  # noqa: E402
-from detector.views import WINDOW, listing_views  # noqa: E402
-from index.store import load_index  # noqa: E402
+from detector.embedders import Embedder, create_embedder, pool_features
+from detector.images import decode_image
+from detector.views import WINDOW, listing_views
+from index.store import load_index
 
 SIZE = 320
 
@@ -54,7 +52,7 @@ def pooled_windows(torch, embedder: Embedder, batch: np.ndarray) -> np.ndarray:
     embedder._with_torch()
     with torch.inference_mode():
         features = embedder.model(torch.from_numpy(np.ascontiguousarray(batch))).float()
-    pooled = torch.stack([_pool(features[:, :, r:r + k, c:c + k], embedder.pooling)
+    pooled = torch.stack([pool_features(features[:, :, r:r + k, c:c + k], embedder.pooling)
                           for r, c, k in window_cells(batch.shape[-1])], 1)
     return torch.nn.functional.normalize(pooled.reshape(-1, pooled.shape[-1]), dim=1).numpy()
 
@@ -98,17 +96,25 @@ def vectors(bench: Path, work: Path, limit: int, size: int) -> None:
 def evaluate_pooled(argv: list[str], size: int) -> int:
     import torch
 
-    import detector.evidence as evidence
-    import evaluate
+    import detector.stages as stages
+    from detector.stages.network import Windows
+    from scripts import evaluate
 
-    def embed_arrays(self, batch, _plain=Embedder.embed_arrays):
-        return pooled_windows(torch, self, batch) if batch.ndim == 4 and batch.shape[-1] == size else _plain(self, batch)
+    class PooledWindows(Windows):
+        """The five windows pooled from one ``size`` px pass instead of five crops."""
 
-    def window_arrays(self, image):
-        return dataclasses.replace(self.embedder.preprocess, size=size)(image)[None]
+        version = f"pooled-{size}-v1"
 
-    Embedder.embed_arrays = embed_arrays
-    evidence.EvidenceMaker.window_arrays = window_arrays
+        def prepare(self, photo, ctx):
+            photo.scratch["array"] = dataclasses.replace(ctx.embedder.preprocess, size=size)(photo.input("pixels", ctx))
+
+        def run_batch(self, photos, ctx):
+            vectors = pooled_windows(torch, ctx.embedder, np.stack([p.scratch.pop("array") for p in photos]))
+            for photo in photos:
+                photo.computed = True
+            return [{"windows": vectors[i * 5:(i + 1) * 5]} for i in range(len(photos))]
+
+    stages.STAGES[[s.name for s in stages.STAGES].index("windows")] = PooledWindows()
     return evaluate.main(argv)
 
 
