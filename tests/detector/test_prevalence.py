@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from detector.cli import app
 from detector.prevalence import Stratum, domain_share, estimate, korn_graubard
-from scripts.prevalence_coverage import NIGHT, simulate
+from scripts.studies.prevalence_coverage import NIGHT, simulate
 from tests.detector.test_sampling import decisions, write_decisions
 
 runner = CliRunner()
