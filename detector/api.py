@@ -60,11 +60,15 @@ def _index_errors() -> Iterator[None]:
 
 
 def _existing(what: str, path: str | Path | None) -> Path | None:
+    """``path`` as a Path when it is a regular file or a folder (``None`` stays ``None``)."""
     if path is None:
         return None
     path = Path(path)
     if not path.exists():
         raise UserError(f"{what} not found: {path}")
+    if not (path.is_file() or path.is_dir()):
+        raise UserError(f"{what} {path} is neither a file nor a folder (a named pipe or a device cannot be"
+                        " read twice, as a scan reads its input); save it to a file first")
     return path
 
 
@@ -248,7 +252,7 @@ class Detector:
         """Open INDEX_DIR with the embedder that built it. ``policy``: a TOML file overriding the
         defaults, or a :class:`Policy`; ``cache``: True for the default embedding cache, a file
         for another, False for none."""
-        policy = policy if isinstance(policy, Policy) else load_policy(None if policy is None else Path(policy))
+        policy = policy if isinstance(policy, Policy) else load_policy(_existing("policy file", policy))
         _choice("device", device, DEVICES)
         _choice("backend", backend, BACKENDS)
         from detector.matches import open_index
@@ -261,7 +265,7 @@ class Detector:
     def using(self, *, policy: str | Path | Policy | None = None, cache: str | Path | bool | None = None) -> Detector:
         """The same index and model with another policy or cache (nothing is loaded again)."""
         if policy is not None and not isinstance(policy, Policy):
-            policy = load_policy(Path(policy))
+            policy = load_policy(_existing("policy file", policy))
         cache_path = self.cache_path if cache is None else _cache_path(cache)
         return Detector(self.index, self.embedder, policy or self.policy, device=self.device, backend=self.backend,
                         cache=cache_path)
@@ -308,9 +312,17 @@ class Detector:
         the caller's, so it is trusted (no folder boundary)."""
         if price is not None and not currency:
             raise UserError("a price needs its currency (for example currency='USD')")
-        if price is not None and (isinstance(price, bool) or not isinstance(price, (int, float))
-                                  or not math.isfinite(price) or price < 0):
-            raise UserError(f"price must be a non-negative number, not {price!r}")
+        if price is not None:
+            from detector.tables import parse_price
+
+            if isinstance(price, bool) or not isinstance(price, (int, float)):
+                why = "it is not a number"
+            elif not math.isfinite(price):
+                why = "it is not a finite number"
+            else:
+                why = parse_price(price)[1]
+            if why:  # the rule a scan applies to a row's price (there the row keeps a price_unreadable remark)
+                raise UserError(f"price must be a non-negative number a scan would compare, not {price!r}: {why}")
         _whole("top_k", top_k)
         from detector.evidence import EvidenceMaker
         from detector.judging import Judge

@@ -20,6 +20,7 @@ import threading
 import numpy as np
 from PIL import Image
 
+from detector.paths import import_onnxruntime
 from detector.records import Sighting
 from detector.spelling import letters, misspelt_brand
 
@@ -53,6 +54,8 @@ class WordReader:
 
     def __init__(self, brands: list[str]):
         self.brands = [b for b in brands if len(letters(b)) >= MIN_NAME]
+        if self.brands:
+            import_onnxruntime()  # here, on the caller's thread: it sets the environment while it imports
         self._engine = None
         self._lock = threading.Lock()
 
@@ -61,7 +64,7 @@ class WordReader:
 
     def _ocr(self):
         if self._engine is None:
-            from rapidocr import RapidOCR
+            from rapidocr import RapidOCR  # after import_onnxruntime (__init__): its files stay in our cache folder
 
             self._engine = RapidOCR(params={"Global.log_level": "error",  # it reports every model it loads
                                             "Det.limit_side_len": DETECT_SIDE})

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from detector.errors import UserError
-from detector.paths import cache_dir
+from detector.paths import cache_dir, import_onnxruntime
 from index.files import file_sha256, replacing
 
 ONNX_TOLERANCE = 1e-4
@@ -167,7 +167,7 @@ class Embedder:
         if self.device != "cpu":
             return False
         try:
-            import onnxruntime
+            onnxruntime = import_onnxruntime()
         except ImportError:
             return False
         self._with_torch()
@@ -214,8 +214,7 @@ def _verified_onnx(name: str, weights_file: Callable[..., Path] | None, weights:
     if weights_file is None or weights == "torchvision":
         return None
     try:
-        import onnxruntime
-
+        onnxruntime = import_onnxruntime()
         weights_path = weights_file(weights)
         folder = cache_dir() / "onnx"
         record = json.loads(_verified_record(folder, name, _weights_digest(weights_path)).read_text())

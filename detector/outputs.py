@@ -2,7 +2,9 @@
 
 Each file is written under a temporary name and moved into place only when complete, so a
 reader never sees half a file. Strings in flagged.csv are neutralised against spreadsheet
-formula injection (a leading ``= + - @`` or control character gets a ``'`` prefix).
+formula injection (a leading ``= + - @`` or control character gets a ``'`` prefix), and no text
+output carries a raw control character (NUL and the like, which a listing's title or id can hold):
+each is written as U+FFFD, as an HTML parser shows it. decisions.jsonl escapes them as JSON does.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from pathlib import Path
 
 from detector.decisions import FLAGGED, Decision
@@ -21,6 +24,12 @@ FLAGGED_COLUMNS = (
     "image", "reference_image", "reasons",
 )
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def printable(text: str) -> str:
+    """``text`` with every control character but tab and line breaks replaced by U+FFFD."""
+    return _CONTROL.sub("\ufffd", text)
 
 
 def csv_safe(value) -> str | float | int:
@@ -31,7 +40,7 @@ def csv_safe(value) -> str | float | int:
         return "yes" if value else "no"
     if isinstance(value, (int, float)):
         return value
-    text = str(value)
+    text = printable(str(value))
     return "'" + text if text.startswith(_FORMULA_START) else text
 
 

@@ -1,7 +1,7 @@
 """report.html: a page a reviewer can work from, with thumbnails beside the matched references.
 
 Every string is escaped by Jinja2's autoescape (titles, seller ids and file names are written by
-attackers), and a Content-Security-Policy forbids scripts. Thumbnails are small JPEGs in
+attackers), control characters are shown as U+FFFD, and a Content-Security-Policy forbids scripts. Thumbnails are small JPEGs in
 ``thumbs/`` beside the page, so the whole folder can be zipped and mailed.
 """
 
@@ -13,6 +13,7 @@ from pathlib import Path
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from detector.images import decode_image, read_image_bytes
+from detector.outputs import printable
 from index.files import atomic_write, replacing
 
 THUMB_SIZE = 240
@@ -65,7 +66,8 @@ def write_report(out_dir: Path, summary: dict, flagged: list[dict]) -> Path:
         {**r, "thumb": make_thumbnail(r.get("image_path"), out_dir), "ref_thumb": make_thumbnail(r.get("reference_path"), out_dir)}
         for r in shown
     ]
-    env = Environment(loader=PackageLoader("detector", "templates"), autoescape=select_autoescape(["html"]))
+    env = Environment(loader=PackageLoader("detector", "templates"), autoescape=select_autoescape(["html"]),
+                      finalize=lambda value: printable(value) if type(value) is str else value)
     chart = trend_chart(summary["history"]["trend"]) if summary.get("history") else None
     html = env.get_template("report.html").render(summary=summary, rows=rows, shown=len(shown), total=len(ranked),
                                                   chart=chart)

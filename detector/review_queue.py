@@ -9,7 +9,6 @@ reference image. A request names a listing, never a path.
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,19 +64,10 @@ def _region(decision: dict) -> list | None:
 
 def _photo_files(out_dir: Path, items: list[dict]) -> dict[str, str | None]:
     """Each item's listing photo as the scan resolved it (its progress database), or None."""
-    state = Path(out_dir) / ".scan" / "state.sqlite"
-    if not state.is_file():
-        return {}
-    try:
-        db = sqlite3.connect(f"file:{state}?mode=ro", uri=True)
-        try:
-            return {item["listing_id"]: (db.execute(
-                "SELECT path FROM rows WHERE listing_id = ? AND image IS ? AND error IS NULL ORDER BY row LIMIT 1",
-                (item["listing_id"], item["image"])).fetchone() or (None,))[0] for item in items}
-        finally:
-            db.close()
-    except sqlite3.Error:
-        return {}
+    from detector.scanner import listing_photo_paths
+
+    found = listing_photo_paths(out_dir, [(item["listing_id"], item["image"]) for item in items])
+    return {item["listing_id"]: found.get((item["listing_id"], item["image"])) for item in items}
 
 
 def _reference_files(out_dir: Path, items: list[dict]) -> dict[str, str | None]:

@@ -41,6 +41,7 @@ from starlette.routing import Route
 
 from detector.errors import UserError
 from detector.labels import LABELS, LabelStore
+from detector.outputs import printable
 from detector.report import make_thumbnail
 from detector.review_queue import Queue, load_queue
 
@@ -194,8 +195,8 @@ class Workbench:
             return _error(404, "no such listing in this review queue")
         if label not in LABELS:
             return _error(422, f"label must be one of {', '.join(LABELS)}")
-        if not isinstance(reviewer, str) or not reviewer.strip() or len(reviewer) > 200:
-            return _error(422, "reviewer must be a name of 1 to 200 characters")
+        if not isinstance(reviewer, str) or not reviewer.strip() or len(reviewer) > 200 or printable(reviewer) != reviewer:
+            return _error(422, "reviewer must be a name of 1 to 200 characters, none of them a control character")
         saved = await run_in_threadpool(self._save, listing_id, label, reviewer.strip())
         return JSONResponse(saved.as_record(), status_code=201)
 

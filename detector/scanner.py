@@ -266,6 +266,33 @@ class ScanState:
         self.db.close()
 
 
+def listing_photo_paths(out_dir: Path, wanted: list[tuple[str, str | None]]) -> dict[tuple[str, str | None], str | None]:
+    """Where a finished scan in ``out_dir`` found each (listing_id, image) photo: the file its
+    ``read`` stage resolved, or ``None`` (unreadable, or not in the scan). Reads the progress
+    database read-only, never by position; ``{}`` when there is none or it cannot be read."""
+    state = Path(out_dir) / STATE_DIR / "state.sqlite"
+    if not state.is_file():
+        return {}
+    try:
+        db = sqlite3.connect(f"file:{state}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return {}
+    found: dict[tuple[str, str | None], str | None] = {}
+    try:
+        for listing_id, image in wanted:
+            found[(listing_id, image)] = None
+            for (text,) in db.execute("SELECT record FROM rows WHERE listing_id = ? ORDER BY row", (listing_id,)):
+                evidence = Evidence.from_record(json.loads(text))
+                if evidence.image == image and not evidence.error:
+                    found[(listing_id, image)] = evidence.path
+                    break
+    except (sqlite3.Error, ValueError, TypeError):
+        return {}
+    finally:
+        db.close()
+    return found
+
+
 def _row_crc(row: int, listing_id: str, record: str) -> int:
     return zlib.crc32(json.dumps([row, listing_id, record]).encode())
 
@@ -314,6 +341,9 @@ def scan(
     listings, out_dir = Path(listings), Path(out_dir)
     if not listings.exists():
         raise UserError(f"listings not found: {listings}")
+    if not (listings.is_file() or listings.is_dir()):
+        raise UserError(f"listings {listings} is neither a file nor a folder (a named pipe or a device cannot be read"
+                        " twice, as a scan reads its input); save it to a file first")
     if listings.is_file():
         require_columns(listings, LISTING_REQUIRED, table_columns(listings))
     try:

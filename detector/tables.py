@@ -211,8 +211,12 @@ class ListingRow:
 
 
 def listing_from_record(row: int, line: int, record: dict) -> ListingRow:
-    """Validate one raw record into a :class:`ListingRow`; problems become ``error`` or ``notes``."""
-    listing_id = _text(record.get("listing_id"))
+    """Validate one raw record into a :class:`ListingRow`; problems become ``error`` or ``notes``.
+    A listing_id longer than MAX_FIELD is refused (the row is an error named by its line), never
+    cut: two long ids that differ only beyond the cut would merge into one listing."""
+    raw_id = "" if record.get("listing_id") is None else str(record.get("listing_id")).strip()
+    too_long = len(raw_id) > MAX_FIELD
+    listing_id = "" if too_long else _text(record.get("listing_id"))
     listing = ListingRow(
         row=row,
         line=line,
@@ -226,7 +230,7 @@ def listing_from_record(row: int, line: int, record: dict) -> ListingRow:
     if "__error__" in record:
         listing.error = f"line {line}: {record['__error__']}"
         return listing
-    if not listing_id:
+    if not listing_id and not too_long:
         listing.error = f"line {line}: missing listing_id"
         return listing
     if not listing.image:
@@ -235,6 +239,8 @@ def listing_from_record(row: int, line: int, record: dict) -> ListingRow:
     listing.price = price
     if why:
         listing.notes.append(("price_unreadable", f"{why}; price not compared"))
+    if too_long:
+        listing.error = f"line {line}: listing_id is {len(raw_id):,} characters long, over the {MAX_FIELD:,} limit"
     if listing.seller_id is None:
         listing.notes.append(("seller_missing", "no seller id given; seller not checked"))
     if "__extra__" in record:

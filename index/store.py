@@ -294,6 +294,19 @@ def _read_checked(index_dir: Path, spec: dict, brand: str) -> bytes:
     return _checked(index_dir, spec, brand, keep=True)[1]
 
 
+def verify_files(index_dir: Path) -> int:
+    """Check every data file of INDEX_DIR against the manifest's size and SHA-256 (the FAISS
+    indexes included, which ``load_index(load_indexes=False)`` does not read); the number checked."""
+    index_dir = Path(index_dir)
+    manifest = read_manifest(index_dir)
+    checked = 0
+    for brand, entry in manifest["brands"].items():
+        for spec in entry["files"].values():
+            _checked_path(index_dir, spec, brand)
+            checked += 1
+    return checked
+
+
 def _open_brand_index(index_dir: Path, files: dict, brand: str) -> faiss.Index:
     if "lists" in files:
         _checked_path(index_dir, files["lists"], brand)

@@ -97,6 +97,59 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     )
 
 
+AT_PROGRESS = """
+import os, signal, sys, time
+from pathlib import Path
+
+import detector.api as api
+
+WHAT, AT, ACTION = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+
+
+def at_progress(kind, report):
+    fired = []
+
+    def report_then_act(done, total):
+        if report:
+            report(done, total)
+        if kind != WHAT or done < AT or fired:
+            return
+        fired.append(done)
+        if ACTION == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        folder = Path(ACTION.split(":", 1)[1])  # pause:FOLDER: say so, then wait for the test's go
+        (folder / "reached").write_text(str(os.getpid()))
+        while not (folder / "go").exists():
+            time.sleep(0.02)
+
+    return report_then_act
+
+
+real_build, real_scan = api.build_index, api.Detector.scan
+api.build_index = lambda *a, on_progress=None, on_calibration=None, **kw: real_build(
+    *a, on_progress=at_progress("embedded", on_progress), on_calibration=at_progress("calibrated", on_calibration), **kw)
+api.Detector.scan = lambda self, *a, on_progress=None, **kw: real_scan(
+    self, *a, on_progress=at_progress("scanned", on_progress), **kw)
+from detector.cli import main
+sys.argv = ["counterfeit", *sys.argv[4:]]
+main()
+"""
+
+
+def cli_at_progress(what: str, at: int, action: str, *args: str) -> list[str]:
+    """The command line of the console entry point in a fresh process that acts once its progress
+    reports ``at`` of ``what`` (``embedded`` or ``calibrated`` photos of an index build, ``scanned``
+    rows of a scan): ``kill`` (SIGKILL itself) or ``pause:FOLDER`` (write FOLDER/reached with its
+    pid, then wait until FOLDER/go exists). Tied to the work done, not to the clock."""
+    return [sys.executable, "-c", AT_PROGRESS, what, str(at), action, *args]
+
+
+def run_cli_killed_at(what: str, at: int, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """:func:`cli_at_progress` with ``kill``, run to its end: return code -9 when it was killed."""
+    return subprocess.run(cli_at_progress(what, at, "kill", *args), capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "COLUMNS": "200"})
+
+
 def png_with_declared_size(width: int, height: int) -> bytes:
     """A tiny PNG file whose header declares ``width`` × ``height`` pixels: a decompression bomb."""
 

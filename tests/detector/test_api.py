@@ -68,6 +68,7 @@ def test_without_listing_facts_a_lookup_says_only_what_the_photo_shows(opened, d
         ({"price": 5.0}, "needs its currency"),
         ({"price": -1.0, "currency": "USD"}, "non-negative number"),
         ({"price": float("nan"), "currency": "USD"}, "non-negative number"),
+        ({"price": 1e308, "currency": "USD"}, "implausibly large"),  # as a scan calls the same price
         ({"top_k": 0}, "top_k must be a whole number from 1 to 100"),
     ],
 )
@@ -111,7 +112,7 @@ def test_scan_options_are_checked_before_anything_is_embedded(opened, demo_data,
 def test_open_and_build_check_their_options(demo_index, demo_data, tmp_path):
     with pytest.raises(UserError, match="device must be one of auto, cpu, cuda"):
         Detector.open(demo_index, device="tpu")
-    with pytest.raises(UserError, match="cannot read policy file"):
+    with pytest.raises(UserError, match="policy file not found"):
         Detector.open(demo_index, policy=tmp_path / "absent.toml")
     with pytest.raises(UserError, match="no index at"):
         Detector.open(tmp_path)

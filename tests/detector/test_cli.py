@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 from typer.testing import CliRunner
 
 from detector.cli import app
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_cli_killed_at
 
 runner = CliRunner()
 
@@ -39,10 +37,24 @@ def test_index_info_describes_the_index(demo_index):
     result = invoke("index", "info", demo_index)
     assert result.exit_code == 0, result.output
     assert "lite0" in result.output and "3 brands, 12 products, 12 photos" in result.output
-    assert "Aurora" in result.output and "all files verified" in result.output
+    assert "Aurora" in result.output and "all 12 data files verified" in result.output
     assert "new photos need" in result.output and "keypoints" in result.output
     manifest = json.loads(invoke("index", "info", demo_index, "--json").output)
     assert manifest["counts"]["brands"] == 3 and manifest["embedder"]["name"] == "lite0"
+
+
+def test_index_info_finds_a_flipped_byte_in_a_faiss_file_as_scan_and_lookup_do(demo_index, demo_data, tmp_path):
+    index = shutil.copytree(demo_index, tmp_path / "idx")
+    faiss_file = next((index / "data").glob("*.faiss"))
+    data = bytearray(faiss_file.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    faiss_file.write_bytes(bytes(data))
+    result = invoke("index", "info", index)
+    assert result.exit_code == 2 and "verified" not in result.output
+    assert f"{faiss_file.name}" in result.output and "corrupt (checksum mismatch)" in result.output
+    assert "rebuild with: counterfeit index build" in " ".join(result.output.split())
+    looked = invoke("lookup", demo_data.folder / "listings" / "D000.jpg", "--index", index)
+    assert looked.exit_code == 2 and "corrupt (checksum mismatch)" in looked.output
 
 
 def test_lookup_finds_the_product_and_judges_listing_facts(demo_index, demo_data):
@@ -78,6 +90,8 @@ def test_lookup_finds_the_product_and_judges_listing_facts(demo_index, demo_data
     "args, message",
     [
         (["lookup", "{photo}", "--index", "{index}", "--price", "5"], "--price needs --currency"),
+        # the price rule a scan applies to a row (there: a price_unreadable remark), not ignored
+        (["lookup", "{photo}", "--index", "{index}", "--price", "1e308", "--currency", "USD"], "implausibly large"),
         (["lookup", "{missing}", "--index", "{index}"], "image file not found"),
         (["lookup", "{text}", "--index", "{index}"], "not a recognised image format"),
         (["lookup", "{photo}", "--index", "{missing}"], "no index at"),
@@ -122,21 +136,16 @@ def test_killed_builds_leave_the_old_index_loadable_and_a_rerun_completes(tmp_pa
     shutil.copytree(demo_index, index_dir)
     before = json.loads(invoke("index", "info", index_dir, "--json").output)
     catalog = _big_catalogue(tmp_path / "big", 240)
-    build = [sys.executable, "-m", "detector", "index", "build", str(catalog), "--out", str(index_dir),
-             "--batch-size", "8"]
-    env = {**os.environ, "COLUMNS": "200"}
-    rng = random.Random(11)
-    # start-up takes about 4 s, embedding 240 photos several more: kill in start-up, early and late
-    for delay in (rng.uniform(0.5, 3.0), rng.uniform(4.0, 6.0), rng.uniform(6.0, 9.0)):
-        process = subprocess.Popen(build, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-        time.sleep(delay)
-        assert process.poll() is None, "the build finished before it could be killed; make it bigger"
-        process.send_signal(signal.SIGKILL)
-        process.wait()
+    build = ["index", "build", str(catalog), "--out", str(index_dir), "--batch-size", "8"]
+    # killed as the first photos are embedded, half-way, and with every photo embedded (in the
+    # calibration and the writing that follow)
+    for what, at in (("embedded", 1), ("embedded", 120), ("embedded", 240)):
+        killed = run_cli_killed_at(what, at, *build)
+        assert killed.returncode == -signal.SIGKILL, f"the build was not killed at {at} {what}: {killed.stderr}"
         after = invoke("index", "info", index_dir, "--json")
         assert after.exit_code == 0, after.output
         assert json.loads(after.output) == before
-    finished = subprocess.run(build, capture_output=True, text=True, env=env)
+    finished = run_cli(*build)
     assert finished.returncode == 0, finished.stderr
     rebuilt = json.loads(invoke("index", "info", index_dir, "--json").output)
     assert rebuilt["counts"]["products"] >= 240

@@ -8,14 +8,11 @@ import json
 import os
 import signal
 import sqlite3
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from detector import Detector
-from detector.scanner import STATE_DIR
 from tests.conftest import run_cli
 from tests.detector.test_scanner import hostile_dump
 
@@ -95,36 +92,19 @@ def test_a_killed_ray_worker_is_retried_without_lost_or_duplicated_decisions(tmp
     out = tmp_path / "ray"
     killed = []
 
-    def kill_a_worker_once_work_is_under_way():
-        deadline = time.time() + 120
-        while time.time() < deadline and not killed:
-            state = out / STATE_DIR / "state.sqlite"
-            if state.exists() and _rows(state) >= 10:
-                for pid in _actor_pids()[:1]:
-                    os.kill(pid, signal.SIGKILL)
-                    killed.append(pid)
-            time.sleep(0.1)
+    def kill_a_worker_once_work_is_under_way(done, total):
+        """Called by the scan as rows are committed: at 10 rows in, one actor is killed."""
+        if done >= 10 and not killed:
+            for pid in _actor_pids()[:1]:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
 
-    killer = threading.Thread(target=kill_a_worker_once_work_is_under_way)
-    killer.start()
-    result = run(listings, out, loaded, batch_size=2, engine="ray", ray_actors=1)
-    killer.join()
+    result = run(listings, out, loaded, batch_size=2, engine="ray", ray_actors=1,
+                 on_progress=kill_a_worker_once_work_is_under_way)
     assert killed, "no Ray worker was found to kill"
     got = [json.loads(line) for line in (out / "decisions.jsonl").read_text().splitlines()]
     assert len(got) == len({d["listing_id"] for d in got}) == 3 * 38 == result.summary["listings"]
     assert outputs(out) == outputs(tmp_path / "local")
-
-
-def _rows(state):
-    import sqlite3
-
-    try:
-        db = sqlite3.connect(f"file:{state}?mode=ro", uri=True, timeout=0.1)
-        (count,) = db.execute("SELECT COUNT(*) FROM rows").fetchone()
-        db.close()
-        return count
-    except sqlite3.Error:
-        return 0
 
 
 def test_the_cli_runs_a_scan_on_ray(tmp_path, demo_data, demo_index):

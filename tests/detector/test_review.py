@@ -46,6 +46,38 @@ def post(client, listing_id, label, reviewer="ann", headers=AUTH):
     return client.post("/api/labels", json={"listing_id": listing_id, "label": label, "reviewer": reviewer}, headers=headers)
 
 
+PUBLIC = {"/favicon.ico"}
+"""The only route served without the token: an empty icon."""
+
+
+def test_every_route_of_the_app_refuses_a_request_without_the_token(scan):
+    """Every route and method in the app's own route table, so a route added later is covered."""
+    from starlette.routing import Route
+
+    bench = Workbench(scan, TOKEN)
+    app = create_app(bench)
+    routes = [route for route in app.app.routes if isinstance(route, Route)]
+    listing = decisions(scan)[0]["listing_id"]
+    values = {"name": "review.js", "listing_id": listing, "which": "listing"}
+    tried = 0
+    with TestClient(app, base_url="http://127.0.0.1:8765") as c:
+        for route in routes:
+            path = route.path_format.format(**values)
+            for method in sorted(route.methods - {"HEAD"}):
+                body = {"listing_id": listing, "label": "genuine", "reviewer": "mallory"}
+                for headers in ({}, {"Authorization": "Bearer wrong"}):
+                    response = c.request(method, path, json=body if method == "POST" else None, headers=headers,
+                                         follow_redirects=False)
+                    if route.path in PUBLIC:
+                        assert response.status_code == 204 and not response.content
+                        continue
+                    assert response.status_code == 401, (method, path, headers)
+                    assert listing not in response.text and "mallory" not in response.text
+                    tried += 1
+    assert tried >= 2 * 7 and not bench.store.latest()  # every guarded route was tried; nothing was labelled
+    bench.store.close()
+
+
 def test_without_the_token_nothing_is_shown(client):
     for path in ("/", "/?token=wrong", "/api/queue", "/api/labels", "/static/review.js"):
         response = client.get(path, follow_redirects=False)
@@ -101,6 +133,7 @@ def test_unknown_listings_labels_and_bodies_are_refused(client):
     assert post(client, "no-such-listing", "counterfeit").status_code == 404
     assert post(client, listing, "fake-ish").status_code == 422
     assert post(client, listing, "genuine", reviewer="  ").status_code == 422
+    assert post(client, listing, "genuine", reviewer="ann\x00bo").status_code == 422  # it would reach the export raw
     assert client.post("/api/labels", content="listing_id=x", headers={**AUTH, "Content-Type": "application/x-www-form-urlencoded"}).status_code == 415
     assert client.post("/api/labels", content="{not json", headers={**AUTH, "Content-Type": "application/json"}).status_code == 400
     assert client.post("/api/labels", json=["x"], headers=AUTH).status_code == 400

@@ -12,7 +12,6 @@ import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -24,7 +23,7 @@ from detector.cache import EmbeddingCache
 from detector.decisions import FINDINGS, VISUAL_STATES
 from detector.errors import UserError
 from detector.scanner import STATE_DIR, _exclusive
-from tests.conftest import png_with_declared_size, run_cli
+from tests.conftest import cli_at_progress, png_with_declared_size, run_cli, run_cli_killed_at
 
 HEADER = ["listing_id", "seller_id", "title", "price", "currency", "image"]
 
@@ -331,6 +330,83 @@ def test_a_second_scan_into_the_same_out_dir_is_refused(tmp_path, demo_data, loa
             run_scan(demo_data.listings, out, loaded)
 
 
+def test_a_second_scan_process_into_the_same_out_dir_is_refused_and_the_first_finishes(tmp_path, demo_data,
+                                                                                      demo_index):
+    args = ["scan", str(demo_data.listings), "--index", str(demo_index), "--out", str(tmp_path / "out"), "--no-cache",
+            "--batch-size", "4"]
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    first = subprocess.Popen(cli_at_progress("scanned", 8, f"pause:{gate}", *args), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200"})
+    try:
+        while not (gate / "reached").exists():  # the first scan has committed 8 rows and holds the folder
+            assert first.poll() is None, first.communicate()
+            time.sleep(0.05)
+        second = run_cli(*args)
+        assert second.returncode == 2
+        assert f"another scan (pid {first.pid}) is writing to" in second.stderr and "Traceback" not in second.stderr
+        (gate / "go").touch()
+        stdout, stderr = first.communicate(timeout=300)
+    finally:
+        first.kill()
+    assert first.returncode == 0, stderr
+    assert "38 listings:" in stdout and len(decisions(tmp_path / "out")) == 38
+
+
+def test_two_long_ids_that_differ_only_beyond_the_limit_stay_two_listings(tmp_path, demo_data, loaded):
+    """An id over 10,000 characters used to be cut there, so two listings merged into one and the
+    second one's seller and price were lost; such a row is now refused on its own."""
+    shutil.copytree(demo_data.folder / "listings", tmp_path / "listings")
+    stem = "L" * 10_000
+    rows = [[stem + "-one", "seller-a", "t", "10", "USD", "listings/D000.jpg"],
+            [stem + "-two", "seller-b", "t", "99", "USD", "listings/D001.jpg"],
+            ["short", "seller-c", "t", "5", "USD", "listings/D002.jpg"]]
+    with open(tmp_path / "l.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([HEADER, *rows])
+    run_scan(tmp_path / "l.csv", tmp_path / "out", loaded)
+    got = decisions(tmp_path / "out")
+    assert len(got) == 3 and len({d["listing_id"] for d in got}) == 3
+    refused = {d["listing_id"]: d for d in got if d["verdict"] == "error"}
+    assert set(refused) == {"(line 2)", "(line 3)"}
+    assert [(d["seller_id"], d["price"]) for d in refused.values()] == [("seller-a", 10.0), ("seller-b", 99.0)]
+    assert all("10,004 characters long, over the 10,000 limit" in d["error"] for d in refused.values())
+    assert not any(f["code"] == "rows_disagree" for d in got for f in d["findings"])
+
+
+def test_control_characters_in_ids_titles_and_reviewer_names_never_reach_an_output_raw(tmp_path, demo_data, loaded):
+    shutil.copytree(demo_data.folder / "listings", tmp_path / "listings")
+    hostile = {"listing_id": "L\x00one", "seller_id": "rogue\x00", "title": "Aurora\x00 replica \x1b[31m AAA",
+               "price": "1", "currency": "USD", "image": "listings/D000.jpg"}
+    (tmp_path / "l.jsonl").write_text(json.dumps(hostile) + "\n", encoding="utf-8")
+    out = run_scan(tmp_path / "l.jsonl", tmp_path / "out", loaded).out_dir
+    (decision,) = decisions(out)
+    assert decision["verdict"] == "flagged" and decision["listing_id"] == "L\x00one"  # the record keeps the data
+    for name in ("flagged.csv", "report.html"):
+        text = (out / name).read_text(encoding="utf-8")
+        assert "\x00" not in text and "\x1b" not in text, name
+        assert "L\ufffdone" in text and "Aurora\ufffd replica" in text, name
+    from detector.labels import LabelStore, export
+
+    store = LabelStore(out)
+    store.add("L\x00one", "counterfeit", "ann")
+    store.close()
+    export(out, tmp_path / "labels.csv")
+    assert "\x00" not in (tmp_path / "labels.csv").read_text(encoding="utf-8")
+
+
+def test_a_named_pipe_as_the_listings_or_the_policy_is_refused_at_once_not_waited_on(tmp_path, demo_index):
+    pipe = tmp_path / "listings.csv"
+    os.mkfifo(pipe)
+    result = run_cli("scan", str(pipe), "--index", str(demo_index), "--out", str(tmp_path / "out"), timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "is neither a file nor a folder" in result.stderr and "Traceback" not in result.stderr
+    policy = tmp_path / "policy.toml"
+    os.mkfifo(policy)
+    looked = run_cli("lookup", str(demo_index / "manifest.json"), "--index", str(demo_index), "--policy", str(policy),
+                     timeout=60)
+    assert looked.returncode == 2 and "policy file" in looked.stderr and "neither a file nor a folder" in looked.stderr
+
+
 def test_out_dir_of_another_input_is_refused_unless_restarted(tmp_path, demo_data, loaded):
     out = tmp_path / "out"
     run_scan(demo_data.listings, out, loaded)
@@ -397,21 +473,14 @@ def test_kill_and_resume_gives_the_same_decisions_as_a_clean_run(tmp_path, demo_
 
     out = tmp_path / "killed"
     rng = random.Random(7)
-    kills = 0
+    # SIGKILL at random committed rows, then once every row is in (while the outputs are written)
     for attempt in range(5):
-        target = 38 if attempt == 4 else min(37, _next_row(out) + rng.randint(2, 8))
-        process = subprocess.Popen([sys.executable, "-m", "detector", "scan", *args, "--out", str(out)],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 60
-        while process.poll() is None and _next_row(out) < target and time.time() < deadline:
-            time.sleep(0.01)
-        if process.poll() is None:
-            process.send_signal(signal.SIGKILL)
-            kills += 1
-        process.wait()
-        if attempt < 4 and kills == attempt + 1:  # outputs appear only once every row is in
+        at = 38 if attempt == 4 else min(37, _next_row(out) + rng.randint(2, 8))
+        killed = run_cli_killed_at("scanned", at, "scan", *args, "--out", str(out))
+        assert killed.returncode == -signal.SIGKILL, f"the scan was not killed at row {at}: {killed.stderr}"
+        assert at <= _next_row(out) <= at + 1  # batches of 2 rows
+        if attempt < 4:  # outputs appear only once every row is in
             assert not (out / "decisions.jsonl").exists()
-    assert kills >= 4, "the scan finished before it could be killed"
     resumed = run_cli("scan", *args, "--out", str(out))
     assert resumed.returncode == 0, resumed.stderr
     assert "(resumed)" in resumed.stdout
