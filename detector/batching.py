@@ -90,6 +90,29 @@ def _guarded(prepare: Callable[[T], Prepared], item: T) -> Prepared | ImageError
         return ImageError("decode_failed", f"could not process image: {type(exc).__name__}: {exc}")
 
 
+def batches_ahead(pool: ThreadPoolExecutor, items: Iterable[T], work: Callable[[T], Any],
+                  batch_size: int) -> Iterator[list[tuple[T, Future]]]:
+    """``work(item)`` submitted to ``pool`` for each item, yielded as batches of (item, future) in
+    input order; when a batch is yielded the next one is already submitted, so it runs while the
+    caller works on this one."""
+    source = iter(items)
+    pending: deque[tuple[T, Future]] = deque()
+
+    def fill() -> None:
+        while len(pending) < 2 * batch_size:
+            try:
+                item = next(source)
+            except StopIteration:
+                return
+            pending.append((item, pool.submit(work, item)))
+
+    fill()
+    while pending:
+        batch = [pending.popleft() for _ in range(min(batch_size, len(pending)))]
+        fill()
+        yield batch
+
+
 def embed_stream(
     embedder: Embedder,
     items: Iterable[T],
@@ -101,23 +124,9 @@ def embed_stream(
 ) -> Iterator[Embedded[T]]:
     """Yield an :class:`Embedded` per item, in order, decoding ahead while the model runs (the
     model's time goes to ``clock`` as the stage "embed")."""
-    source = iter(items)
-    pending: deque[tuple[T, Future]] = deque()
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="decode",
                             initializer=one_openmp_thread) as pool:
-
-        def fill() -> None:
-            while len(pending) < 2 * batch_size:
-                try:
-                    item = next(source)
-                except StopIteration:
-                    return
-                pending.append((item, pool.submit(_guarded, prepare, item)))
-
-        fill()
-        while pending:
-            batch = [pending.popleft() for _ in range(min(batch_size, len(pending)))]
-            fill()  # the next batch decodes while this one runs through the model
+        for batch in batches_ahead(pool, items, lambda item: _guarded(prepare, item), batch_size):
             outcomes = [(item, future.result()) for item, future in batch]
             arrays = [o.array for _, o in outcomes if isinstance(o, Prepared) and o.vector is None]
             with timed(clock, "embed"):

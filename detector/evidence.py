@@ -15,14 +15,13 @@ engine inside each actor. Two engines that produce the same records produce the 
 
 from __future__ import annotations
 
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, NamedTuple
 
 import detector.stages as registry
-from detector.batching import one_openmp_thread, opencv_one_thread
+from detector.batching import batches_ahead, one_openmp_thread, opencv_one_thread
 from detector.cache import EmbeddingCache
 from detector.embedders import Embedder
 from detector.images import ImageError
@@ -112,25 +111,11 @@ class EvidenceMaker:
 
     def batches(self, rows: Iterable[ListingRow], batch_size: int) -> Iterator[Counted]:
         """Yield the evidence of each batch of ``batch_size`` rows (the last may be shorter)."""
-        source = iter(rows)
-        pending: deque[Future] = deque()
         with opencv_one_thread(), \
                 ThreadPoolExecutor(self.workers, thread_name_prefix="decode", initializer=one_openmp_thread) as ahead, \
                 ThreadPoolExecutor(self.workers, thread_name_prefix="verify", initializer=one_openmp_thread) as pool:
-
-            def fill() -> None:
-                while len(pending) < 2 * batch_size:
-                    try:
-                        row = next(source)
-                    except StopIteration:
-                        return
-                    pending.append(ahead.submit(self._lead, row))
-
-            fill()
-            while pending:
-                batch = [pending.popleft().result() for _ in range(min(batch_size, len(pending)))]
-                fill()  # the next batch decodes while this one runs through the network
-                yield self._finish(batch, pool)
+            for batch in batches_ahead(ahead, rows, self._lead, batch_size):  # the next batch is read meanwhile
+                yield self._finish([future.result() for _, future in batch], pool)
 
     def one(self, row: ListingRow) -> Evidence:
         """The evidence of a single row."""
