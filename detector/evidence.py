@@ -171,7 +171,7 @@ class EvidenceMaker:
                         gated.append(photo)
                 except Exception as exc:  # noqa: BLE001 - a gate that fails on one photo fails that photo
                     photo.error = _failure(exc, "analysis_failed", "could not analyse image")
-        if not prepared:
+        if not prepared and type(stage).prepare is not Stage.prepare:
             list(pool.map(lambda photo: self._prepare(stage, photo), gated))
         gated = [photo for photo in gated if photo.ok]
         if gated:
