@@ -35,6 +35,11 @@ class Sighting(NamedTuple):
         """``keypoints``, ``shape`` or ``word``."""
         return self.found_by or ("keypoints" if self.score is None else "shape")
 
+    @classmethod
+    def from_record(cls, record: dict) -> Sighting:
+        """A sighting from its JSON values (the box comes back as a list)."""
+        return cls(**{**record, "box": tuple(record["box"])})
+
 
 @dataclass
 class Candidate:
@@ -168,7 +173,7 @@ class Evidence:
     def sightings(self) -> list[Sighting]:
         """The registered marks (and brand names) found in the photo."""
         found = [*self.get("mark_sightings", []), *self.get("shape_sightings", []), *self.get("word_sightings", [])]
-        return [Sighting(**{**s, "box": tuple(s["box"])}) for s in found]
+        return [Sighting.from_record(s) for s in found]
 
     @property
     def screened_out(self) -> bool:

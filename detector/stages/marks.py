@@ -19,17 +19,33 @@ it one, and on a photo nothing else ties to a product, the shape correlation's s
 mostly false (docs/performance.md, "On a nightly mix with marks")."""
 
 
-def _sightings(cached: dict, name: str) -> dict:
-    return {name: [Sighting(**{**s, "box": tuple(s["box"])}) for s in cached[name]]}
-
-
 def worth_reading(photo: Photo, ctx: Context) -> bool:
     """Whether the slow searches run on a photo where no mark's keypoints were found."""
     hits = photo.fields["hits"]
     return bool(hits) and hits[0].similarity >= SHAPE_GATE and sent_on(photo, ctx)
 
 
-class MarkKeypoints(Stage):
+class _MarkSearch(Stage):
+    """A search for registered marks: one field of sightings, cached under the index's marks,
+    run where the screen sent the photo on and no earlier mark search found one."""
+
+    def found_before(self, photo: Photo) -> bool:
+        """Whether a mark search registered before this one found a mark in the photo."""
+        return any(photo.fields.get(name) for name in ("mark_sightings", "shape_sightings")
+                   if name not in self.adds)
+
+    def gate(self, photo: Photo, ctx: Context) -> bool:
+        return photo.fields.get("go_on", True) and not self.found_before(photo)
+
+    def cache_key(self, photo: Photo, ctx: Context) -> str:
+        return ctx.marks_key
+
+    def load(self, cached: dict) -> dict:
+        (name,) = self.adds
+        return {name: [Sighting.from_record(s) for s in cached[name]]}
+
+
+class MarkKeypoints(_MarkSearch):
     name = "marks"
     version = f"{VERIFIER_ID}|marks-min{MIN_INLIERS}-v3"
     needs = ("keypoints",)
@@ -38,20 +54,11 @@ class MarkKeypoints(Stage):
     def enabled(self, ctx: Context) -> bool:
         return ctx.options.verify and bool(ctx.marks)
 
-    def gate(self, photo: Photo, ctx: Context) -> bool:
-        return photo.fields.get("go_on", True)
-
-    def cache_key(self, photo: Photo, ctx: Context) -> str:
-        return ctx.marks_key
-
     def run(self, photo: Photo, ctx: Context) -> dict:
         return {"mark_sightings": find_marks(photo.input("keypoints", ctx).plain, ctx.marks)}
 
-    def load(self, cached: dict) -> dict:
-        return _sightings(cached, "mark_sightings")
 
-
-class MarkShapes(Stage):
+class MarkShapes(_MarkSearch):
     name = "mark_shapes"
     version = f"{SHAPE_RULE}|v1"
     needs = ("shape_pixels", "hits", "mark_sightings")
@@ -61,19 +68,13 @@ class MarkShapes(Stage):
         return ctx.options.verify and bool(ctx.shapes)
 
     def gate(self, photo: Photo, ctx: Context) -> bool:
-        return photo.fields.get("go_on", True) and not photo.fields.get("mark_sightings") and worth_reading(photo, ctx)
-
-    def cache_key(self, photo: Photo, ctx: Context) -> str:
-        return ctx.marks_key
+        return super().gate(photo, ctx) and worth_reading(photo, ctx)
 
     def run(self, photo: Photo, ctx: Context) -> dict:
         return {"shape_sightings": ctx.shapes.find(photo.input("shape_pixels", ctx))}
 
-    def load(self, cached: dict) -> dict:
-        return _sightings(cached, "shape_sightings")
 
-
-class BrandWords(Stage):
+class BrandWords(_MarkSearch):
     name = "brand_words"
     version = READER_ID
     needs = ("pixels", "hits", "mark_sightings")
@@ -83,14 +84,7 @@ class BrandWords(Stage):
         return ctx.options.verify and ctx.reader is not None
 
     def gate(self, photo: Photo, ctx: Context) -> bool:
-        return (photo.fields.get("go_on", True) and not photo.fields.get("mark_sightings")
-                and not photo.fields.get("shape_sightings") and worth_reading(photo, ctx))
-
-    def cache_key(self, photo: Photo, ctx: Context) -> str:
-        return ctx.marks_key
+        return super().gate(photo, ctx) and worth_reading(photo, ctx)
 
     def run(self, photo: Photo, ctx: Context) -> dict:
         return {"word_sightings": ctx.reader.find(photo.input("pixels", ctx))}
-
-    def load(self, cached: dict) -> dict:
-        return _sightings(cached, "word_sightings")
