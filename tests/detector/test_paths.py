@@ -14,6 +14,15 @@ def files_under(folder) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
 
 
+def onnxruntime_keeps_files(home) -> bool:
+    """Whether a plain ``import onnxruntime`` writes files under a fresh home on this machine (some
+    builds and machines keep no device id or telemetry store)."""
+    home.mkdir()
+    subprocess.run([sys.executable, "-c", "import onnxruntime"], check=True, timeout=120,
+                   env={**os.environ, "HOME": str(home), "XDG_CACHE_HOME": ""})
+    return bool(files_under(home))
+
+
 def test_a_scan_and_a_lookup_write_only_to_the_cache_folder_and_the_output(tmp_path, demo_data, demo_index):
     home, cache = tmp_path / "home", tmp_path / "cache"
     home.mkdir()
@@ -24,7 +33,8 @@ def test_a_scan_and_a_lookup_write_only_to_the_cache_folder_and_the_output(tmp_p
     looked = run_cli("lookup", str(demo_data.folder / "listings" / "D000.jpg"), "--index", str(demo_index), env=env)
     assert looked.returncode == 0, looked.stderr
     assert files_under(home) == []
-    assert any(name.startswith("onnxruntime/Microsoft") for name in files_under(cache))  # kept, but here
+    if onnxruntime_keeps_files(tmp_path / "control"):  # where it keeps them at all, they are kept here
+        assert any(name.startswith("onnxruntime/Microsoft") for name in files_under(cache))
 
 
 def test_the_brand_word_reader_writes_only_to_the_cache_folder(tmp_path):
