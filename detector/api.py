@@ -26,7 +26,7 @@ from detector.decisions import Decision, Finding, Match
 from detector.errors import UserError
 from detector.policy import Listing, Policy, load_policy
 from detector.scanner import ScanSummary
-from detector.settings import BACKENDS, DEVICES, ENGINES, INDEX_TYPES, LIMITS, TOP_K, default_batch, default_workers
+from detector.settings import BACKENDS, DEVICES, ENGINES, INDEX_TYPES, LIMITS, SCREEN, TOP_K, default_batch, default_workers
 
 if TYPE_CHECKING:
     from detector.cache import EmbeddingCache
@@ -359,7 +359,7 @@ class Detector:
         workers: int | None = None,
         top_k: int = TOP_K,
         verify: bool = True,
-        screen: bool | None = None,
+        screen: bool = SCREEN,
         allow_outside_paths: bool = False,
         restart: bool = False,
         engine: str = "local",
@@ -375,9 +375,8 @@ class Detector:
         into the same ``out`` resumes a killed scan. ``authorized`` replaces the index's
         authorised sellers for the brands it names; ``batch_size`` defaults to ``SCAN_BATCH`` for
         the model's device and ``workers`` to one thread per CPU core (2 per Ray actor);
-        ``screen``: the first-stage screen (detector/screening.py), by default on where the
-        network runs on the CPU and off on CUDA, where the window views cost little and the screen
-        costs more than it saves (``detector.settings.default_screen``; on Ray, by the actors' device); ``history`` is the file earlier
+        ``screen``: the first stage (detector/screening.py), which ends a photo far from every
+        protected product after its whole view (``detector.settings.SCREEN``); ``history`` is the file earlier
         nights are read from and this one appended to; ``engine="ray"`` runs the evidence stage
         on Ray (no embedding cache there)."""
         from detector.history import parse_night

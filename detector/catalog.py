@@ -10,6 +10,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
+from detector.augment import EDITS_ID, seller_edits
 from detector.batching import Prepared, embed_stream, one_openmp_thread, opencv_one_thread
 from detector.brand_words import WordReader
 from detector.embedders import Embedder
@@ -21,7 +22,7 @@ from detector.marks import find_marks, marks_of, prepare_mark
 from detector.tables import IMAGE_SUFFIXES, CatalogRow, read_authorized, read_catalog, read_marks
 from detector.verify import VERIFIER_ID, LocalFeatures, QueryFeatures, extract, mirrored, pack, unpack, verify_candidates
 from detector.views import REFERENCE_VIEW_ID, listing_views, reference_view
-from index.calibrate import CalibrationRule, CountRule, calibrate_counts, calibrate_thresholds
+from index.calibrate import CalibrationRule, CountRule, GateRule, calibrate_counts, calibrate_gate, calibrate_thresholds
 from index.files import file_sha256
 from index.store import BrandEntry, IndexStoreError, build_lock, load_index, write_index
 
@@ -110,6 +111,7 @@ def build_catalog_index(
     workers: int | None = None,
     rule: CalibrationRule = CalibrationRule(),
     count_rule: CountRule = CountRule(),
+    gate_rule: GateRule = GateRule(),
     on_progress: Callable[[int, int], None] | None = None,
     on_calibration: Callable[[int, int], None] | None = None,
 ) -> BuildReport:
@@ -186,9 +188,11 @@ def build_catalog_index(
         stacked = {brand: np.stack(vs).astype(np.float32) for brand, vs in vectors.items()}
         queries = _calibration_queries(products, embedder, batch_size, workers)
         calibration = calibrate_thresholds(stacked, background, rule, queries)
+        calibration_gate = calibrate_gate(_edit_scores(products, stacked, embedder, batch_size, workers), gate_rule)
         products_need = calibrate_counts(_product_impostors(products, stacked, local, workers, on_calibration), count_rule)
         for brand, found in products_need.items():
             calibration[brand].update(found)
+            calibration[brand].update(calibration_gate.get(brand, {}))
         if authorized is None and previous_sellers:
             report.notes.append("no --authorized given: authorised sellers kept from the previous build")
         sellers = authorized if authorized is not None else previous_sellers
@@ -220,6 +224,7 @@ def build_catalog_index(
             "verifier": VERIFIER_ID,
             "calibration_rule": asdict(rule),
             "product_rule": asdict(count_rule),
+            "gate_rule": {**asdict(gate_rule), "edits": EDITS_ID},
             "background_images": 0 if background is None else len(background),
         }
         report.manifest = write_index(
@@ -364,6 +369,26 @@ def _product_impostors(products: dict[str, list[dict]], vectors: dict[str, np.nd
 def _views_of(path: Path, embedder: Embedder) -> Prepared:
     image = decode_image(read_image_bytes(path), draft=embedder.decode_size)
     return Prepared(array=embedder.preprocess_views(listing_views(image)))
+
+
+def _edit_scores(products: dict[str, list[dict]], vectors: dict[str, np.ndarray], embedder: Embedder,
+                 batch_size: int, workers: int) -> dict[str, np.ndarray]:
+    """Each brand's edit scores for the first stage's level: every reference photo edited as a
+    seller would (:func:`detector.augment.seller_edits`), its whole view embedded as the scanner
+    embeds a listing's, and the best similarity each edit reaches against the brand."""
+    items = [(brand, p) for brand, ps in products.items() for p in ps]
+
+    def prepare(item: tuple[str, dict]) -> Prepared:
+        picture = decode_image(read_image_bytes(Path(item[1]["image_path"])), draft=embedder.decode_size)
+        edits = seller_edits(picture, item[1]["image_sha256"])
+        return Prepared(array=np.concatenate([embedder.preprocess_views([edit]) for edit in edits]))
+
+    found: dict[str, list[np.ndarray]] = {}
+    for result in embed_stream(embedder, items, prepare, batch_size=max(1, batch_size // 4), workers=workers):
+        if result.error is None:
+            brand = result.item[0]
+            found.setdefault(brand, []).append((result.vector @ vectors[brand].T).max(axis=1))
+    return {brand: np.concatenate(scores) for brand, scores in found.items()}
 
 
 def _calibration_queries(

@@ -23,7 +23,7 @@ from rich.table import Table
 
 from detector.embedders import available_embedders
 from detector.errors import UserError
-from detector.settings import BACKENDS, DEVICES, ENGINES, INDEX_TYPES, LIMITS, SCAN_BATCH, TOP_K, choices
+from detector.settings import BACKENDS, DEVICES, ENGINES, INDEX_TYPES, LIMITS, SCAN_BATCH, SCREEN, TOP_K, choices
 
 app = typer.Typer(
     help=(
@@ -291,7 +291,7 @@ def scan(
     cache: Optional[Path] = typer.Option(None, "--cache", help="Embedding cache file (default: $COUNTERFEIT_CACHE_DIR or ~/.cache/counterfeit-detector/embeddings.sqlite)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Embed every photo; read and write no cache."),
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip geometric verification (similarity alone decides the visual match)."),
-    screen: Optional[bool] = typer.Option(None, "--screen/--no-screen", help="The first-stage screen: the whole photo, its search and its keypoints against the 10 closest references send on only photos that could match; the others skip the five window views and full verification, and their decisions say `screened_out`. Default: on when the model runs on the CPU (1.5x faster on a night of mostly unprotected photos), off on CUDA, where the window views cost little and the screen cost more than it saved (docs/performance.md); with --engine ray, by the actors' device."),
+    screen: bool = typer.Option(SCREEN, "--screen/--no-screen", help="The first stage: each photo's whole view is searched, and a photo below every brand's gate level (fitted at index build on the catalogue's own photos, edited as sellers edit them) and showing no registered mark ends there: no keypoints, window views or verification; its decision says `screened_out`. On a night of mostly unprotected photos it stops most of them; --no-screen runs every stage on every photo (docs/performance.md#screening)."),
     allow_outside_paths: bool = typer.Option(False, "--allow-outside-paths", help="Trust image paths that are absolute or lead outside the listing table's folder."),
     restart: bool = typer.Option(False, "--restart", help="Discard OUT_DIR's earlier progress instead of resuming it."),
     engine: Engine = typer.Option(Engine("local"), "--engine", help="local: this process. ray: a Ray Data actor pool (pip install -e '.[ray]'); same decisions, same outputs; no embedding cache."),

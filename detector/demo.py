@@ -25,6 +25,21 @@ def _colour(rng: np.random.Generator) -> tuple[int, int, int]:
     return tuple(int(c) for c in rng.integers(0, 256, 3))
 
 
+def draw_surface(seed: int, size: tuple[int, int] = (480, 360)) -> Image.Image:
+    """A photo of something no brand protects: a tinted surface (grass, sand, fabric) of noise at
+    five scales, like most of a nightly dump and unlike any product shot."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    field = np.zeros((h, w, 3))
+    for cells in (4, 8, 16, 32, 64):
+        small = rng.normal(0, 1, (max(2, h * cells // w), cells, 3))
+        grey = ((small - small.min()) / (np.ptp(small) + 1e-9) * 255).astype(np.uint8)
+        field += np.asarray(Image.fromarray(grey).resize((w, h), Image.BICUBIC), float) / cells ** 0.5
+    field = (field - field.min()) / np.ptp(field) - 0.5
+    pixels = rng.integers(40, 200, 3) + rng.integers(-60, 60, 3) * field * 2 + field * 120
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
 def draw_product(seed: int, size: int = SIZE) -> Image.Image:
     """A distinctive synthetic product shot: a patterned object on a soft studio backdrop."""
     rng = np.random.default_rng(seed)
@@ -124,8 +139,9 @@ def make_demo_dataset(folder: Path) -> DemoData:
         if i % 2 == 0:
             add("copy_fullprice_rogue", edits[(i + 2) % len(edits)](image), f"outlet-{i:03d}",
                 f"{brand} {product_id} genuine", price * rng.uniform(0.8, 1.0), 1, brand, product_id)
-    for j in range(8):
-        add("unrelated_cheap", draw_product(5000 + j), f"seller-{j:03d}", "handmade item", rng.uniform(5, 40), 0)
+    for j in range(8):  # half of them drawn like products, half the surfaces most of a night's photos are like
+        picture = draw_product(5000 + j) if j < 4 else draw_surface(5000 + j)
+        add("unrelated_cheap", picture, f"seller-{j:03d}", "handmade item", rng.uniform(5, 40), 0)
     with open(folder / "catalog.csv", "w", newline="") as fh:
         csv.writer(fh).writerows([["brand", "product_id", "image", "price", "currency", "title"], *catalog])
     with open(folder / "authorized.csv", "w", newline="") as fh:

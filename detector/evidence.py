@@ -32,8 +32,9 @@ from detector.tables import ListingRow, iter_listings
 from index.store import ReferenceIndex
 
 EAGER_INPUTS = ("keypoints", "shape_pixels")
-"""Inputs made ahead for a photo the network has not seen, when an enabled stage needs them: such
-a photo is new, so its later stages cannot come from the cache."""
+"""Inputs made ahead for a photo the network has not seen, when an enabled stage needs them and
+no enabled stage can stop photos first: such a photo is new, so its later stages cannot come from
+the cache. With the first stage on, a photo pays for them only once it goes on."""
 
 
 @dataclass
@@ -106,7 +107,8 @@ class EvidenceMaker:
         active = [stage for stage in self.registered if stage.enabled(self.ctx)]
         first = next(i for i, stage in enumerate(active) if stage.batched)
         self.leading, self.first, self.rest = active[:first], active[first], _segments(active[first + 1:])
-        self.eager = [name for name in EAGER_INPUTS if any(name in stage.needs for stage in active)]
+        stopping = any(stage.stops for stage in active)
+        self.eager = [] if stopping else [name for name in EAGER_INPUTS if any(name in stage.needs for stage in active)]
         self.active = active
 
     def batches(self, rows: Iterable[ListingRow], batch_size: int) -> Iterator[Counted]:

@@ -85,7 +85,7 @@ def run_on_ray(listings: Path, index, embedder, state, options, root: Path, stat
         device = "cuda" if gpus else "cpu"
         constructor = dict(index_dir=str(index.path), embedder=embedder.fingerprint["name"], device=device,
                            backend=options.backend, root=str(root), workers=options.workers,
-                           options=dataclasses.asdict(options.stage_options(device)))
+                           options=dataclasses.asdict(options.stage_options()))
         for chunk in _chunks(pending_rows(listings, lambda row: row not in done, stats), CHUNK_ROWS):
             dataset = ray.data.from_items([{"listing": json.dumps(dataclasses.asdict(r))} for r in chunk])
             evidence = dataset.map_batches(

@@ -36,7 +36,7 @@ from detector.policy import Listing, Policy, combine
 from detector.profile import StageClock
 from detector.records import Evidence, packed_bytes, unpack_vector
 from detector.report import REPORT_LIMIT, write_report
-from detector.settings import TOP_K, default_screen
+from detector.settings import SCREEN, TOP_K
 from detector.stages import Options
 from detector.tables import LISTING_REQUIRED, count_rows, require_columns, table_columns
 from detector.views import VIEWS_ID
@@ -58,8 +58,7 @@ class ScanOptions:
     workers: int
     top_k: int = TOP_K
     verify: bool = True
-    screen: bool | None = None  # the first-stage screen (detector/screening.py); None: by the device the
-    # network runs on (detector.settings.default_screen), the Ray actors' on Ray
+    screen: bool = SCREEN  # the first stage (detector/screening.py)
     read_words: bool = True  # brand names read in photos (detector/brand_words.py), where the index has marks
     allow_outside: bool = False
     restart: bool = False
@@ -73,10 +72,9 @@ class ScanOptions:
     night: str | None = None  # the night this dump belongs to (ISO date); today when None
     clock: StageClock | None = None  # where the local engine's time per stage goes (scripts/bench.py)
 
-    def stage_options(self, device: str) -> Options:
-        """What the stages read, for a network on ``device``."""
-        screen = default_screen(device) if self.screen is None else self.screen
-        return Options(verify=self.verify, screen=screen and self.verify, top_k=self.top_k,
+    def stage_options(self) -> Options:
+        """What the stages read."""
+        return Options(verify=self.verify, screen=self.screen and self.verify, top_k=self.top_k,
                        read_words=self.read_words, keep_vectors=self.history is not None,
                        allow_outside=self.allow_outside)
 
@@ -136,10 +134,7 @@ def _identity(listings: Path, index: ReferenceIndex, embedder: Embedder, options
     are checked row by row: see :meth:`ScanState.forget_stale`)."""
     source = Path(listings).resolve()
     stat = source.stat()
-    if options.engine == "ray" and options.screen is None:
-        screen = "by-device"
-    else:
-        screen = options.stage_options(embedder.device).screen
+    screen = options.stage_options().screen
     return {
         "state_version": STATE_VERSION,
         "listings": str(source),
@@ -410,7 +405,7 @@ def _embed_rows(listings, index, embedder, state: ScanState, options: ScanOption
     next_row = state.get("next_row", 0)
     total = None if listings.is_dir() else count_rows(listings)
     stats = RunStats()
-    maker = EvidenceMaker(index, embedder, listing_root(listings), options=options.stage_options(embedder.device),
+    maker = EvidenceMaker(index, embedder, listing_root(listings), options=options.stage_options(),
                           workers=options.workers, cache=options.cache, clock=options.clock)
     if on_progress:
         on_progress(next_row, total)

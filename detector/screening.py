@@ -1,64 +1,82 @@
-"""The scan's first stage: which photos go on to the window views and full verification.
+"""The scan's first stage: which photos go on to the keypoints, the window views and verification.
 
-A night's dump is mostly photos of things no brand here protects. Screening embeds only the
-whole photo, searches it, and fits its SIFT keypoints to the closest references; a photo goes on
-to the five window views, their search and the full verification only when some candidate is
-near its brand's threshold, or fits in one layout at least ``KEYPOINTS`` keypoints, or a mark's
-keypoints are in it. The rest end with what the first stage found, and say so in their decision.
-The descriptor matches the screen finds stay with the photo's features, and the full verification
-of a photo sent on uses them instead of matching again.
+A night's dump is mostly photos of things no brand here protects. The first stage embeds only the
+whole photo and searches it; a photo goes on to everything else only when its whole view reaches,
+for some brand, that brand's **gate level**, or is within ``MARGIN`` of the brand's match
+threshold, or (in an index with registered marks) a mark's keypoints are in it. The rest end with
+what the first stage found, and say so in their decision; without marks they never pay for SIFT.
 
-The levels were chosen with ``scripts/studies/gate_study.py`` on the labelled folders (docs/performance.md):
-lower, and the gate lets through most unrelated pictures; higher, and it stops cropped copies
-whose right reference only a window view finds.
+A brand's gate level is calibrated at ``index build`` on the catalogue alone
+(:func:`index.calibrate.calibrate_gate`): its reference photos are edited as a seller would
+(:mod:`detector.augment`), and the level sits a margin below a low quantile of the similarities
+those edits reach. A brand the build could not calibrate (an index built before levels existed)
+stops nothing, so every photo goes on. How the rule was chosen, and what it stops on which
+folders: ``scripts/studies/catalogue_gate_study.py`` and docs/performance.md#screening.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 from detector.marks import Mark, find_marks
-from detector.matches import ReferenceFeatures
 from detector.verify import VERIFIER_ID, QueryFeatures
 from index.search import Hit
 from index.store import ReferenceIndex
 
 CANDIDATES = 10
-"""References the whole view's search hands to the screen."""
-KEYPOINTS = 4
-"""Keypoints in one layout with one candidate that send a photo on."""
+"""References the whole view's search hands to the first stage."""
 MARGIN = 0.05
 """A candidate this close below its brand's calibrated threshold sends a photo on."""
-SCREEN_ID = f"{VERIFIER_ID}|screen-{CANDIDATES}-{KEYPOINTS}-{MARGIN}-v1"
-"""What a cached screening outcome is filed under."""
+SCREEN_ID = f"{VERIFIER_ID}|gate-{CANDIDATES}-{MARGIN}-v2"
+"""What a cached first-stage outcome is filed under."""
 CODE = "screened_out"
 """The remark (a finding code of weight 0) a screened-out photo's decision carries."""
-NOTE = (CODE, "first stage only: the whole photo matched no protected product closely enough, "
-        "and no reference's keypoints or mark fitted it, so the window views and full verification were skipped")
+NOTE = (CODE, "first stage only: the whole photo came nowhere near any protected product (below every brand's "
+        "gate level) and showed no registered mark, so the keypoints, window views and full verification were skipped")
 """The remark with its sentence, as the evidence's notes carry it."""
 
 
 class Screen(NamedTuple):
-    """Whether a photo goes on, and why (``near``, ``keypoints``, ``mark``, or ``None`` when it stops)."""
+    """Whether a photo goes on, and why (``near``, ``catalogue``, ``uncalibrated``, ``mark``, or
+    ``None`` when it stops)."""
 
     go_on: bool
     why: str | None
 
 
 def near_threshold(index: ReferenceIndex, hits: list[Hit]) -> bool:
-    """Whether some candidate is within MARGIN of its brand's threshold (no keypoints needed)."""
+    """Whether some candidate is within MARGIN of its brand's threshold."""
     return any(hit.similarity >= index.brands[hit.brand].threshold - MARGIN for hit in hits)
 
 
-def screen(index: ReferenceIndex, hits: list[Hit], local: QueryFeatures, references: ReferenceFeatures,
-           marks: list[Mark]) -> Screen:
-    """Screen one photo given its whole view's closest ``hits`` and its keypoints."""
+def gate_level(index: ReferenceIndex, brand: str) -> float | None:
+    """The brand's calibrated gate level (``None``: not calibrated, the brand stops nothing)."""
+    return index.brands[brand].calibration.get("gate_level")
+
+
+def uncalibrated(index: ReferenceIndex) -> bool:
+    """Whether some brand has no gate level, so that the first stage lets every photo through."""
+    return any(gate_level(index, brand) is None for brand in index.brands)
+
+
+def without_keypoints(index: ReferenceIndex, hits: list[Hit]) -> Screen | None:
+    """The first stage's verdict where the whole view's ``hits`` settle it, else ``None`` (a
+    photo below every level, in an index whose marks its keypoints may still show)."""
     if near_threshold(index, hits):
         return Screen(True, "near")
-    for hit in hits:
-        reference = references.get(hit)
-        if reference is not None and local.best_layout(reference) >= KEYPOINTS:
-            return Screen(True, "keypoints")
-    if marks and find_marks(local.plain, marks):
+    if uncalibrated(index):
+        return Screen(True, "uncalibrated")
+    if any(hit.similarity >= gate_level(index, hit.brand) for hit in hits):
+        return Screen(True, "catalogue")
+    return None
+
+
+def screen(index: ReferenceIndex, hits: list[Hit], keypoints: Callable[[], QueryFeatures], marks: list[Mark]) -> Screen:
+    """Screen one photo given its whole view's closest ``hits``; its ``keypoints`` are made only
+    where the index has marks and the whole view settles nothing."""
+    settled = without_keypoints(index, hits)
+    if settled is not None:
+        return settled
+    if marks and find_marks(keypoints().plain, marks):
         return Screen(True, "mark")
     return Screen(False, None)

@@ -42,8 +42,7 @@ def default_workers(engine: str = "local") -> int:
     return max(low, min(high, os.cpu_count() or low))
 
 
-def default_screen(device: str) -> bool:
-    """Whether the first-stage screen runs when not asked: where the network runs on the CPU.
-    On CUDA the window views cost little and the screen's keypoint matching cost more than it
-    saved (docs/performance.md#gpu-path)."""
-    return device == "cpu"
+SCREEN = True
+"""Whether the first stage (detector/screening.py) runs when not asked, on every device and engine:
+it reads the whole view alone, so a photo it stops costs no keypoints on the CPU or the GPU, and
+on every labelled folder it stopped no flag, or one (docs/performance.md#screening)."""

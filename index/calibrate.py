@@ -118,3 +118,30 @@ def calibrate_counts(counts_by_brand: dict[str, np.ndarray], rule: CountRule = C
         result[brand] = {"product_inliers": needed, "product_source": source, "product_impostors": int(len(sample)),
                          "product_impostor_max": int(sample.max())}
     return result
+
+
+@dataclass(frozen=True)
+class GateRule:
+    """How low a brand's first-stage level sits: a low quantile of its own reference photos'
+    edits' similarity to the brand, less a margin (docs/index.md). Brands with too few edits
+    borrow the pooled scores, as thresholds do."""
+
+    quantile: float = 0.05
+    margin: float = 0.02
+    min_edits: int = 20
+
+
+def calibrate_gate(scores_by_brand: dict[str, np.ndarray], rule: GateRule = GateRule()) -> dict[str, dict]:
+    """``{brand: {"gate_level": level, ...evidence}}`` from each brand's edit scores (the best
+    whole-view similarity each edit of one of its reference photos reaches against the brand)."""
+    pooled = np.concatenate([np.asarray(s, np.float64) for s in scores_by_brand.values()]) if scores_by_brand else np.zeros(0)
+    result = {}
+    for brand, own in scores_by_brand.items():
+        sample, source = _sample(np.asarray(own, np.float64), pooled, rule.min_edits)
+        if sample is None:
+            result[brand] = {"gate_level": None, "gate_source": "none", "gate_edits": int(len(own))}
+            continue
+        q = float(np.quantile(sample, rule.quantile))
+        result[brand] = {"gate_level": round(q - rule.margin, 4), "gate_source": source, "gate_edits": int(len(sample)),
+                         f"gate_edit_q{rule.quantile * 100:g}": round(q, 4)}
+    return result

@@ -3,7 +3,7 @@
 
     python scripts/bench.py [--photos 240] [--faiss-sizes 10000,100000,1000000] [--out bench-work]
     python scripts/bench.py --faiss-only [--faiss-sizes 1000000]      # section (f) alone
-    python scripts/bench.py --nightly ../shared/eval-public --unprotected DIR [--mix 1000]   # section (i) alone
+    python scripts/bench.py --nightly ../shared/eval-public [MORE_LABELLED ...] --unprotected DIR [--mix 1000]  # (i) alone
     python scripts/bench.py --brands 10,100,1000                     # section (j) alone
 
 (a) bare network forward, photos/s, for the scanner's per-photo work (six 224x224 views):
@@ -20,8 +20,10 @@ images from another source than the catalogue; each re-cropped and re-encoded, s
 distinct) and 10% listings of the labelled folder --nightly, scanned against that folder's
 catalogue (and its marks.csv, when it has one) twice, screened (the default) and with every stage on every photo (``screen=False``),
 beside a naive one-view pipeline on the same files (Lite0 eager in torch, centre crop 224,
-batch 32, 2 threads, exact search), with the ratios, each scan's stage profile, and the flags
-one scan raised and the other did not;
+batch 32, 2 threads, exact search), with the ratios, the share of photos the first stage let
+through (``pass_rate``), each scan's stage profile (ms per photo), and the flags one scan raised
+and the other did not; then every labelled folder given (the first included) scanned both ways on
+its own catalogue: the flags the first stage lost against every stage on every photo, and its pass rate;
 (j) with --brands: a batch's search against many brands of 8 references each (one index per
 brand, hits merged) beside one index of the same vectors.
 Nothing is downloaded; the photos of (a)-(h) are drawn by detector.demo.
@@ -331,7 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench-work"), help="work folder; results.json goes here")
     parser.add_argument("--faiss-only", action="store_true", help="run section (f) alone")
     parser.add_argument("--faiss-kinds", help="comma-separated index kinds for (f) besides Flat (default: all)")
-    parser.add_argument("--nightly", type=Path, help="run section (i) alone, on this labelled folder's catalogue and listings")
+    parser.add_argument("--nightly", type=Path, nargs="+",
+                        help="run section (i) alone: the mix on the first labelled folder's catalogue and listings, "
+                             "then each folder's own listings scanned both ways, for the flags the first stage loses")
     parser.add_argument("--unprotected", type=Path, help="for --nightly: a folder of images no brand protects")
     parser.add_argument("--mix", type=int, default=1000, help="for --nightly: photos in the nightly mix")
     parser.add_argument("--brands", help="run section (j) alone for these comma-separated brand counts (e.g. 10,100,1000)")
@@ -455,26 +459,41 @@ def naive_one_view(paths: list[Path], vectors: np.ndarray) -> float:
     return len(paths) / (time.perf_counter() - start)
 
 
-def nightly(labelled: Path, unprotected: Path, work: Path, total: int) -> dict:
-    """Section (i): the scan (screened, and with every stage on every photo) and the naive
-    pipeline on one nightly mix, side by side."""
+def _build(labelled: Path, index_dir: Path) -> None:
     from detector import build_index
+
+    marks = labelled / "marks.csv" if (labelled / "marks.csv").is_file() else None  # as evaluate.py does
+    build_index(labelled / "catalog.csv", index_dir, authorized=labelled / "authorized.csv", marks=marks, device="cpu")
+
+
+def nightly(labelled: list[Path], unprotected: Path, work: Path, total: int) -> dict:
+    """Section (i): the scan (screened, and with every stage on every photo) and the naive
+    pipeline on one nightly mix, side by side; then each labelled folder both ways."""
     from index.store import load_index
 
-    table = nightly_mix(labelled, unprotected, work, total)
-    marks = labelled / "marks.csv" if (labelled / "marks.csv").is_file() else None  # as evaluate.py does
-    build_index(labelled / "catalog.csv", work / "index", authorized=labelled / "authorized.csv", marks=marks,
-                device="cpu")
+    table = nightly_mix(labelled[0], unprotected, work, total)
+    _build(labelled[0], work / "index")
     with open(table, newline="", encoding="utf-8") as fh:
         paths = [work / r["image"] for r in csv.DictReader(fh)]
     vectors = np.concatenate([e.vectors for e in load_index(work / "index", load_indexes=False).brands.values()])
     naive = naive_one_view(paths, vectors)
     result = {"photos": len(paths), "protected_share": 0.1, "naive_photos_per_s": round(naive, 2)}
     result.update(scan_both_ways(work / "index", table, work, naive))
+    result["folders"] = {}
+    for folder in labelled:
+        mine = work / "folders" / folder.name
+        _build(folder, mine / "index")
+        both = scan_both_ways(mine / "index", folder / "listings.csv", mine)
+        result["folders"][folder.name] = {"listings": both["photos"], "pass_rate": both["pass_rate"],
+                                          "flags_every_stage": both["full_scan_flagged"],
+                                          "flags_lost": len(both["flags_only_in_full_scan"]),
+                                          "lost": both["flags_only_in_full_scan"],
+                                          "flags_gained": both["flags_only_in_screened_scan"]}
     return result
 
 
-def scan_both_ways(index_dir: Path, table: Path, work: Path, naive: float, device: str = "cpu", **options) -> dict:
+def scan_both_ways(index_dir: Path, table: Path, work: Path, naive: float | None = None, device: str = "cpu",
+                   **options) -> dict:
     """``Detector.scan`` of ``table`` screened and with every stage on every photo (``screen=False``):
     photos/s, the ratio to the ``naive`` pipeline's photos/s, flags, errors, each scan's stage
     profile, how many cores it kept busy on average (process CPU time over wall time: well under the
@@ -494,12 +513,13 @@ def scan_both_ways(index_dir: Path, table: Path, work: Path, naive: float, devic
         flagged[name] = {d["listing_id"] for d in decisions if d["verdict"] == "flagged"}
         photos = len(decisions)
         result.update({f"{name}_photos_per_s": round(photos / seconds, 2),
-                       f"{name}_over_naive": round(photos / seconds / naive, 2),
+                       f"{name}_over_naive": round(photos / seconds / naive, 2) if naive else None,
                        f"{name}_cores_busy": round(cpu / seconds, 2),
                        f"{name}_flagged": summary.flagged, f"{name}_errors": summary.errors,
                        f"{name}_stage_ms_per_photo": clock.per_photo_ms(summary.photos_this_run)})
         if screen:
-            result["screened_out"] = summary.screened_out
+            result.update(photos=photos, screened_out=summary.screened_out,
+                          pass_rate=round(1 - summary.screened_out / max(1, photos), 4))
     result["flags_only_in_full_scan"] = sorted(flagged["full_scan"] - flagged["scan"])
     result["flags_only_in_screened_scan"] = sorted(flagged["scan"] - flagged["full_scan"])
     return result

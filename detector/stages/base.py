@@ -163,6 +163,7 @@ class Stage:
     records: ClassVar[tuple[str, ...]] = ()  # of those, the ones stored with the photo's evidence
     reports: ClassVar[tuple[str, ...]] = ()  # of those, the ones the decision carries (decision.evidence)
     batched: ClassVar[bool] = False
+    stops: ClassVar[bool] = False  # it can end a photo's later stages (then no input is made ahead)
 
     def enabled(self, ctx: Context) -> bool:
         """Whether the stage runs at all in this scan (its options, what the index holds)."""

@@ -1,4 +1,4 @@
-"""The first stage: whether a photo goes on to the window views and the full verification
+"""The first stage: whether a photo goes on to the keypoints, the window views and verification
 (:mod:`detector.screening` holds the test). Its verdict is also what the slow mark searches ask
 of a photo before they run, so a scan without the screen computes it for those photos alone."""
 
@@ -8,32 +8,31 @@ import hashlib
 import json
 
 from detector.matches import candidates_key
-from detector.screening import SCREEN_ID, near_threshold, screen
+from detector.screening import SCREEN_ID, screen, without_keypoints
 from detector.stages.base import Context, Photo, Stage, run_cached
 
 
 class Screen(Stage):
     name = "screen"
     version = SCREEN_ID
-    needs = ("closest", "keypoints")
+    needs = ("closest", "keypoints")  # the keypoints only where the index has marks and no level passed
     adds = records = ("go_on", "why")
+    stops = True
 
     def enabled(self, ctx: Context) -> bool:
         return ctx.options.verify and ctx.options.screen
 
     def cache_key(self, photo: Photo, ctx: Context) -> str | None:
         closest = photo.fields["closest"]
-        if near_threshold(ctx.index, closest):
-            return None  # decided without keypoints: nothing worth caching
-        thresholds = sorted({(h.brand, ctx.index.brands[h.brand].threshold) for h in closest})
-        inputs = json.dumps([candidates_key(ctx.index, closest), thresholds, ctx.marks_key])
+        if not ctx.marks or without_keypoints(ctx.index, closest) is not None:
+            return None  # decided from the whole view alone: nothing worth caching
+        calibration = sorted({(h.brand, json.dumps(ctx.index.brands[h.brand].calibration, sort_keys=True),
+                               ctx.index.brands[h.brand].threshold) for h in closest})
+        inputs = json.dumps([candidates_key(ctx.index, closest), calibration, ctx.marks_key])
         return hashlib.sha256(inputs.encode()).hexdigest()[:16]
 
     def run(self, photo: Photo, ctx: Context) -> dict:
-        closest = photo.fields["closest"]
-        if near_threshold(ctx.index, closest):
-            return {"go_on": True, "why": "near"}
-        verdict = screen(ctx.index, closest, photo.input("keypoints", ctx), ctx.references, ctx.marks)
+        verdict = screen(ctx.index, photo.fields["closest"], lambda: photo.input("keypoints", ctx), ctx.marks)
         return {"go_on": verdict.go_on, "why": verdict.why}
 
 

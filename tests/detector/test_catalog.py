@@ -134,7 +134,7 @@ def test_images_of_every_odd_kind_can_be_references(tmp_path, embedder):
     shutil.rmtree(tmp_path / "idx")
 
 
-def _rewrite_manifest(index_dir, **changes):
+def rewrite_manifest(index_dir, **changes):
     """Stand in for an index an older version built: changed fields, under a valid checksum."""
     import json
 
@@ -152,7 +152,7 @@ def test_an_index_made_with_other_reference_views_is_re_embedded_and_refused_unt
 
     catalog = make_catalog(tmp_path / "cat", ROWS)
     build_catalog_index(catalog, tmp_path / "idx", embedder)
-    _rewrite_manifest(tmp_path / "idx", reference_view="trimmed-v0")
+    rewrite_manifest(tmp_path / "idx", reference_view="trimmed-v0")
     with pytest.raises(UserError, match="reference_view 'trimmed-v0'.*rebuild it"):
         open_index(tmp_path / "idx")
     report = build_catalog_index(catalog, tmp_path / "idx", embedder)
@@ -174,3 +174,17 @@ def test_the_keypoint_calibration_reports_progress_and_does_not_depend_on_the_wo
     for brand, impostors in (("Acme", 4), ("Bolt", 5), ("Crest", 3)):
         assert four.manifest["brands"][brand]["calibration"] == one.manifest["brands"][brand]["calibration"]
         assert four.manifest["brands"][brand]["calibration"]["product_impostors"] == impostors
+
+
+def test_the_first_stage_levels_are_fitted_on_the_catalogue_alone_and_rebuilt_alike(tmp_path, embedder):
+    catalog = make_catalog(tmp_path / "cat", ROWS + [["Acme", "A-3", "a3.png", "90", "USD", "three"]])
+    first = build_catalog_index(catalog, tmp_path / "one", embedder)
+    again = build_catalog_index(catalog, tmp_path / "two", embedder)
+    assert first.manifest["gate_rule"]["edits"].startswith("edits-")
+    for brand, entry in first.manifest["brands"].items():
+        calibration = entry["calibration"]
+        assert calibration["gate_level"] < entry["threshold"]
+        assert calibration["gate_level"] == again.manifest["brands"][brand]["calibration"]["gate_level"]
+    # Acme's 3 photos give 24 edits, its own; Bolt's one photo too few, so it borrows every brand's
+    assert first.manifest["brands"]["Acme"]["calibration"]["gate_source"] == "brand"
+    assert first.manifest["brands"]["Bolt"]["calibration"]["gate_source"] == "pooled"

@@ -9,7 +9,7 @@ import pytest
 
 from detector import Detector
 from detector.screening import screen
-from detector.matches import ReferenceFeatures, index_marks, open_index, search_views
+from detector.matches import index_marks, open_index, search_views
 from detector.verify import extract_query
 from tests.conftest import run_cli
 
@@ -71,17 +71,22 @@ def test_the_screen_sends_on_a_copy_and_stops_an_unrelated_picture(demo_index, d
     from PIL import Image
 
     index, embedder = open_index(demo_index, device="cpu")
-    references = ReferenceFeatures(index)
     truth = dict(tuple(row.split(",")[:3:2]) for row in demo_data.truth.read_text().splitlines()[1:])
     copy = next(k for k, kind in truth.items() if kind == "copy_cheap_rogue")
     photos = {"copy": Image.open(demo_data.folder / "listings" / f"{copy}.jpg").convert("RGB"),
               "noise": Image.effect_noise((400, 300), 60).convert("RGB")}
-    verdicts = {}
+    verdicts, keypoints_made = {}, []
+
+    def keypoints(photo):
+        keypoints_made.append(photo)
+        return extract_query(photo)
+
     for name, photo in photos.items():
         hits = search_views(index, [embedder.embed([photo])[0]], 10)[0]
-        verdicts[name] = screen(index, hits, extract_query(photo), references, index_marks(index))
-    assert verdicts["copy"].go_on and verdicts["copy"].why in ("near", "keypoints")
+        verdicts[name] = screen(index, hits, lambda: keypoints(photo), index_marks(index))
+    assert verdicts["copy"].go_on and verdicts["copy"].why in ("near", "catalogue")
     assert verdicts["noise"] == (False, None)
+    assert keypoints_made == []  # the demo index has no marks: the whole view alone decides
 
 
 def test_the_command_line_counts_screened_photos_and_no_screen_runs_every_stage(tmp_path, demo_data, demo_index):
@@ -100,29 +105,57 @@ def test_the_command_line_counts_screened_photos_and_no_screen_runs_every_stage(
     assert "--no-screen" in help_text and "screened_out" in help_text
 
 
-def test_the_screen_is_on_by_default_on_cpu_off_on_cuda_and_either_can_be_asked_for(monkeypatch, loaded, tmp_path):
-    # On a GPU the window views cost little and the screen's keypoint matching cost more than it
-    # saved (docs/performance.md#gpu-path), so the default follows the device the model runs on.
+def test_the_first_stage_is_on_by_default_on_every_device_and_engine_and_can_be_turned_off(monkeypatch, loaded,
+                                                                                           tmp_path):
+    # It reads the whole view alone, so it costs a photo it stops no keypoints on either device
     import dataclasses
 
     import detector.scanner
 
     asked = []
     monkeypatch.setattr(detector.scanner, "scan", lambda listings, index, embedder, *args, options, **kw: asked.append(
-        options.screen if options.engine == "ray" else options.stage_options(embedder.device).screen))
+        (options.engine, options.stage_options().screen)))
     listings = tmp_path / "l.csv"
     listings.write_text("listing_id,seller_id,title,price,currency,image\n")
     on_gpu = Detector(loaded.index, dataclasses.replace(loaded.embedder, device="cuda"), loaded.policy, device="cuda",
                       backend="torch", cache=None)
-    for detector_, choice in ((loaded, None), (on_gpu, None), (loaded, False), (on_gpu, True)):
-        detector_.scan(listings, tmp_path / "out", screen=choice)
-    assert asked == [True, False, False, True]
-    # On Ray the actors, not the driver, hold the model: the default is left to their device
-    from detector.scanner import ScanOptions
+    for detector_, kwargs in ((loaded, {}), (on_gpu, {}), (loaded, {"engine": "ray"}), (loaded, {"screen": False}),
+                              (on_gpu, {"screen": False})):
+        detector_.scan(listings, tmp_path / "out", **kwargs)
+    assert asked == [("local", True), ("local", True), ("ray", True), ("local", False), ("local", False)]
 
-    asked.clear()
-    loaded.scan(listings, tmp_path / "out", engine="ray")
-    assert asked == [None]
-    options = [ScanOptions(batch_size=1, workers=1, screen=screen) for screen in (None, None, True, False)]
-    assert [o.stage_options(device).screen for o, device in zip(options, ("cpu", "cuda", "cuda", "cpu"))] == \
-        [True, False, True, False]
+
+def test_a_photo_the_first_stage_stops_never_pays_for_keypoints(tmp_path, demo_data, loaded):
+    from detector.demo import draw_surface
+    from detector.profile import StageClock
+
+    (tmp_path / "p").mkdir()
+    rows = ["listing_id,seller_id,title,price,currency,image"]
+    for i in range(3):
+        draw_surface(900 + i).save(tmp_path / "p" / f"s{i}.jpg")
+        rows.append(f"S{i},seller-{i},rug,12,USD,p/s{i}.jpg")
+    (tmp_path / "night.csv").write_text("\n".join(rows) + "\n")
+    gated, every = StageClock(), StageClock()
+    first = loaded.scan(tmp_path / "night.csv", tmp_path / "gated", clock=gated)
+    loaded.scan(tmp_path / "night.csv", tmp_path / "every", screen=False, clock=every)
+    assert first.screened_out == 3
+    assert "keypoints" not in gated.seconds and "keypoints" in every.seconds
+    assert all(screened(d) and d["verdict"] == "clear" for d in decisions(tmp_path / "gated").values())
+
+
+def test_an_index_built_before_gate_levels_lets_every_photo_through(tmp_path, demo_index, demo_data):
+    import shutil
+
+    from tests.detector.test_catalog import rewrite_manifest
+
+    old = tmp_path / "old"
+    shutil.copytree(demo_index, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    brands = manifest["brands"]
+    for entry in brands.values():
+        entry["calibration"] = {k: v for k, v in entry["calibration"].items() if not k.startswith("gate")}
+    rewrite_manifest(old, brands=brands)
+    with Detector.open(old, device="cpu", cache=False) as detector:
+        summary = detector.scan(demo_data.listings, tmp_path / "out")
+    assert summary.screened_out == 0
+    assert not any(screened(d) for d in decisions(tmp_path / "out").values())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from index.calibrate import CalibrationRule, CountRule, calibrate_counts, calibrate_thresholds
+from index.calibrate import CalibrationRule, CountRule, GateRule, calibrate_counts, calibrate_gate, calibrate_thresholds
 
 
 def unit(v):
@@ -73,3 +73,18 @@ def test_product_counts_sit_above_what_impostors_reach():
     assert got["Tiny"]["product_source"] == "pooled"
     assert calibrate_counts({"Alone": np.zeros(0)}, rule)["Alone"] == {
         "product_inliers": 8, "product_source": "default", "product_impostors": 0}
+
+
+def test_gate_level_sits_a_margin_below_a_low_quantile_of_the_brands_own_edits():
+    rng = np.random.default_rng(0)
+    tight, loose = rng.uniform(0.8, 0.9, 200), rng.uniform(0.4, 0.9, 200)
+    found = calibrate_gate({"tight": tight, "loose": loose}, GateRule(quantile=0.05, margin=0.02))
+    assert found["tight"]["gate_level"] == round(float(np.quantile(tight, 0.05)) - 0.02, 4)
+    assert found["loose"]["gate_level"] < found["tight"]["gate_level"] - 0.3  # a brand's level follows its edits
+    assert found["tight"]["gate_source"] == "brand"
+
+
+def test_a_brand_with_few_edits_borrows_the_pooled_edits_and_none_at_all_stops_nothing():
+    found = calibrate_gate({"big": np.linspace(0.5, 0.9, 40), "small": np.array([0.95, 0.96])})
+    assert found["small"]["gate_source"] == "pooled" and found["small"]["gate_level"] < 0.6
+    assert calibrate_gate({"alone": np.array([0.9])})["alone"]["gate_level"] is None
