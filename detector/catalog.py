@@ -24,7 +24,7 @@ from detector.verify import VERIFIER_ID, LocalFeatures, QueryFeatures, extract, 
 from detector.views import REFERENCE_VIEW_ID, listing_views, reference_view
 from index.calibrate import CalibrationRule, CountRule, GateRule, calibrate_counts, calibrate_gate, calibrate_thresholds
 from index.files import file_sha256
-from index.store import BrandEntry, IndexStoreError, build_lock, load_index, write_index
+from index.store import BrandEntry, IndexStoreError, build_lock, load_edit_scores, load_index, write_index
 
 MAX_LISTED_ERRORS = 20
 MAX_CALIBRATION_PHOTOS = 1000
@@ -49,6 +49,7 @@ class BuildReport:
 
     embedded: int = 0
     reused: int = 0
+    edited: int = 0  # reference photos whose seller edits were embedded (a brand whose photos are unchanged reuses its)
     skipped: list[str] = field(default_factory=list)
     manifest: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -56,11 +57,13 @@ class BuildReport:
 
 class Previous(NamedTuple):
     """What a build reuses from the index it replaces: vectors and local features by image hash,
-    and each brand's authorised sellers and registered marks (rows, packed features)."""
+    each brand's authorised sellers and registered marks (rows, packed features), and each brand's
+    edit scores under the sorted hashes of the photos they were made from."""
 
     known: dict[str, tuple[np.ndarray, LocalFeatures]]
     sellers: dict[str, list[str]]
     marks: dict[str, tuple[list[dict], bytes | None]]
+    edits: dict[str, tuple[tuple[str, ...], np.ndarray]]
 
 
 def _previous_index(out_dir: Path, embedder: Embedder, notes: list[str]) -> Previous:
@@ -71,13 +74,13 @@ def _previous_index(out_dir: Path, embedder: Embedder, notes: list[str]) -> Prev
     except IndexStoreError as exc:
         if (out_dir / "manifest.json").exists():
             notes.append(f"previous index not reused ({exc})")
-        return Previous({}, {}, {})
+        return Previous({}, {}, {}, {})
     if previous.manifest.get("embedder_id") != embedder.fingerprint_id:
         notes.append("previous index was built by another embedder: every photo is embedded again")
-        return Previous({}, {}, {})
+        return Previous({}, {}, {}, {})
     if (previous.manifest.get("reference_view"), previous.manifest.get("verifier")) != (REFERENCE_VIEW_ID, VERIFIER_ID):
         notes.append("previous index embedded or described its photos another way: every photo is embedded again")
-        return Previous({}, {}, {})
+        return Previous({}, {}, {}, {})
     known = {}
     for entry in previous.brands.values():
         if entry.local is None:
@@ -86,7 +89,17 @@ def _previous_index(out_dir: Path, embedder: Embedder, notes: list[str]) -> Prev
             known[product["image_sha256"]] = (vector, local)
     sellers = {name: entry.authorized for name, entry in previous.brands.items()}
     marks = {name: (entry.marks, entry.mark_features) for name, entry in previous.brands.items() if entry.marks}
-    return Previous(known, sellers, marks)
+    edits = {}
+    if previous.manifest.get("gate_rule", {}).get("edits") == EDITS_ID:
+        for name, entry in previous.brands.items():
+            try:
+                scores = load_edit_scores(previous, name)
+            except IndexStoreError as exc:
+                notes.append(f"{name}: stored edit scores not reused ({exc})")
+                continue
+            if scores is not None:
+                edits[name] = (tuple(sorted(p["image_sha256"] for p in entry.products)), scores)
+    return Previous(known, sellers, marks, edits)
 
 
 def _format_errors(errors: list[str]) -> str:
@@ -188,7 +201,8 @@ def build_catalog_index(
         stacked = {brand: np.stack(vs).astype(np.float32) for brand, vs in vectors.items()}
         queries = _calibration_queries(products, embedder, batch_size, workers)
         calibration = calibrate_thresholds(stacked, background, rule, queries)
-        calibration_gate = calibrate_gate(_edit_scores(products, stacked, embedder, batch_size, workers), gate_rule)
+        edit_scores, report.edited = _edit_scores(products, stacked, embedder, batch_size, workers, previous.edits)
+        calibration_gate = calibrate_gate(edit_scores, gate_rule)
         products_need = calibrate_counts(_product_impostors(products, stacked, local, workers, on_calibration), count_rule)
         for brand, found in products_need.items():
             calibration[brand].update(found)
@@ -214,12 +228,14 @@ def build_catalog_index(
                 local=pack(local[brand]),
                 marks=marks.get(brand, ([], None))[0],
                 mark_features=marks.get(brand, ([], None))[1],
+                edit_scores=edit_scores.get(brand),
             )
             for brand in products
         ]
         extra = {
             "catalog": {"path": str(catalog_path.resolve()), "sha256": file_sha256(catalog_path), "rows": len(rows)},
-            "build": {"embedded": report.embedded, "reused": report.reused, "skipped_rows": len(errors)},
+            "build": {"embedded": report.embedded, "reused": report.reused, "edited": report.edited,
+                      "skipped_rows": len(errors)},
             "reference_view": REFERENCE_VIEW_ID,
             "verifier": VERIFIER_ID,
             "calibration_rule": asdict(rule),
@@ -372,11 +388,16 @@ def _views_of(path: Path, embedder: Embedder) -> Prepared:
 
 
 def _edit_scores(products: dict[str, list[dict]], vectors: dict[str, np.ndarray], embedder: Embedder,
-                 batch_size: int, workers: int) -> dict[str, np.ndarray]:
+                 batch_size: int, workers: int, previous: dict[str, tuple[tuple[str, ...], np.ndarray]]
+                 ) -> tuple[dict[str, np.ndarray], int]:
     """Each brand's edit scores for the first stage's level: every reference photo edited as a
     seller would (:func:`detector.augment.seller_edits`), its whole view embedded as the scanner
-    embeds a listing's, and the best similarity each edit reaches against the brand."""
-    items = [(brand, p) for brand, ps in products.items() for p in ps]
+    embeds a listing's, and the best similarity each edit reaches against the brand. A brand whose
+    photos are the ones the ``previous`` build edited keeps its scores (the same embedder made them).
+    Also returns how many photos were edited this build."""
+    kept = {brand: previous[brand][1] for brand, ps in products.items() if brand in previous
+            and previous[brand][0] == tuple(sorted(p["image_sha256"] for p in ps))}
+    items = [(brand, p) for brand, ps in products.items() if brand not in kept for p in ps]
 
     def prepare(item: tuple[str, dict]) -> Prepared:
         picture = decode_image(read_image_bytes(Path(item[1]["image_path"])), draft=embedder.decode_size)
@@ -388,7 +409,8 @@ def _edit_scores(products: dict[str, list[dict]], vectors: dict[str, np.ndarray]
         if result.error is None:
             brand = result.item[0]
             found.setdefault(brand, []).append((result.vector @ vectors[brand].T).max(axis=1))
-    return {brand: np.concatenate(scores) for brand, scores in found.items()}
+    fresh = {brand: np.concatenate(scores).astype(np.float32) for brand, scores in found.items()}
+    return {**kept, **fresh}, len(items)
 
 
 def _calibration_queries(

@@ -61,6 +61,7 @@ class BrandEntry:
     local: bytes | None = None  # the image side's local features for verification, opaque here
     marks: list[dict] = field(default_factory=list)  # the brand's registered marks (logo files)
     mark_features: bytes | None = None  # their local features, opaque here, row-aligned with ``marks``
+    edit_scores: np.ndarray | None = None  # the first stage's calibration sample, written (read: load_edit_scores)
 
 
 def _sha256(data: bytes) -> str:
@@ -225,6 +226,8 @@ def write_index(
             files["local"] = _put(data_dir, entry.local, ".npz")
         if entry.mark_features is not None:
             files["marks"] = _put(data_dir, entry.mark_features, ".npz")
+        if entry.edit_scores is not None:
+            files["edit_scores"] = _put_vectors(data_dir, np.asarray(entry.edit_scores, np.float32))
         entries[entry.brand] = {
             "vectors": len(vectors),
             "products": len({p["product_id"] for p in entry.products}),
@@ -292,6 +295,13 @@ def _checked_path(index_dir: Path, spec: dict, brand: str) -> Path:
 
 def _read_checked(index_dir: Path, spec: dict, brand: str) -> bytes:
     return _checked(index_dir, spec, brand, keep=True)[1]
+
+
+def load_edit_scores(index: ReferenceIndex, brand: str) -> np.ndarray | None:
+    """The brand's stored edit scores (checked), which only a rebuild reads, so opening an index
+    for a scan does not."""
+    spec = index.manifest["brands"][brand]["files"].get("edit_scores")
+    return None if spec is None else np.load(_checked_path(index.path, spec, brand), allow_pickle=False)
 
 
 def verify_files(index_dir: Path) -> int:

@@ -11,7 +11,7 @@ import pytest
 from detector.catalog import build_catalog_index
 from detector.demo import draw_product
 from detector.errors import UserError
-from index.store import load_index
+from index.store import DATA, load_index
 
 HEADER = ["brand", "product_id", "image", "price", "currency", "title"]
 
@@ -37,19 +37,21 @@ def test_incremental_build_embeds_only_new_photos_and_drops_removed_products(tmp
     catalog = make_catalog(tmp_path / "cat", ROWS)
     out = tmp_path / "idx"
     first = build_catalog_index(catalog, out, embedder)
-    assert (first.embedded, first.reused) == (3, 0)
+    assert (first.embedded, first.reused, first.edited) == (3, 0, 3)
 
     again = build_catalog_index(catalog, out, embedder)
-    assert (again.embedded, again.reused) == (0, 3)
+    assert (again.embedded, again.reused, again.edited) == (0, 3, 0)  # nor edited again for the first stage
+    for brand, entry in again.manifest["brands"].items():
+        assert entry["calibration"] == first.manifest["brands"][brand]["calibration"]
 
     changed = [r for r in ROWS if r[1] != "A-2"] + [["Bolt", "B-2", "b2.png", "90", "EUR", "four"]]
     catalog = make_catalog(tmp_path / "cat", changed)
     third = build_catalog_index(catalog, out, embedder)
-    assert (third.embedded, third.reused) == (1, 2)
+    assert (third.embedded, third.reused, third.edited) == (1, 2, 3)  # both brands' photos changed
     index = load_index(out)
     ids = sorted(p["product_id"] for e in index.brands.values() for p in e.products)
     assert ids == ["A-1", "B-1", "B-2"]
-    assert third.manifest["build"] == {"embedded": 1, "reused": 2, "skipped_rows": 0}
+    assert third.manifest["build"] == {"embedded": 1, "reused": 2, "edited": 3, "skipped_rows": 0}
 
 
 def test_a_changed_photo_at_the_same_path_is_embedded_again(tmp_path, embedder):
@@ -188,3 +190,13 @@ def test_the_first_stage_levels_are_fitted_on_the_catalogue_alone_and_rebuilt_al
     # Acme's 3 photos give 24 edits, its own; Bolt's one photo too few, so it borrows every brand's
     assert first.manifest["brands"]["Acme"]["calibration"]["gate_source"] == "brand"
     assert first.manifest["brands"]["Bolt"]["calibration"]["gate_source"] == "pooled"
+
+
+def test_damaged_edit_scores_are_made_again_not_trusted(tmp_path, embedder):
+    catalog = make_catalog(tmp_path / "cat", ROWS)
+    first = build_catalog_index(catalog, tmp_path / "idx", embedder)
+    spec = first.manifest["brands"]["Acme"]["files"]["edit_scores"]
+    (tmp_path / "idx" / DATA / spec["name"]).write_bytes(b"not the scores")
+    again = build_catalog_index(catalog, tmp_path / "idx", embedder)
+    assert again.edited == 2 and any("Acme" in note and "edit scores" in note for note in again.notes)
+    assert again.manifest["brands"]["Acme"]["calibration"] == first.manifest["brands"]["Acme"]["calibration"]
