@@ -49,32 +49,31 @@ def near_threshold(index: ReferenceIndex, hits: list[Hit]) -> bool:
     return any(hit.similarity >= index.brands[hit.brand].threshold - MARGIN for hit in hits)
 
 
-def gate_level(index: ReferenceIndex, brand: str) -> float | None:
-    """The brand's calibrated gate level (``None``: not calibrated, the brand stops nothing)."""
-    return index.brands[brand].calibration.get("gate_level")
+def gate_levels(index: ReferenceIndex) -> dict[str, float] | None:
+    """Each brand's calibrated gate level; ``None`` where some brand has none (an index built
+    before levels existed), and then the first stage lets every photo through. Read once per scan."""
+    levels = {brand: entry.calibration.get("gate_level") for brand, entry in index.brands.items()}
+    return None if any(level is None for level in levels.values()) else levels
 
 
-def uncalibrated(index: ReferenceIndex) -> bool:
-    """Whether some brand has no gate level, so that the first stage lets every photo through."""
-    return any(gate_level(index, brand) is None for brand in index.brands)
-
-
-def without_keypoints(index: ReferenceIndex, hits: list[Hit]) -> Screen | None:
+def without_keypoints(index: ReferenceIndex, levels: dict[str, float] | None, hits: list[Hit]) -> Screen | None:
     """The first stage's verdict where the whole view's ``hits`` settle it, else ``None`` (a
     photo below every level, in an index whose marks its keypoints may still show)."""
     if near_threshold(index, hits):
         return Screen(True, "near")
-    if uncalibrated(index):
+    if levels is None:
         return Screen(True, "uncalibrated")
-    if any(hit.similarity >= gate_level(index, hit.brand) for hit in hits):
+    if any(hit.similarity >= levels[hit.brand] for hit in hits):
         return Screen(True, "catalogue")
     return None
 
 
-def screen(index: ReferenceIndex, hits: list[Hit], keypoints: Callable[[], QueryFeatures], marks: list[Mark]) -> Screen:
-    """Screen one photo given its whole view's closest ``hits``; its ``keypoints`` are made only
-    where the index has marks and the whole view settles nothing."""
-    settled = without_keypoints(index, hits)
+def screen(index: ReferenceIndex, levels: dict[str, float] | None, hits: list[Hit],
+           keypoints: Callable[[], QueryFeatures], marks: list[Mark]) -> Screen:
+    """Screen one photo given the index's :func:`gate_levels` and its whole view's closest
+    ``hits``; its ``keypoints`` are made only where the index has marks and the whole view
+    settles nothing."""
+    settled = without_keypoints(index, levels, hits)
     if settled is not None:
         return settled
     if marks and find_marks(keypoints().plain, marks):

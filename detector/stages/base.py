@@ -69,6 +69,13 @@ class Context:
         return ReferenceFeatures(self.index)
 
     @cached_property
+    def gate_levels(self) -> dict[str, float] | None:
+        """Each brand's first-stage level (``None``: some brand has none, every photo goes on)."""
+        from detector.screening import gate_levels
+
+        return gate_levels(self.index)
+
+    @cached_property
     def marks(self) -> list:
         """Every brand's registered marks, ready to search for."""
         from detector.matches import index_marks

@@ -24,7 +24,7 @@ class Screen(Stage):
 
     def cache_key(self, photo: Photo, ctx: Context) -> str | None:
         closest = photo.fields["closest"]
-        if not ctx.marks or without_keypoints(ctx.index, closest) is not None:
+        if not ctx.marks or without_keypoints(ctx.index, ctx.gate_levels, closest) is not None:
             return None  # decided from the whole view alone: nothing worth caching
         calibration = sorted({(h.brand, json.dumps(ctx.index.brands[h.brand].calibration, sort_keys=True),
                                ctx.index.brands[h.brand].threshold) for h in closest})
@@ -32,7 +32,8 @@ class Screen(Stage):
         return hashlib.sha256(inputs.encode()).hexdigest()[:16]
 
     def run(self, photo: Photo, ctx: Context) -> dict:
-        verdict = screen(ctx.index, photo.fields["closest"], lambda: photo.input("keypoints", ctx), ctx.marks)
+        verdict = screen(ctx.index, ctx.gate_levels, photo.fields["closest"], lambda: photo.input("keypoints", ctx),
+                         ctx.marks)
         return {"go_on": verdict.go_on, "why": verdict.why}
 
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from detector import Detector
-from detector.screening import screen
+from detector.screening import gate_levels, screen
 from detector.matches import index_marks, open_index, search_views
 from detector.verify import extract_query
 from tests.conftest import run_cli
@@ -83,7 +83,7 @@ def test_the_screen_sends_on_a_copy_and_stops_an_unrelated_picture(demo_index, d
 
     for name, photo in photos.items():
         hits = search_views(index, [embedder.embed([photo])[0]], 10)[0]
-        verdicts[name] = screen(index, hits, lambda: keypoints(photo), index_marks(index))
+        verdicts[name] = screen(index, gate_levels(index), hits, lambda: keypoints(photo), index_marks(index))
     assert verdicts["copy"].go_on and verdicts["copy"].why in ("near", "catalogue")
     assert verdicts["noise"] == (False, None)
     assert keypoints_made == []  # the demo index has no marks: the whole view alone decides
