@@ -179,7 +179,7 @@ def index_info(
     index_dir: Path = typer.Argument(..., help="INDEX_DIR made by `counterfeit index build`."),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
 ) -> None:
-    """Show what an index holds: embedder, brands, counts, thresholds, and when it was built."""
+    """Show what an index holds: embedder, brands, counts, thresholds, first-stage levels, and when it was built."""
     from index.store import load_index, verify_files
 
     files = verify_files(index_dir)  # every data file, the FAISS indexes included
@@ -195,7 +195,7 @@ def index_info(
     c = manifest["counts"]
     out.print(f"holds      {c['brands']} brands, {c['products']} products, {c['vectors']} photos, {c['authorized_sellers']} authorised sellers")
     table = Table("brand", "products", "photos", "sellers", "index", "threshold", "calibrated from",
-                  "new photos need", "from")
+                  "new photos need", "from", "first stage level")
     for brand, entry in manifest["brands"].items():
         cal = entry.get("calibration", {})
         source = f"{cal.get('impostors', 0)} impostors ({cal.get('source', '?')})"
@@ -205,6 +205,8 @@ def index_info(
             entry["index_kind"], f"{entry['threshold']:.3f}", source,
             "-" if needs is None else f"{needs} keypoints",
             f"{cal.get('product_impostors', 0)} impostors ({cal.get('product_source', '?')})" if needs else "",
+            "- (rebuild to fit)" if cal.get("gate_level") is None
+            else f"{cal['gate_level']:.3f} ({cal.get('gate_edits', 0)} edits, {cal.get('gate_source', '?')})",
         )
     out.print(table)
     marks = [(brand, mark) for brand, entry in index.brands.items() for mark in entry.marks]

@@ -37,7 +37,8 @@ def test_index_info_describes_the_index(demo_index):
     result = invoke("index", "info", demo_index)
     assert result.exit_code == 0, result.output
     assert "lite0" in result.output and "3 brands, 12 products, 12 photos" in result.output
-    assert "Aurora" in result.output and "all 12 data files verified" in result.output
+    assert "Aurora" in result.output and "all 15 data files verified" in result.output  # 3 brands x 5
+    assert "first stage level" in result.output and "32 edits, brand" in result.output
     assert "new photos need" in result.output and "keypoints" in result.output
     manifest = json.loads(invoke("index", "info", demo_index, "--json").output)
     assert manifest["counts"]["brands"] == 3 and manifest["embedder"]["name"] == "lite0"
