@@ -204,9 +204,8 @@ def build_catalog_index(
         edit_scores, report.edited = _edit_scores(products, stacked, embedder, batch_size, workers, previous.edits)
         calibration_gate = calibrate_gate(edit_scores, gate_rule)
         products_need = calibrate_counts(_product_impostors(products, stacked, local, workers, on_calibration), count_rule)
-        for brand, found in products_need.items():
+        for brand, found in [*products_need.items(), *calibration_gate.items()]:
             calibration[brand].update(found)
-            calibration[brand].update(calibration_gate.get(brand, {}))
         if authorized is None and previous_sellers:
             report.notes.append("no --authorized given: authorised sellers kept from the previous build")
         sellers = authorized if authorized is not None else previous_sellers
