@@ -20,7 +20,7 @@ brand's best whole-view similarity reaches that brand's level:
 gate would stop; "passed" is the share of photos that would go on to the keypoint stages.
 
     python -m scripts.studies.catalogue_gate_study ../shared/eval-public:W1 [BENCH:WORK ...]
-        --unprotected ../shared/public-unrelated [--out gate.json] [--vectors DIR]
+        --unprotected ../shared/public-unrelated [--out gate.json] [--vectors DIR] [--brand-split]
 """
 
 from __future__ import annotations
@@ -109,6 +109,7 @@ def measure(bench: Path, work: Path, unprotected: list[Path], store: Path | None
         "edits": {b: _embedded(folder, f"edits-{b}", lambda b=b: edits(b)) for b in brands},
         "unprotected": _embedded(store, "unprotected", lambda: _whole_views(
             embedder, [_decode(p, size) for p in unprotected])),
+        "ids": ids,
         "flagged": np.array([decisions[i]["verdict"] == "flagged" for i in ids]),
         "fake": np.array([truth[i]["should_flag"] == "1" for i in ids]),
     }
@@ -152,6 +153,26 @@ def passes(gate, vectors: np.ndarray, found: dict) -> np.ndarray:
     return gate(vectors) | near
 
 
+def brand_split(bench: Path, found: dict) -> None:
+    """Fit the edits rule (the fewest unprotected photos let through with no flag lost) on every
+    other brand of one folder, and score it on the rest; then the other way round."""
+    truth = {r["listing_id"]: r["brand"] for r in csv.DictReader(open(bench / "truth.csv", newline="", encoding="utf-8"))}
+    brand_of = np.array([truth[i] for i in found["ids"]])
+    brands = list(found["refs"])
+    for half in (brands[::2], brands[1::2]):
+        rest = [b for b in brands if b not in half]
+        scored = []
+        for q in QUANTILES:
+            for m in MARGINS:
+                gate = _brand_levels(found, q, m)
+                lost = found["flagged"] & ~passes(gate, found["listing"], found)
+                scored.append((int((lost & np.isin(brand_of, half)).sum()), passes(gate, found["unprotected"], found).mean(),
+                               q, m, int((lost & np.isin(brand_of, rest)).sum())))
+        _, through, q, m, lost_rest = min(row for row in scored if row[0] == 0)
+        print(f"fitted on {', '.join(half)}: q{q}-{m}, unprotected let through {through:.3f}, "
+              f"flags lost on the other brands {lost_rest} of {int((found['flagged'] & np.isin(brand_of, rest)).sum())}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folders", nargs="+", help="BENCH:WORK pairs")
@@ -159,6 +180,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=600)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--vectors", type=Path, help="keep the embedded whole views here, for a rerun")
+    parser.add_argument("--brand-split", action="store_true",
+                        help="also fit the edits rule on half of each folder's brands and score it on the other half")
     args = parser.parse_args()
     unprotected = image_files(args.unprotected)[: args.limit]
     found = {}
@@ -186,6 +209,10 @@ def main() -> None:
         print(f"{gate:18} " + " ".join(
             f"{c['flagged_lost']:>3}({c['fakes_lost']})/{c['flagged']:<3} list {c['passed']:.2f} unp {c['unprotected_passed']:.3f}"
             for c in cells.values()))
+    if args.brand_split:
+        for pair in args.folders:
+            bench = Path(pair.split(":")[0])
+            brand_split(bench, found[bench.name])
     if args.out:
         args.out.write_text(json.dumps(table, indent=1) + "\n")
 
