@@ -26,9 +26,8 @@ class Screen(Stage):
         closest = photo.fields["closest"]
         if not ctx.marks or without_keypoints(ctx.index, ctx.gate_levels, closest) is not None:
             return None  # decided from the whole view alone: nothing worth caching
-        calibration = sorted({(h.brand, json.dumps(ctx.index.brands[h.brand].calibration, sort_keys=True),
-                               ctx.index.brands[h.brand].threshold) for h in closest})
-        inputs = json.dumps([candidates_key(ctx.index, closest), calibration, ctx.marks_key])
+        levels = sorted({(h.brand, ctx.index.brands[h.brand].threshold, ctx.gate_levels[h.brand]) for h in closest})
+        inputs = json.dumps([candidates_key(ctx.index, closest), levels, ctx.marks_key])
         return hashlib.sha256(inputs.encode()).hexdigest()[:16]
 
     def run(self, photo: Photo, ctx: Context) -> dict:
