@@ -20,11 +20,12 @@ LOOKALIKE, VETOED, NO_MATCH = "lookalike", "vetoed", "no_match"
 MARK, OTHER_MARK, MARK_MISSING = "mark", "other_mark", "mark_missing"
 
 VISUAL_STATES = {
-    COPY: "geometric verification confirms an edited copy of the reference photo: enough matching keypoints in"
-          " one layout, or fewer with the reference's whole outline in place",
-    PRODUCT: "a new photo of the product (the seller's own, not an edit of the catalogue photo): fewer matching"
-             " keypoints than a copy needs, but as many as the brand's calibrated product count, in one"
-             " layout (plain, or unique to that product among the candidates)",
+    COPY: "the photo is the catalogue photo, edited: keypoints establish the product, and the reference's picture"
+          " is in the photo exactly (its edges on the photo's to the pixel, or its keypoints on a rigid fit to"
+          " a fraction of a pixel)",
+    PRODUCT: "a new photo of the product (the seller's own, not an edit of the catalogue photo): keypoints establish"
+             " the product (as many as a copy needs, or the brand's calibrated product count), but the"
+             " reference's picture is not in the photo exactly",
     MARK: "the photo carries one of the brand's registered marks (index build --marks), on a product like one"
           " the brand sells (similarity at least the policy's [marks] min_similarity); the mark's box is in"
           " the decision's marks",
@@ -62,6 +63,10 @@ FINDINGS = {
     "currency_missing": "the listing gives a price but no currency, so the price is not compared",
     "currency_mismatch": "the listing's currency differs from the catalogue's and the policy gives no rate for it",
     "catalogue_price_missing": "the catalogue has no price for the matched product",
+    "identity_uncertain": "the photo could show several products of the matched brand (siblings that the evidence"
+                          " does not tell apart); they are named, and the price is compared with the cheapest",
+    "price_withheld": "the photo could show several products and one of them has no comparable catalogue price,"
+                      " so the cheapest is unknown and the price is not compared",
     "price_out_of_range": "the price ratio overflows, so the price is not compared",
     "seller_missing": "the listing gives no seller id, so the seller is not checked",
     "sellers_not_declared": "the matched brand declares no authorised sellers, so the seller is not checked",
@@ -102,12 +107,14 @@ class Match:
     unique: int | None = None  # of the keypoints, those that favour this reference over the other candidates
     colour: float | None = None  # colour agreement once aligned, 0..1; None where not measured
     region: list | None = None  # where the reference lands in the photo: four [x, y] corners as fractions
+    sharpness: float | None = None  # share of the reference's edges on the photo's to the pixel, once aligned
+    residual: float | None = None  # median pixels between matched keypoints and the rigid fit's places for them
     reference_image: str | None = None
     price: float | None = None
     currency: str | None = None
 
     RECORD = ("brand", "product_id", "similarity", "threshold", "visual_state", "inliers", "alignment", "unique",
-              "colour", "region")
+              "colour", "region", "sharpness", "residual")
 
     def as_record(self) -> dict:
         """The match as decisions.jsonl stores it."""
@@ -150,6 +157,7 @@ class Decision:
     prior_flags: list[str] = field(default_factory=list)
     comeback: list[dict] = field(default_factory=list)
     marks: list[dict] = field(default_factory=list)  # registered marks found in the photo, with their boxes
+    plausible: list[str] = field(default_factory=list)  # products a visual match could show, likeliest first
     evidence: dict[str, dict] = field(default_factory=dict)  # fields stages report, by stage name (detector.stages)
     reference_path: str | None = None  # local file of the reference photo, for the report only
 

@@ -190,6 +190,8 @@ def candidates(
                 unique=None if outcome is None else outcome.unique,
                 colour=None if outcome is None else outcome.colour,
                 region=None if outcome is None else outcome.region,
+                sharpness=None if outcome is None else outcome.sharpness,
+                residual=None if outcome is None else outcome.residual,
             )
         )
     return found

@@ -48,6 +48,8 @@ class Verification:
     aligned_inliers: int
     full_alignment: float
     trust_inliers: int
+    copy_sharpness: float = 0.78
+    copy_residual: float = 0.4
 
 
 @dataclass(frozen=True)
@@ -197,6 +199,8 @@ def _policy_from(config: dict) -> Policy:
             aligned_inliers=int(_number(verify, "aligned_inliers", "verify", 1, 10_000)),
             full_alignment=_number(verify, "full_alignment", "verify", 0.0, 1.01),
             trust_inliers=int(_number(verify, "trust_inliers", "verify", 1, 10_000)),
+            copy_sharpness=_number(verify, "copy_sharpness", "verify", 0.0, 1.01),
+            copy_residual=_number(verify, "copy_residual", "verify", 0.0, 100.0),
         ),
         product=ProductRules(
             enabled=bool(product["enabled"]),
@@ -270,7 +274,8 @@ class Ranked:
         c = self.candidate
         return Match(brand=c.brand, product_id=c.product_id, similarity=c.similarity, threshold=self.threshold,
                      visual_state=self.state, inliers=c.inliers, alignment=c.alignment, unique=c.unique,
-                     colour=c.colour, region=c.region, reference_image=c.reference_image, price=c.price,
+                     colour=c.colour, region=c.region, sharpness=c.sharpness, residual=c.residual,
+                     reference_image=c.reference_image, price=c.price,
                      currency=c.currency)
 
 
@@ -317,23 +322,26 @@ def visual_state(cand: Candidate, threshold: float, verification: Verification, 
     """What the photo shows of one candidate (a code of :data:`detector.decisions.VISUAL_STATES`);
     ``product_inliers`` is what a new photo of it needs (``None``: the product path is off).
 
-    Fewer keypoints than a copy needs, but at least the brand's product count, make a new photo
-    of the product whatever the outline: a seller's own photo, at an angle and of a carton in 3D,
-    does not keep the catalogue photo's outline the way an edited copy does. At copy counts the
-    outline still vetoes, as it always has: many keypoints agreeing on a shared element while the
-    rest of the outline is missing is a look-alike."""
+    Keypoints establish the product in three ways: as many as a copy needs; fewer with the whole
+    outline in place; or, under a copy's count, at least the brand's product count whatever the
+    outline (a seller's own photo, at an angle and of a carton in 3D, does not keep the catalogue
+    photo's outline). At copy counts the outline still vetoes: many keypoints agreeing on a shared
+    element while the rest of the outline is missing is a look-alike. Once established, whether
+    the photo is the catalogue photo edited (``copy``) or a new photo of the product (``product``)
+    is a matter of how exactly the reference's picture is in it (:func:`copy_or_product`), not of
+    how many keypoints match."""
     v = verification
     inliers, alignment = cand.inliers, cand.alignment
     if inliers is not None and alignment is not None and inliers >= v.aligned_inliers and alignment >= v.full_alignment:
-        return COPY
+        return copy_or_product(cand, v)
     if (product_inliers is not None and inliers is not None and inliers < v.confirm_inliers
             and max(inliers, cand.unique or 0) >= product_inliers):
-        return PRODUCT
+        return copy_or_product(cand, v)
     if (inliers is not None and alignment is not None and v.veto_below <= inliers < v.trust_inliers
             and alignment < v.min_alignment):
         return LOOKALIKE if cand.similarity >= threshold else NO_MATCH
     if inliers is not None and inliers >= v.confirm_inliers:
-        return COPY
+        return copy_or_product(cand, v)
     if cand.similarity < threshold:
         return NO_MATCH
     if inliers is None:
@@ -341,6 +349,18 @@ def visual_state(cand: Candidate, threshold: float, verification: Verification, 
     if inliers < v.veto_below and cand.similarity < v.strong_similarity:
         return VETOED
     return SIMILAR
+
+
+def copy_or_product(cand: Candidate, verification: Verification) -> str:
+    """``copy`` where the reference's picture is in the photo exactly: at least ``copy_sharpness`` of
+    its edges on the photo's to the pixel, or its matched keypoints within ``copy_residual`` pixels
+    (median) of a rigid fit; ``product`` (a new photo of it) otherwise, and where neither could be
+    measured."""
+    if cand.sharpness is not None and cand.sharpness >= verification.copy_sharpness:
+        return COPY
+    if cand.residual is not None and cand.residual <= verification.copy_residual:
+        return COPY
+    return PRODUCT
 
 
 GEOMETRIC = frozenset({COPY, PRODUCT})
@@ -481,21 +501,82 @@ def _price_ratio(listing: Listing, cand: Candidate, policy: Policy) -> tuple[flo
     return ratio, None
 
 
-def find(listing: Listing, cand: Candidate, authorized: dict[str, set[str]], policy: Policy,
+def plausible(ranked: list[Ranked], rules: ProductRules) -> list[Ranked]:
+    """The products the photo could show, the first candidate first: with it, the candidates of
+    its brand that are visual matches too and that the evidence does not tell from it. Where local
+    features established the first (a copy, a new photo), a sibling stays plausible when local
+    features establish it too with at least ``colour_ratio`` of the most unique keypoints (those
+    :func:`by_colour` compares by colour: the keypoints do not separate them); where they did not
+    (a mark, a similarity), every matching sibling stays plausible."""
+    first = ranked[0]
+    if first.state not in MATCHING:
+        return [first]
+    same = [r for r in ranked[1:] if r.candidate.brand == first.candidate.brand and r.state in MATCHING]
+    if first.state in GEOMETRIC:
+        same = [r for r in same if r.state in GEOMETRIC]
+        top = max((r.candidate.unique or 0) for r in [first, *same])
+        same = [r for r in same if (r.candidate.unique or 0) >= rules.colour_ratio * top]
+    kept, seen = [first], {first.candidate.product_id}
+    for r in same:
+        if r.candidate.product_id not in seen:  # a product with several catalogue photos is one product
+            kept.append(r)
+            seen.add(r.candidate.product_id)
+    return kept
+
+
+def doubt_finding(products: list[Ranked]) -> Finding | None:
+    """The remark that names the products a photo could show, when it could show more than one."""
+    if len(products) < 2:
+        return None
+    first = products[0]
+    how = ("their keypoints do not single one out" if first.state in GEOMETRIC
+           else "nothing but their likeness tells them apart")
+    return Finding("identity_uncertain", 0.0,
+                   f"the photo could show any of {len(products)} {first.candidate.brand} products:"
+                   f" {', '.join(r.candidate.product_id for r in products)} ({how}); {first.candidate.product_id}"
+                   " is the likeliest")
+
+
+def _sibling_price(listing: Listing, products: list[Candidate], policy: Policy
+                   ) -> tuple[float | None, Candidate, Finding | None]:
+    """The price ratio against the cheapest of the products the photo could show (the highest
+    ratio: a price that fits any of them is not too low), that product, and a remark when the
+    price cannot be compared. With several products, one without a comparable catalogue price
+    withholds the comparison: the cheapest is then unknown."""
+    first = products[0]
+    ratio, note = _price_ratio(listing, first, policy)
+    if len(products) == 1 or listing.price is None or listing.currency is None:
+        return ratio, first, note
+    found = [(_price_ratio(listing, c, policy), c) for c in products]
+    lacking = [c for (r, _), c in found if r is None]
+    if lacking:
+        return None, first, Finding(
+            "price_withheld", 0.0,
+            f"the photo could show {lacking[0].product_id}, whose price cannot be compared"
+            f" ({found[products.index(lacking[0])][0][1].text}); with the cheapest product unknown, price not compared")
+    (ratio, _), cheapest = max(found, key=lambda item: item[0][0])
+    return ratio, cheapest, None
+
+
+def find(listing: Listing, products: list[Candidate], authorized: dict[str, set[str]], policy: Policy,
          history: list[Finding]) -> Facts:
-    """Every finding about ``listing`` against the candidate ``cand``: the inconsistencies first
-    (price, seller, title, then the ``history`` findings), then the remarks."""
-    ratio, price_note = _price_ratio(listing, cand, policy)
+    """Every finding about ``listing`` against the products its photo could show (the likeliest
+    first; the price is compared with the cheapest of them): the inconsistencies first (price,
+    seller, title, then the ``history`` findings), then the remarks."""
+    cand = products[0]
+    ratio, priced, price_note = _sibling_price(listing, products, policy)
     facts = Facts(findings=[], price_ratio=ratio)
     sellers = authorized.get(cand.brand) or set()
     if policy.check_seller and sellers and listing.seller_id is not None:
         facts.seller_authorized = listing.seller_id in sellers
     min_ratio = policy.brand_price_ratio(cand.brand)
     if ratio is not None and ratio < min_ratio:
+        whose = "" if len(products) == 1 else (
+            f" of {priced.product_id}, the cheapest of the {len(products)} products the photo could show")
         facts.findings.append(Finding(
             "price_below_ratio", policy.weights.price * (0.6 + 0.4 * (1 - ratio / min_ratio)),
             f"price {listing.price:,.2f} {listing.currency} is {ratio:.0%} of the catalogue price"
-            f" {cand.price:,.2f} {cand.currency} (below {min_ratio:.0%})"))
+            f" {priced.price:,.2f} {priced.currency}{whose} (below {min_ratio:.0%})"))
     if facts.seller_authorized is False:
         facts.findings.append(Finding("seller_not_authorised", policy.weights.seller,
                                       f"seller {listing.seller_id!r} is not authorised for {cand.brand}"))
@@ -627,7 +708,13 @@ def decide(
     decision.inliers, decision.alignment = cand.inliers, cand.alignment
     decision.catalogue_price, decision.catalogue_currency = cand.price, cand.currency
 
-    facts = find(listing, cand, authorized, policy, history)
+    products = plausible(ranked, policy.product)
+    decision.plausible = [r.candidate.product_id for r in products] if decision.visual_match else []
+    facts = find(listing, [r.candidate for r in products], authorized, policy, history)
+    doubt = doubt_finding(products)
+    if doubt is not None:
+        facts.findings.insert(next((i for i, f in enumerate(facts.findings) if f.weight <= 0), len(facts.findings)),
+                              doubt)
     decision.findings, decision.seller_authorized = facts.findings, facts.seller_authorized
     decision.price_ratio = None if facts.price_ratio is None else round(facts.price_ratio, 4)
     decision.score = score(visual_confidence(best, policy.verification), facts.findings)

@@ -60,6 +60,8 @@ class Candidate:
     unique: int | None = None  # of those keypoints, the ones that favour this reference over the other candidates
     colour: float | None = None  # colour agreement once aligned, 0..1 (see detector.verify.Outcome)
     region: list | None = None  # where the reference lands in the photo: four [x, y] corners as fractions
+    sharpness: float | None = None  # share of the reference's edges on the photo's to the pixel, once aligned
+    residual: float | None = None  # median pixels between matched keypoints and where the rigid fit puts them
 
 
 # --- a photo's vector, packed -------------------------------------------------------------------

@@ -12,6 +12,15 @@ the reference onto the listing. Two numbers are the evidence:
 - ``unique``: with several candidates verified together, the keypoints that match this one
   clearly better than any other candidate, in its layout. Sibling products of one brand share
   the logo and layout, so their plain inlier counts are close; the unique ones tell them apart.
+- ``sharpness`` and ``residual``: how exactly the reference's picture is in the photo, what tells
+  an edited copy of the catalogue photo from a new photo of the product. An edit (crop, turn,
+  paste, recolour, re-compression) moves the catalogue picture's pixels as a whole: its edges land
+  on the photo's own to the pixel, and its matching keypoints fit one rotation, scale and shift
+  to a fraction of a pixel. A new photo of the product (at an angle, of a carton in 3D, through a
+  phone's lens) matches the same keypoints only to a pixel or two, and the edges only nearby.
+  ``sharpness`` is the share of the reference's edges, aligned, that fall on an edge of the photo
+  at the same pixel of the half frame (``alignment`` allows EDGE_TOLERANCE pixels);
+  ``residual`` the median distance, in MAX_SIDE pixels, of the matches the rigid fit keeps.
 - ``colour``: how well the reference's colours, warped onto the listing, agree with the
   listing's there (1 is the same colours), after each photo's channels are divided by their
   mean over the matched region, so that shop light cancels out. Variants that differ mainly in
@@ -35,7 +44,7 @@ import numpy as np
 from PIL import Image
 
 VERIFIER_ID = ("sift2000-c0.02-up512-ratio0.75-similarity-ransac4-mirror-edges256-homography-layout3-unique0.9px10"
-               "-colour64-region-v8")
+               "-colour64-region-sharp1-residual-v9")
 MAX_SIDE = 512
 """Both photos are resized (up or down) so that their longer side is this long before SIFT: small
 photos and small pasted products then keep enough keypoints to verify."""
@@ -59,6 +68,8 @@ EDGE_LEVEL = 40.0
 """Gradient magnitude (grey levels per pixel, after a 1-pixel blur) above which a pixel is an edge."""
 EDGE_TOLERANCE = 5
 """A reference edge counts as found when the listing has an edge within this window (pixels)."""
+SHARP_TOLERANCE = 1
+"""For ``sharpness``: the window (pixels of the half frame) within which an edge is the same edge."""
 MIN_EDGE_PIXELS = 20
 COLOUR_SCALE = 8
 """The colour thumbnails are the MAX_SIDE frame divided by this (64 pixels on the longer side):
@@ -153,13 +164,17 @@ class Outcome(NamedTuple):
     logo and layout); ``colour``, the colour agreement once aligned, in [0, 1], to 4 decimals
     (``None`` below MIN_LAYOUT keypoints, or for too small a matched region); ``region``, where
     the reference's frame lands in the photo: its four corners as ``[x, y]`` fractions of the
-    photo's width and height (``None`` below MIN_LAYOUT keypoints)."""
+    photo's width and height (``None`` below MIN_LAYOUT keypoints); ``sharpness`` and ``residual``,
+    how exactly the reference's picture is in the photo (see the module's text; to 4 decimals,
+    ``None`` below MIN_LAYOUT keypoints or where there is nothing to measure)."""
 
     inliers: int
     alignment: float | None
     unique: int = 0
     colour: float | None = None
     region: list | None = None
+    sharpness: float | None = None
+    residual: float | None = None
 
 
 def verify_pair(query: QueryFeatures, reference: LocalFeatures) -> Outcome | None:
@@ -200,9 +215,14 @@ def verify_candidates(query: QueryFeatures, references: list[LocalFeatures], cou
         else:
             found = [edge_alignment(query.plain.thumbnail, reference.thumbnail, m, fit.flipped) for m in fit.maps]
             found = [a for a in found if a is not None]
+            sharp = edge_alignment(query.plain.thumbnail, reference.thumbnail, fit.maps[-1], fit.flipped,
+                                   SHARP_TOLERANCE)
+            residual = fit_residual(query, reference, fit)
             outcomes.append(Outcome(fit.inliers, round(max(found), 4) if found else None, extra,
                                     None if colour is None else round(colour, 4),
-                                    matched_region(query.plain.thumbnail, reference.thumbnail, fit.maps[-1], fit.flipped)))
+                                    matched_region(query.plain.thumbnail, reference.thumbnail, fit.maps[-1], fit.flipped),
+                                    None if sharp is None else round(sharp, 4),
+                                    None if residual is None else round(residual, 4)))
     return outcomes
 
 
@@ -381,10 +401,26 @@ def _edges(grey: np.ndarray) -> np.ndarray:
     return np.sqrt(gx * gx + gy * gy) > EDGE_LEVEL
 
 
-def edge_alignment(query: np.ndarray, reference: np.ndarray, transform: np.ndarray, flipped: bool) -> float | None:
+def fit_residual(query: QueryFeatures, reference: LocalFeatures, fit: _Fit) -> float | None:
+    """The median distance (MAX_SIDE pixels) between the listing keypoints that pass the ratio test
+    and where the rigid fit puts their reference keypoints, over those within RANSAC_PIXELS;
+    ``None`` without a fit."""
+    if fit.transform is None:
+        return None
+    nearest, first, second = query.nearest_two(reference, fit.flipped)
+    kept = np.flatnonzero(first < RATIO * second)
+    features = query.mirrored if fit.flipped else query.plain
+    predicted = reference.points[nearest[kept]] @ fit.transform[:, :2].T + fit.transform[:, 2]
+    distances = np.linalg.norm(predicted - features.points[kept], axis=1)
+    distances = distances[distances < RANSAC_PIXELS]
+    return float(np.median(distances)) if len(distances) else None
+
+
+def edge_alignment(query: np.ndarray, reference: np.ndarray, transform: np.ndarray, flipped: bool,
+                   tolerance: int = EDGE_TOLERANCE) -> float | None:
     """Share of the reference thumbnail's edges, mapped by ``transform`` (3 x 3, fitted in the
     MAX_SIDE frames; for ``flipped``, onto the listing's mirrored keypoints), that fall within
-    EDGE_TOLERANCE pixels of an edge of the listing thumbnail; ``None`` when fewer than
+    ``tolerance`` pixels (a window) of an edge of the listing thumbnail; ``None`` when fewer than
     MIN_EDGE_PIXELS reference edges land inside the listing."""
     cv2 = _cv2()
     if min(query.shape) < 2 or min(reference.shape) < 2:
@@ -400,7 +436,7 @@ def edge_alignment(query: np.ndarray, reference: np.ndarray, transform: np.ndarr
     wanted = _edges(warped) & inside
     if wanted.sum() < MIN_EDGE_PIXELS:
         return None
-    near = cv2.dilate(_edges(query).astype(np.uint8), np.ones((EDGE_TOLERANCE, EDGE_TOLERANCE), np.uint8)) > 0
+    near = cv2.dilate(_edges(query).astype(np.uint8), np.ones((tolerance, tolerance), np.uint8)) > 0
     return float((wanted & near).sum() / wanted.sum())
 
 

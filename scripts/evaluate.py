@@ -7,13 +7,18 @@ library's front door (detector.build_index, Detector.scan), and compares decisio
 reads). It prints a table and writes metrics.json into the work folder.
 
     python scripts/evaluate.py ../shared/eval-public [--work eval-work] [--policy P.toml] [--sweep] [--sweep-verify]
-                                                     [--sweep-colour] [--profile] [--no-screen]
+                                                     [--sweep-colour] [--brand-split K] [--profile] [--no-screen]
+
+--brand-split K reports what the constants the project chose by looking at a folder are worth on
+brands they were not chosen on: the folder's brands go into K groups, and each group is decided
+under the setting (of SPLIT_GRID) that scores best on the other groups' listings.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import shutil
 import sys
@@ -123,6 +128,64 @@ def sweep(scan: Callable[[Path | None], None], scan_dir: Path, work: Path, polic
     return results
 
 
+SPLIT_GRID = [
+    (f"offset {o:+.2f}, confirm {c}, product inliers {n}, colour_weight {w:.0f}, colour_ratio {r:.1f}",
+     {"match": {"threshold_offset": o}, "verify": {"confirm_inliers": c},
+      "product": {"inliers": f'"{n}"' if n == "calibrated" else n, "colour_weight": w, "colour_ratio": r}})
+    for o in (-0.05, 0.0, 0.05) for c in (6, 8, 10) for n in ("calibrated", 5, 7) for w in (0.0, 24.0)
+    for r in (0.3, 0.5)
+]
+"""The constants a brand-split run chooses: every combination of the policy keys the project chose
+by looking at a folder (the thresholds' offset, the keypoints that confirm a match, the keypoints a
+new photo needs, the colour rule among siblings), each re-decided from the same scan."""
+SHIPPED = "offset +0.00, confirm 8, product inliers calibrated, colour_weight 24, colour_ratio 0.3"
+"""The grid's setting that the default policy ships: preferred on a tie."""
+
+
+def brand_groups(truth_rows: list[dict], groups: int) -> dict[str, int]:
+    """Each listing's group for a brand split: the folder's brands, sorted, are dealt round-robin
+    into ``groups`` groups and a listing goes with its true brand; a listing of no brand (an
+    unrelated photo, another company's product) goes to a group chosen by a hash of its id."""
+    brands = sorted({t["brand"] for t in truth_rows if t.get("brand")})
+    if len(brands) < groups:
+        raise SystemExit(f"--brand-split {groups}: the folder has only {len(brands)} brands")
+    group_of = {brand: i % groups for i, brand in enumerate(brands)}
+    return {t["listing_id"]: group_of[t["brand"]] if t.get("brand")
+            else int(hashlib.sha256(t["listing_id"].encode()).hexdigest(), 16) % groups for t in truth_rows}
+
+
+def brand_split(scan: Callable[[Path | None], None], scan_dir: Path, work: Path, policy: Path | None,
+                truth_rows: list[dict], groups: int, grid: list[tuple[str, dict]] = SPLIT_GRID) -> dict:
+    """Fit on some brands, report on the others: the same scan re-decided under every setting of
+    ``grid``; for each group of brands, the setting with the best F1 on the other groups'
+    listings (on a tie, the better right-product-first, then the shipped setting, then the first in
+    grid order) is chosen, and its decisions on the group's own listings are kept. The kept
+    decisions of all groups are scored together, as one folder."""
+    group = brand_groups(truth_rows, groups)
+    base = policy.read_text() if policy else ""
+    decided = []
+    for label, changes in grid:
+        changed = work / "sweep-policy.toml"
+        changed.write_text(with_keys(base, changes))
+        scan(changed)
+        decided.append({d["listing_id"]: d for d in read_decisions(scan_dir)})
+    scan(policy)  # leave the scan's outputs as the unchanged policy made them
+    kept, folds = [], []
+    for g in range(groups):
+        fit = [t for t in truth_rows if group[t["listing_id"]] != g]
+        held = [t for t in truth_rows if group[t["listing_id"]] == g]
+        fitted = [score(list(by_id.values()), fit) for by_id in decided]
+        best = max(range(len(grid)), key=lambda i: (fitted[i]["f1"], fitted[i]["recall_at_1"], grid[i][0] == SHIPPED, -i))
+        kept += [decided[best][t["listing_id"]] for t in held if t["listing_id"] in decided[best]]
+        result = score([decided[best][t["listing_id"]] for t in held if t["listing_id"] in decided[best]], held)
+        folds.append({"held_brands": sorted({t["brand"] for t in held if t.get("brand")}), "chosen": grid[best][0],
+                      "fit_f1": round(fitted[best]["f1"], 4), "held_f1": round(result["f1"], 4),
+                      "held_listings": len(held)})
+    pooled = score(kept, truth_rows)
+    return {"groups": folds, **{k: pooled[k] for k in ("precision", "recall", "f1", "recall_at_1",
+                                                       "false_flag_rate_authorized_fullprice")}}
+
+
 def with_keys(policy_text: str, changes: dict[str, dict]) -> str:
     """``policy_text`` with each {section: {key: value}} set (the keys must not be in it already)."""
     for section, values in changes.items():
@@ -158,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="also re-decide the same scan under a grid of [verify] constants (no re-embedding)")
     parser.add_argument("--sweep-colour", action="store_true",
                         help="also re-decide the same scan under a grid of [product] colour settings (no re-embedding)")
+    parser.add_argument("--brand-split", type=int, metavar="K",
+                        help="also fit the policy's chosen constants on some brands and report on the others:"
+                             " the brands go into K groups; each group is decided under the setting that"
+                             " scores best on the other groups' listings (no re-embedding)")
     parser.add_argument("--no-marks", action="store_true",
                         help="build the index without the folder's marks.csv (used when present)")
     parser.add_argument("--profile", action="store_true",
@@ -212,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         metrics["verify_sweep"] = sweep(scan, scan_dir, work, args.policy, truth_rows, VERIFY_SWEEP)
     if args.sweep_colour:
         metrics["colour_sweep"] = sweep(scan, scan_dir, work, args.policy, truth_rows, COLOUR_SWEEP)
+    if args.brand_split:
+        metrics["brand_split"] = brand_split(scan, scan_dir, work, args.policy, truth_rows, args.brand_split)
     (work / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
     print(f"\nBenchmark {bench} ({metrics['listings']} listings, {metrics['missing_decisions']} without a decision)")
@@ -237,6 +306,15 @@ def main(argv: list[str] | None = None) -> int:
         print("  under other colour settings for sibling products (the rest kept):")
         for label, values in metrics["colour_sweep"].items():
             print(f"    {label}  F1 {values['f1']:.4f}  right product first {values['recall_at_1']:.4f}")
+    if args.brand_split:
+        split = metrics["brand_split"]
+        print(f"  brand split ({args.brand_split} groups): each group decided under the setting chosen on the others")
+        for fold in split["groups"]:
+            print(f"    held {', '.join(fold['held_brands'])}: chose {fold['chosen']} (F1 {fold['fit_f1']:.4f} on the"
+                  f" others); F1 on the held {fold['held_listings']} listings {fold['held_f1']:.4f}")
+        print(f"    all held groups together: F1 {split['f1']:.4f}  precision {split['precision']:.4f}"
+              f"  recall {split['recall']:.4f}  right product first {split['recall_at_1']:.4f}"
+              f"  authorised full-price false flags {split['false_flag_rate_authorized_fullprice']:.4f}")
     print(f"metrics written to {work / 'metrics.json'}")
     return 0
 

@@ -40,6 +40,6 @@ def test_a_record_reads_back_as_the_same_decision():
     assert record["findings"] == [{"code": "title_cue", "weight": 0.7, "text": "title has counterfeit cue(s): 'replica'"}]
     assert record["matches"] == [{"brand": "A", "product_id": "A-1", "similarity": 0.9123, "threshold": 0.8,
                                   "visual_state": "copy", "inliers": 12, "alignment": 0.97, "unique": None,
-                                      "colour": None, "region": None}]
+                                      "colour": None, "region": None, "sharpness": None, "residual": None}]
     assert "reference_path" not in record
     assert Decision.from_record({**record, "a_future_field": 1}).as_record() == record

@@ -201,9 +201,28 @@ def test_conflicting_rows_are_noted():
 
 def test_geometry_confirms_a_match_the_similarity_missed():
     decision = decide(listing(price=10.0), [Candidate(brand="Aurelio", product_id="AUR-1", similarity=0.45,
-                      price=100.0, currency="USD", calibrated_threshold=0.7, inliers=12)], SELLERS, POLICY)
+                      price=100.0, currency="USD", calibrated_threshold=0.7, inliers=12, sharpness=0.9)],
+                      SELLERS, POLICY)
     assert decision.verdict == FLAGGED and decision.visual_match and decision.inliers == 12
     assert decision.visual_state == "copy"
+
+
+@pytest.mark.parametrize("inliers, alignment, sharpness, residual, state", [
+    (60, 0.9, 0.95, 0.2, "copy"),        # the catalogue photo, edited: its edges on the photo's to the pixel
+    (60, 0.9, 0.65, 0.3, "copy"),        # blurred edges, but the keypoints fit a rigid map exactly
+    (60, 0.9, 0.65, 1.6, "product"),     # a phone photo: many keypoints, but neither exact
+    (6, 0.97, 0.6, 1.2, "product"),      # few keypoints with the outline in place: still a new photo
+    (40, 0.9, None, None, "product"),    # nothing measured: not called a copy
+])
+def test_copy_means_the_catalogue_photo_edited_however_many_keypoints_a_new_photo_has(
+        inliers, alignment, sharpness, residual, state):
+    photo = Candidate(brand="Aurelio", product_id="AUR-1", similarity=0.6, price=100.0, currency="USD",
+                      calibrated_threshold=0.7, inliers=inliers, alignment=alignment, sharpness=sharpness,
+                      residual=residual)
+    decision = decide(listing(price=10.0), [photo], SELLERS, POLICY)
+    assert (decision.verdict, decision.visual_state) == (FLAGGED, state)  # the state words it; both flag
+    assert (decision.matches[0].sharpness, decision.matches[0].residual) == (sharpness, residual)
+    assert ("a new photo of it" in decision.reasons[0]) == (state == "product")
 
 
 def test_geometry_vetoes_a_look_alike_unless_the_similarity_is_strong():
@@ -222,7 +241,7 @@ def test_geometry_vetoes_a_look_alike_unless_the_similarity_is_strong():
 
 def aligned(similarity, inliers, alignment):
     return [Candidate(brand="Aurelio", product_id="AUR-1", similarity=similarity, price=100.0, currency="USD",
-                      calibrated_threshold=0.7, inliers=inliers, alignment=alignment)]
+                      calibrated_threshold=0.7, inliers=inliers, alignment=alignment, sharpness=0.9)]
 
 
 def test_keypoints_whose_outline_does_not_line_up_are_a_look_alike_not_a_copy():
@@ -249,7 +268,7 @@ def test_few_keypoints_with_the_whole_outline_in_place_confirm_a_copy():
 def test_a_confirmed_candidate_beats_a_higher_similarity():
     candidates = [cand(similarity=0.80, threshold=0.7, product="AUR-1"),
                   Candidate(brand="Aurelio", product_id="AUR-2", similarity=0.72, price=100.0, currency="USD",
-                            calibrated_threshold=0.7, inliers=30)]
+                            calibrated_threshold=0.7, inliers=30, residual=0.3)]
     decision = decide(listing(price=10.0), candidates, SELLERS, POLICY)
     assert decision.product_id == "AUR-2"
     assert [m.product_id for m in decision.matches] == ["AUR-2", "AUR-1"]  # ranked as the policy prefers
@@ -394,6 +413,60 @@ def test_among_siblings_the_keypoints_unique_to_one_product_decide_which_it_is()
     assert [m.unique for m in decision.matches] == [6, 1]
 
 
+
+def sibling(product, unique, price, colour=0.8, inliers=40):
+    return replace(cand(product=product, price=price), inliers=inliers, alignment=0.95, unique=unique, colour=colour)
+
+
+def test_an_authorised_seller_is_not_accused_over_a_pricier_siblings_price():
+    # the seller sells the 40.00 product at its price; the photo ranks its 100.00 sibling first,
+    # but the keypoints do not single one out (12 against 15 unique)
+    siblings = [sibling("AUR-1", 15, 100.0), sibling("AUR-2", 12, 40.0)]
+    decision = decide(listing(price=40.0), siblings, SELLERS, POLICY)
+    assert (decision.verdict, decision.product_id) == (CLEAR, "AUR-1")
+    assert decision.plausible == ["AUR-1", "AUR-2"] and decision.price_ratio == 1.0
+    assert codes(decision) == {"identity_uncertain": 0.0}
+    assert "AUR-1, AUR-2" in next(f.text for f in decision.findings if f.code == "identity_uncertain")
+    # below half of the cheapest it is still too cheap, and the finding names the one compared with
+    cheap = decide(listing(price=15.0), siblings, SELLERS, POLICY)
+    assert cheap.verdict == FLAGGED and cheap.price_ratio == 0.375
+    assert "of AUR-2, the cheapest of the 2 products" in next(f.text for f in cheap.findings
+                                                             if f.code == "price_below_ratio")
+
+
+def test_a_sibling_the_keypoints_rule_out_does_not_soften_the_price():
+    # 4 unique keypoints against 20: under colour_ratio (0.3), the photo is AUR-1
+    siblings = [sibling("AUR-1", 20, 100.0), sibling("AUR-2", 4, 40.0)]
+    decision = decide(listing(price=40.0), siblings, SELLERS, POLICY)
+    assert decision.verdict == FLAGGED and decision.plausible == ["AUR-1"] and decision.price_ratio == 0.4
+    assert "identity_uncertain" not in codes(decision)
+    # another brand's product is never a sibling, nor is a sibling that is no visual match
+    other = replace(sibling("BOR-1", 19, 40.0), brand="Borel")
+    unlike = replace(sibling("AUR-3", 19, 40.0), similarity=0.3, inliers=2, alignment=None, unique=0)
+    assert decide(listing(price=40.0), [sibling("AUR-1", 20, 100.0), other, unlike], SELLERS,
+                  POLICY).plausible == ["AUR-1"]
+    # another catalogue photo of the same product (its back) is the same product, not a sibling
+    back = sibling("AUR-1", 18, 100.0)
+    alone = decide(listing(price=40.0), [sibling("AUR-1", 20, 100.0), back], SELLERS, POLICY)
+    assert alone.plausible == ["AUR-1"] and "identity_uncertain" not in codes(alone)
+
+
+def test_siblings_told_apart_by_likeness_alone_are_all_plausible():
+    # no keypoints: similarity alone ranks them, and it singles out neither
+    siblings = [cand(similarity=0.92, price=100.0), cand(similarity=0.90, price=45.0, product="AUR-2")]
+    decision = decide(listing(price=45.0), siblings, SELLERS, POLICY)
+    assert decision.verdict == CLEAR and decision.plausible == ["AUR-1", "AUR-2"]
+
+
+def test_a_plausible_sibling_without_a_catalogue_price_withholds_the_comparison():
+    siblings = [sibling("AUR-1", 15, 100.0), sibling("AUR-2", 12, None)]
+    decision = decide(listing(price=10.0), siblings, SELLERS, POLICY)
+    assert decision.verdict == CLEAR and decision.price_ratio is None
+    assert codes(decision) == {"identity_uncertain": 0.0, "price_withheld": 0.0}
+    assert "AUR-2" in next(f.text for f in decision.findings if f.code == "price_withheld")
+    # a rogue seller is still flagged: the seller does not depend on which sibling it is
+    assert decide(listing(price=10.0, seller="rogue"), siblings, SELLERS, POLICY).verdict == FLAGGED
+
 # --- brand marks ---------------------------------------------------------------------------------
 
 MARKED = frozenset({"Aurelio", "Borel"})
@@ -441,7 +514,7 @@ def test_another_brands_mark_means_it_is_not_this_brands_product():
 
 
 def test_a_marked_brands_product_without_its_mark_does_not_match_unless_the_policy_says_so(tmp_path):
-    copy = replace(cand(similarity=0.95), inliers=40, alignment=0.99)
+    copy = replace(cand(similarity=0.95), inliers=40, alignment=0.99, sharpness=0.97)
     decision = decide(listing(seller="rogue"), [copy], SELLERS_AB, POLICY, [], MARKED)
     assert (decision.verdict, decision.visual_state) == (CLEAR, "mark_missing")
     unmarked = decide(listing(seller="rogue"), [copy], SELLERS_AB, POLICY, [], frozenset({"Borel"}))

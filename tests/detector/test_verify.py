@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageFilter, ImageOps
 
 from detector.demo import draw_product
 from detector.verify import (
@@ -220,3 +220,33 @@ def test_counts_only_gives_the_same_counts_as_the_full_verification():
         assert [(o.inliers, o.unique) if o else None for o in counted] == [(o.inliers, o.unique) if o else None for o in full]
         assert all(o.alignment is None and o.colour is None and o.region is None for o in counted if o)
     assert full[0] is not None and full[-1] is None and verify_candidates(extract_query(held_up(product)), references)[0].alignment > 0.9
+
+
+def photographed(image, seed=3):
+    """The product as a phone sees it: a slight perspective, a bend (a carton is not flat), the
+    lens's softness and noise, on another background: nothing of the catalogue picture's pixels
+    is moved as a whole."""
+    rng = np.random.default_rng(seed)
+    side = 480
+    base = np.asarray(image.convert("RGB").resize((side, side)), np.float32)
+    y, x = np.mgrid[0:side, 0:side].astype(np.float32)
+    bend = 10.0 * np.sin(x / side * np.pi) + 5.0 * np.sin(y / 60.0)
+    tilt = 1.0 + 0.08 * (y / side - 0.5)
+    source_x = np.clip((x - side / 2) * tilt + side / 2 + bend, 0, side - 1)
+    source_y = np.clip(y + 5.0 * np.sin(x / 50.0), 0, side - 1)
+    warped = base[source_y.round().astype(int), source_x.round().astype(int)]
+    warped = warped * np.linspace(0.8, 1.05, side)[None, :, None] + rng.normal(0, 6, warped.shape)
+    picture = Image.fromarray(np.clip(warped, 0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(1.2))
+    return recompress(picture, 70)
+
+
+def test_an_edited_copy_is_exact_and_a_photographed_product_is_not():
+    original = draw_product(11)
+    reference = extract(original)
+    for edit in (lambda im: im.crop((30, 30, 290, 290)), lambda im: im.rotate(12, expand=True, fillcolor="white"),
+                 recompress, staged):
+        outcome = verify_pair(extract_query(edit(original)), reference)
+        assert outcome.sharpness >= 0.78 or outcome.residual <= 0.4, outcome
+    photo = verify_pair(extract_query(photographed(original)), reference)
+    assert photo.inliers >= 8  # keypoints still establish the product...
+    assert photo.sharpness < 0.78 and photo.residual > 0.4, photo  # ...but not its picture, exactly

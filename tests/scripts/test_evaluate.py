@@ -63,3 +63,35 @@ def test_sweep_settings_are_written_into_the_policy_sections():
                                              "verify": {"confirm_inliers": 6, "strong_similarity": 0.8}}))
     assert changed == {"match": {"min_similarity": 0.5, "threshold_offset": -0.05},
                        "verify": {"confirm_inliers": 6, "strong_similarity": 0.8}}
+
+
+def test_a_brand_split_decides_each_brand_under_constants_chosen_on_the_others(tmp_path):
+    # brands A and B have fakes, C only innocent listings; setting "A" flags A's listings, "B"
+    # B's, "AB" both. Chosen on all brands, "AB" would catch every fake; chosen on the others,
+    # A is decided under "B" (the first of the best on B and C) and B under "A": both missed.
+    truth = [{"listing_id": f"{b}{i}", "should_flag": "1" if b != "C" else "0", "kind": "k", "brand": b,
+              "product_id": f"{b}-P"} for b in "ABC" for i in range(2)]
+    truth.append({"listing_id": "N1", "should_flag": "0", "kind": "unrelated", "brand": "", "product_id": ""})
+    grid = [(name, {"match": {"threshold_offset": offset}}) for name, offset in (("B", 0.01), ("A", 0.02), ("AB", 0.03))]
+    flags = {"0.01": "B", "0.02": "A", "0.03": "AB"}
+    scan_dir = tmp_path / "scan"
+    scan_dir.mkdir()
+
+    def scan(policy):
+        text = policy.read_text() if policy is not None else ""
+        brands = next((b for key, b in flags.items() if key in text), "")
+        lines = [evaluate.json.dumps({"listing_id": t["listing_id"], "matches": [],
+                                      "verdict": "flagged" if t["brand"] and t["brand"] in brands else "clear"})
+                 for t in truth]
+        (scan_dir / "decisions.jsonl").write_text("\n".join(lines) + "\n")
+
+    split = evaluate.brand_split(scan, scan_dir, tmp_path, None, truth, 3, grid)
+    chosen = {tuple(g["held_brands"]): g["chosen"] for g in split["groups"]}
+    assert chosen == {("A",): "B", ("B",): "A", ("C",): "AB"}
+    assert split["recall"] == 0.0 and split["f1"] == 0.0
+    groups = evaluate.brand_groups(truth, 3)
+    assert {groups[f"{b}0"] for b in "ABC"} == {0, 1, 2} and groups["A0"] == groups["A1"]
+    with pytest.raises(SystemExit, match="only 3 brands"):
+        evaluate.brand_groups(truth, 4)
+    # the scan's outputs are left as the unchanged policy made them
+    assert '"flagged"' not in (scan_dir / "decisions.jsonl").read_text()
