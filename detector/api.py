@@ -109,6 +109,7 @@ def build_index(
     workers: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     on_calibration: Callable[[int, int], None] | None = None,
+    on_step: Callable[[str, int, int], None] | None = None,
 ) -> IndexInfo:
     """Embed a catalogue's reference photos into per-brand FAISS indexes at ``out`` (what
     ``counterfeit index build`` does). Rebuilding embeds only photos the index lacks; the previous
@@ -116,7 +117,9 @@ def build_index(
     for the model's device and ``workers`` (threads decoding and taking keypoints) to one per
     CPU core. ``on_progress(done, total)`` follows the photos embedded; ``on_calibration(done,
     total)`` the verifications that calibrate each brand's keypoint count (up to 200 per brand:
-    most of a many-brand build's time)."""
+    most of a many-brand build's time); ``on_step(step, done, total)`` the other long steps,
+    ``editing`` (reference photos edited for the first-stage levels) and ``reading`` (the words
+    printed on them)."""
     catalog = _existing("catalogue", catalog)
     _existing("authorised-seller table", authorized)
     _existing("marks table", marks)
@@ -141,6 +144,7 @@ def build_index(
             allow_outside=allow_outside_paths, index_kind=None if index_type == "auto" else index_type,
             memory_budget=None if memory_budget_mb is None else int(memory_budget_mb * 2**20),
             batch_size=batch_size, workers=workers, on_progress=on_progress, on_calibration=on_calibration,
+            on_step=on_step,
         )
     counts = report.manifest["counts"]
     return IndexInfo(path=Path(out), brands=counts["brands"], products=counts["products"], photos=counts["vectors"],
@@ -191,6 +195,11 @@ class LookupResult:
         return self.decision.marks
 
     @property
+    def plausible(self) -> list[str]:
+        """The products a visual match could show, likeliest first (more than one: siblings in doubt)."""
+        return self.decision.plausible
+
+    @property
     def evidence(self) -> dict[str, dict]:
         """The fields stages report (``Stage.reports``), by stage name."""
         return self.decision.evidence
@@ -210,6 +219,7 @@ class LookupResult:
                      "price_ratio": d.price_ratio, "seller_authorized": d.seller_authorized},
             "matches": [{**m.as_record(), "image": m.reference_image, "price": m.price, "currency": m.currency}
                         for m in d.matches],
+            "plausible": d.plausible,
             "marks": d.marks,
             "evidence": d.evidence,
         }
@@ -293,6 +303,11 @@ class Detector:
         return self._cache
 
     @property
+    def _reads_product_words(self) -> bool:
+        """Whether photos are read for the words printed on siblings: only where the policy uses them."""
+        return self.policy.product.enabled and self.policy.product.words
+
+    @property
     def _reads_words(self) -> bool:
         """Whether photos are read for brand names: only where the policy counts them."""
         return self.policy.marks.enabled and self.policy.marks.words
@@ -332,7 +347,8 @@ class Detector:
         if top_k not in self._makers:
             self._makers[top_k] = EvidenceMaker(
                 self.index, self.embedder, Path("/"), cache=self.cache, workers=1,
-                options=Options(top_k=top_k, read_words=self._reads_words, allow_outside=True))
+                options=Options(top_k=top_k, read_words=self._reads_words, product_words=self._reads_product_words,
+                                sibling_share=self.policy.product.colour_ratio, allow_outside=True))
         currency = currency.upper() if currency else None
         row = ListingRow(row=0, line=0, listing_id=str(photo), seller_id=seller, title=title or "", price=price,
                          currency=currency, image=str(Path(photo).absolute()))
@@ -403,8 +419,8 @@ class Detector:
         if workers is None:
             workers = default_workers(engine)
         options = ScanOptions(batch_size=batch_size, workers=workers, top_k=top_k, verify=verify, screen=screen,
-                              read_words=self._reads_words,
-                              allow_outside=allow_outside_paths, restart=restart,
+                              read_words=self._reads_words, product_words=self._reads_product_words,
+                              sibling_share=self.policy.product.colour_ratio, allow_outside=allow_outside_paths, restart=restart,
                               cache=self.cache if engine == "local" else None, engine=engine, device=self.device,
                               backend=self.backend, ray_address=address, ray_actors=ray_actors, history=history,
                               night=night, clock=clock)

@@ -17,10 +17,12 @@ from detector.embedders import Embedder
 from detector.errors import UserError
 from detector.settings import default_batch, default_workers
 from detector.images import decode_image, read_image_bytes, resolve_image_path
+from detector.product_words import WORDS_ID, words_of
 from detector.mark_shapes import SHAPE_RULE, ShapeSearch, calibrate_level, photo_pixels, searched_by_shape
 from detector.marks import find_marks, marks_of, prepare_mark
+from detector.text_reading import TextReader
 from detector.tables import IMAGE_SUFFIXES, CatalogRow, read_authorized, read_catalog, read_marks
-from detector.verify import VERIFIER_ID, LocalFeatures, QueryFeatures, extract, mirrored, pack, unpack, verify_candidates
+from detector.verify import FEATURES_ID, LocalFeatures, QueryFeatures, extract, mirrored, pack, unpack, verify_candidates
 from detector.views import REFERENCE_VIEW_ID, listing_views, reference_view
 from index.calibrate import CalibrationRule, CountRule, GateRule, calibrate_counts, calibrate_gate, calibrate_thresholds
 from index.files import file_sha256
@@ -50,6 +52,7 @@ class BuildReport:
     embedded: int = 0
     reused: int = 0
     edited: int = 0  # reference photos whose seller edits were embedded (a brand whose photos are unchanged reuses its)
+    read: int = 0  # reference photos whose printed words were read (a photo the previous build read keeps its)
     skipped: list[str] = field(default_factory=list)
     manifest: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -57,13 +60,15 @@ class BuildReport:
 
 class Previous(NamedTuple):
     """What a build reuses from the index it replaces: vectors and local features by image hash,
-    each brand's authorised sellers and registered marks (rows, packed features), and each brand's
-    edit scores under the sorted hashes of the photos they were made from."""
+    each brand's authorised sellers and registered marks (rows, packed features), each brand's
+    edit scores under the sorted hashes of the photos they were made from, and the words printed
+    on each photo, by image hash."""
 
     known: dict[str, tuple[np.ndarray, LocalFeatures]]
     sellers: dict[str, list[str]]
     marks: dict[str, tuple[list[dict], bytes | None]]
     edits: dict[str, tuple[tuple[str, ...], np.ndarray]]
+    words: dict[str, list[str]]
 
 
 def _previous_index(out_dir: Path, embedder: Embedder, notes: list[str]) -> Previous:
@@ -74,13 +79,13 @@ def _previous_index(out_dir: Path, embedder: Embedder, notes: list[str]) -> Prev
     except IndexStoreError as exc:
         if (out_dir / "manifest.json").exists():
             notes.append(f"previous index not reused ({exc})")
-        return Previous({}, {}, {}, {})
+        return Previous({}, {}, {}, {}, {})
     if previous.manifest.get("embedder_id") != embedder.fingerprint_id:
         notes.append("previous index was built by another embedder: every photo is embedded again")
-        return Previous({}, {}, {}, {})
-    if (previous.manifest.get("reference_view"), previous.manifest.get("verifier")) != (REFERENCE_VIEW_ID, VERIFIER_ID):
+        return Previous({}, {}, {}, {}, {})
+    if (previous.manifest.get("reference_view"), previous.manifest.get("verifier")) != (REFERENCE_VIEW_ID, FEATURES_ID):
         notes.append("previous index embedded or described its photos another way: every photo is embedded again")
-        return Previous({}, {}, {}, {})
+        return Previous({}, {}, {}, {}, {})
     known = {}
     for entry in previous.brands.values():
         if entry.local is None:
@@ -99,7 +104,11 @@ def _previous_index(out_dir: Path, embedder: Embedder, notes: list[str]) -> Prev
                 continue
             if scores is not None:
                 edits[name] = (tuple(sorted(p["image_sha256"] for p in entry.products)), scores)
-    return Previous(known, sellers, marks, edits)
+    words = {}
+    if previous.manifest.get("product_words") == WORDS_ID:
+        words = {p["image_sha256"]: p["words"] for entry in previous.brands.values() for p in entry.products
+                 if p.get("words") is not None}
+    return Previous(known, sellers, marks, edits, words)
 
 
 def _format_errors(errors: list[str]) -> str:
@@ -127,9 +136,12 @@ def build_catalog_index(
     gate_rule: GateRule = GateRule(),
     on_progress: Callable[[int, int], None] | None = None,
     on_calibration: Callable[[int, int], None] | None = None,
+    on_step: Callable[[str, int, int], None] | None = None,
 ) -> BuildReport:
     """Build or update ``out_dir`` from a catalogue; the previous index stays intact on any failure.
-    ``batch_size`` and ``workers`` default to :mod:`detector.settings`' choice for the embedder's device."""
+    ``batch_size`` and ``workers`` default to :mod:`detector.settings`' choice for the embedder's device.
+    ``on_step(step, done, total)`` follows the other long steps: ``editing`` (the reference photos
+    edited for the first-stage levels) and ``reading`` (the words printed on them)."""
     batch_size = default_batch(embedder.device) if batch_size is None else batch_size
     workers = default_workers() if workers is None else workers
     catalog_path, out_dir = Path(catalog_path), Path(out_dir)
@@ -201,7 +213,9 @@ def build_catalog_index(
         stacked = {brand: np.stack(vs).astype(np.float32) for brand, vs in vectors.items()}
         queries = _calibration_queries(products, embedder, batch_size, workers)
         calibration = calibrate_thresholds(stacked, background, rule, queries)
-        edit_scores, report.edited = _edit_scores(products, stacked, embedder, batch_size, workers, previous.edits)
+        edit_scores, report.edited = _edit_scores(products, stacked, embedder, batch_size, workers, previous.edits,
+                                                  on_done=_step(on_step, "editing"))
+        report.read = _product_words(products, previous.words, embedder.decode_size, _step(on_step, "reading"))
         calibration_gate = calibrate_gate(edit_scores, gate_rule)
         products_need = calibrate_counts(_product_impostors(products, stacked, local, workers, on_calibration), count_rule)
         for brand, found in [*products_need.items(), *calibration_gate.items()]:
@@ -233,13 +247,14 @@ def build_catalog_index(
         ]
         extra = {
             "catalog": {"path": str(catalog_path.resolve()), "sha256": file_sha256(catalog_path), "rows": len(rows)},
-            "build": {"embedded": report.embedded, "reused": report.reused, "edited": report.edited,
+            "build": {"embedded": report.embedded, "reused": report.reused, "edited": report.edited, "read": report.read,
                       "skipped_rows": len(errors)},
             "reference_view": REFERENCE_VIEW_ID,
-            "verifier": VERIFIER_ID,
+            "verifier": FEATURES_ID,
             "calibration_rule": asdict(rule),
             "product_rule": asdict(count_rule),
             "gate_rule": {**asdict(gate_rule), "edits": EDITS_ID},
+            "product_words": WORDS_ID,
             "background_images": 0 if background is None else len(background),
         }
         report.manifest = write_index(
@@ -386,9 +401,37 @@ def _views_of(path: Path, embedder: Embedder) -> Prepared:
     return Prepared(array=embedder.preprocess_views(listing_views(image)))
 
 
+def _step(on_step: Callable[[str, int, int], None] | None, name: str) -> Callable[[int, int], None] | None:
+    """``on_step`` for one named step, as a ``(done, total)`` callback."""
+    return None if on_step is None else (lambda done, total: on_step(name, done, total))
+
+
+def _product_words(products: dict[str, list[dict]], previous: dict[str, list[str]], draft: int | None,
+                   on_done: Callable[[int, int], None] | None = None) -> int:
+    """Read the words printed on each reference photo (:mod:`detector.product_words`), decoded as
+    a scan decodes listing photos (``draft``), into its product's ``words``; a photo the previous
+    build read keeps its words. Returns how many photos were read this build (an unreadable one
+    gets no words, and its siblings are then never told apart by words)."""
+    todo = [p for ps in products.values() for p in ps if p["image_sha256"] not in previous]
+    reader = TextReader() if todo else None
+    for ps in products.values():
+        for p in ps:
+            if p["image_sha256"] in previous:
+                p["words"] = previous[p["image_sha256"]]
+    for done, product in enumerate(todo, 1):
+        try:
+            image = decode_image(read_image_bytes(Path(product["image_path"])), draft=draft)
+            product["words"] = words_of(reader.lines(image))
+        except UserError:
+            product["words"] = None
+        if on_done:
+            on_done(done, len(todo))
+    return len(todo)
+
+
 def _edit_scores(products: dict[str, list[dict]], vectors: dict[str, np.ndarray], embedder: Embedder,
-                 batch_size: int, workers: int, previous: dict[str, tuple[tuple[str, ...], np.ndarray]]
-                 ) -> tuple[dict[str, np.ndarray], int]:
+                 batch_size: int, workers: int, previous: dict[str, tuple[tuple[str, ...], np.ndarray]],
+                 on_done: Callable[[int, int], None] | None = None) -> tuple[dict[str, np.ndarray], int]:
     """Each brand's edit scores for the first stage's level: every reference photo edited as a
     seller would (:func:`detector.augment.seller_edits`), its whole view embedded as the scanner
     embeds a listing's, and the best similarity each edit reaches against the brand. A brand whose
@@ -404,10 +447,13 @@ def _edit_scores(products: dict[str, list[dict]], vectors: dict[str, np.ndarray]
         return Prepared(array=np.concatenate([embedder.preprocess_views([edit]) for edit in edits]))
 
     found: dict[str, list[np.ndarray]] = {}
-    for result in embed_stream(embedder, items, prepare, batch_size=max(1, batch_size // 4), workers=workers):
+    stream = embed_stream(embedder, items, prepare, batch_size=max(1, batch_size // 4), workers=workers)
+    for done, result in enumerate(stream, 1):
         if result.error is None:
             brand = result.item[0]
             found.setdefault(brand, []).append((result.vector @ vectors[brand].T).max(axis=1))
+        if on_done:
+            on_done(done, len(items))
     fresh = {brand: np.concatenate(scores).astype(np.float32) for brand, scores in found.items()}
     return {**kept, **fresh}, len(items)
 

@@ -113,6 +113,10 @@ EMBEDDER_HELP = "Embedder: " + "; ".join(f"{name}: {summary}" for name, summary 
 EMBEDDER_OVERRIDE_HELP = f"Embedder, one of {', '.join(available_embedders())}; defaults to the one that built the index."
 
 
+STEP_NAMES = {"editing": "editing reference photos (first-stage levels)", "reading": "reading product words"}
+"""How ``index build`` names its steps beside the progress bars."""
+
+
 @index_app.command("build")
 @friendly_errors
 def index_build(
@@ -154,11 +158,18 @@ def index_build(
                 checks = bar.add_task("calibrating (impostor checks)", total=total, rate="")
             bar.update(checks, completed=done)
 
+        steps: dict[str, int] = {}
+
+        def step(name: str, done: int, total: int) -> None:
+            if name not in steps:
+                steps[name] = bar.add_task(STEP_NAMES.get(name, name), total=total, rate="")
+            bar.update(steps[name], completed=done)
+
         info = build_index(catalog, out_dir, authorized=authorized, marks=marks, background=background, embedder=embedder,
                            weights=weights, device=device.value, backend=backend.value, index_type=index_type.value,
                            memory_budget_mb=memory_budget, skip_bad_rows=skip_bad_rows,
                            allow_outside_paths=allow_outside_paths, batch_size=batch_size, workers=workers,
-                           on_progress=advance, on_calibration=calibrate)
+                           on_progress=advance, on_calibration=calibrate, on_step=step)
     _print_build(info)
 
 

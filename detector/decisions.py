@@ -65,6 +65,8 @@ FINDINGS = {
     "catalogue_price_missing": "the catalogue has no price for the matched product",
     "identity_uncertain": "the photo could show several products of the matched brand (siblings that the evidence"
                           " does not tell apart); they are named, and the price is compared with the cheapest",
+    "identified_by_words": "of several siblings the keypoints could not tell apart, more of one's printed words"
+                           " are read in the photo than of any other's: it is the product shown",
     "price_withheld": "the photo could show several products and one of them has no comparable catalogue price,"
                       " so the cheapest is unknown and the price is not compared",
     "price_out_of_range": "the price ratio overflows, so the price is not compared",

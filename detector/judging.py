@@ -30,6 +30,6 @@ class Judge:
         if evidence.screened_out:
             facts = replace(facts, notes=[*facts.notes, NOTE])
         decision = decide(facts, candidates(self.index, evidence.hits(), evidence.outcomes()), self.authorized,
-                          self.policy, evidence.sightings(), self.marked)
+                          self.policy, evidence.sightings(), self.marked, evidence.words_read())
         decision.evidence = evidence.reported()
         return decision

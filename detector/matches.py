@@ -14,7 +14,7 @@ from detector.errors import UserError
 from detector.mark_shapes import SHAPE_RULE
 from detector.marks import Mark, marks_of
 from detector.records import Candidate
-from detector.verify import VERIFIER_ID, LocalFeatures, Outcome, QueryFeatures, unpack, verify_candidates
+from detector.verify import FEATURES_ID, LocalFeatures, Outcome, QueryFeatures, unpack, verify_candidates
 from detector.views import REFERENCE_VIEW_ID
 from index.search import Hit
 from index.store import ReferenceIndex, load_index, read_manifest
@@ -30,7 +30,7 @@ def open_index(
 ) -> tuple[ReferenceIndex, Embedder]:
     """Load INDEX_DIR and the embedder it was built with (or ``embedder``, which must match)."""
     manifest = read_manifest(Path(index_dir))
-    for key, current in (("reference_view", REFERENCE_VIEW_ID), ("verifier", VERIFIER_ID)):
+    for key, current in (("reference_view", REFERENCE_VIEW_ID), ("verifier", FEATURES_ID)):
         if manifest.get(key, current) != current:
             raise UserError(
                 f"{index_dir} was built with {key} {manifest[key]!r}, but this version uses {current!r}; rebuild it"
@@ -192,6 +192,7 @@ def candidates(
                 region=None if outcome is None else outcome.region,
                 sharpness=None if outcome is None else outcome.sharpness,
                 residual=None if outcome is None else outcome.residual,
+                words=product.get("words"),
             )
         )
     return found

@@ -17,6 +17,7 @@ import tomllib
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
+from typing import NamedTuple
 
 from detector.decisions import (
     CLEAR, COPY, ERROR, FLAGGED, LOOKALIKE, MARK, MARK_MISSING, MATCHING, NO_MATCH, OTHER_MARK, PRODUCT, SIMILAR,
@@ -24,6 +25,7 @@ from detector.decisions import (
 )
 from detector.errors import UserError
 from detector.records import Candidate, Sighting
+from detector.product_words import single_out
 from detector.spelling import LEET, misspelt_brand, normalise
 
 
@@ -58,12 +60,14 @@ class ProductRules:
     ``inliers`` is the number every brand needs, or ``None`` for each brand's calibrated one.
     Among the first candidate's siblings with at least ``colour_ratio`` of its unique keypoints,
     the one with the best unique share plus ``colour_weight`` times its colour agreement comes
-    first (0: colour is not used)."""
+    first (0: colour is not used). With ``words``, the words printed on the product, read in the
+    photo, can single out one of the siblings the evidence leaves (see :func:`plausible`)."""
 
     enabled: bool
     inliers: int | None
     colour_weight: float = 0.0
     colour_ratio: float = 1.0
+    words: bool = True
 
 
 @dataclass(frozen=True)
@@ -207,6 +211,7 @@ def _policy_from(config: dict) -> Policy:
             inliers=None if product["inliers"] == "calibrated" else int(_number(product, "inliers", "product", 1, 10_000)),
             colour_weight=_number(product, "colour_weight", "product", 0.0, 1000.0),
             colour_ratio=_number(product, "colour_ratio", "product", 0.0, 1.0),
+            words=bool(product["words"]),
         ),
         marks=MarkRules(
             enabled=bool(marks["enabled"]),
@@ -501,16 +506,27 @@ def _price_ratio(listing: Listing, cand: Candidate, policy: Policy) -> tuple[flo
     return ratio, None
 
 
-def plausible(ranked: list[Ranked], rules: ProductRules) -> list[Ranked]:
+class Identity(NamedTuple):
+    """The products a photo could show, likeliest first; the words read in it that singled out
+    the first (empty when words did not decide), and among how many plausible products."""
+
+    products: list[Ranked]
+    words: list[str] = []
+    among: int = 1
+
+
+def plausible(ranked: list[Ranked], rules: ProductRules, words_read: list[str] | None = None) -> Identity:
     """The products the photo could show, the first candidate first: with it, the candidates of
     its brand that are visual matches too and that the evidence does not tell from it. Where local
     features established the first (a copy, a new photo), a sibling stays plausible when local
     features establish it too with at least ``colour_ratio`` of the most unique keypoints (those
     :func:`by_colour` compares by colour: the keypoints do not separate them); where they did not
-    (a mark, a similarity), every matching sibling stays plausible."""
+    (a mark, a similarity), every matching sibling stays plausible. With ``rules.words``, the
+    words read in the photo (``words_read``) that name one of several plausible siblings
+    (:func:`detector.product_words.single_out`) make it the only one."""
     first = ranked[0]
     if first.state not in MATCHING:
-        return [first]
+        return Identity([first])
     same = [r for r in ranked[1:] if r.candidate.brand == first.candidate.brand and r.state in MATCHING]
     if first.state in GEOMETRIC:
         same = [r for r in same if r.state in GEOMETRIC]
@@ -521,7 +537,20 @@ def plausible(ranked: list[Ranked], rules: ProductRules) -> list[Ranked]:
         if r.candidate.product_id not in seen:  # a product with several catalogue photos is one product
             kept.append(r)
             seen.add(r.candidate.product_id)
-    return kept
+    named = single_out(words_read or [], [r.candidate.words for r in kept]) if rules.words and len(kept) > 1 else None
+    if named is None:
+        return Identity(kept, [], len(kept))
+    return Identity([kept[named[0]]], named[1], len(kept))
+
+
+def words_finding(identity: Identity) -> Finding | None:
+    """The remark that says the words read in the photo decided which sibling it shows."""
+    if not identity.words:
+        return None
+    return Finding("identified_by_words", 0.0,
+                   f"the words read in the photo name {identity.products[0].candidate.product_id}: more of the"
+                   f" words printed on it ({', '.join(identity.words)}) than on any of the other"
+                   f" {identity.among - 1} sibling(s) its keypoints could not tell from it")
 
 
 def doubt_finding(products: list[Ranked]) -> Finding | None:
@@ -675,6 +704,7 @@ def decide(
     policy: Policy,
     sightings: list[Sighting] = (),
     marked: frozenset[str] = frozenset(),
+    words_read: list[str] | None = None,
 ) -> Decision:
     """Decide one listing photo from its nearest references (and the registered marks found in
     it, of the ``marked`` brands): flagged when the best candidate is a visual match
@@ -698,7 +728,10 @@ def decide(
         return decision
 
     ranked = rank(candidates, policy, sightings, marked)
-    best = ranked[0]
+    identity = plausible(ranked, policy.product, words_read)
+    products = identity.products
+    best = products[0]  # the first ranked, unless the words named a sibling
+    ranked = [best, *(r for r in ranked if r is not best)]
     cand = best.candidate
     decision.matches = [r.as_match() for r in ranked]
     decision.visual_state, decision.visual_match = best.state, best.state in MATCHING
@@ -707,14 +740,12 @@ def decide(
     decision.similarity, decision.threshold = round(cand.similarity, 4), round(best.threshold, 4)
     decision.inliers, decision.alignment = cand.inliers, cand.alignment
     decision.catalogue_price, decision.catalogue_currency = cand.price, cand.currency
-
-    products = plausible(ranked, policy.product)
     decision.plausible = [r.candidate.product_id for r in products] if decision.visual_match else []
     facts = find(listing, [r.candidate for r in products], authorized, policy, history)
-    doubt = doubt_finding(products)
-    if doubt is not None:
+    remark = doubt_finding(products) or words_finding(identity)
+    if remark is not None:
         facts.findings.insert(next((i for i, f in enumerate(facts.findings) if f.weight <= 0), len(facts.findings)),
-                              doubt)
+                              remark)
     decision.findings, decision.seller_authorized = facts.findings, facts.seller_authorized
     decision.price_ratio = None if facts.price_ratio is None else round(facts.price_ratio, 4)
     decision.score = score(visual_confidence(best, policy.verification), facts.findings)

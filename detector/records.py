@@ -62,6 +62,7 @@ class Candidate:
     region: list | None = None  # where the reference lands in the photo: four [x, y] corners as fractions
     sharpness: float | None = None  # share of the reference's edges on the photo's to the pixel, once aligned
     residual: float | None = None  # median pixels between matched keypoints and where the rigid fit puts them
+    words: list[str] | None = None  # the words printed on the reference photo (index build); None: not read
 
 
 # --- a photo's vector, packed -------------------------------------------------------------------
@@ -171,6 +172,10 @@ class Evidence:
         """The geometric evidence of each verified hit, by (brand, row)."""
         return {(o["brand"], o["row"]): Outcome(**{k: v for k, v in o.items() if k not in ("brand", "row")})
                 for o in self.get("outcomes", [])}
+
+    def words_read(self) -> list[str] | None:
+        """The words read in the photo where siblings were in play (``None``: not read)."""
+        return self.get("words_read")
 
     def sightings(self) -> list[Sighting]:
         """The registered marks (and brand names) found in the photo."""

@@ -51,7 +51,7 @@ STATE_VERSION = 10
 @dataclass
 class ScanOptions:
     """How to run a scan (none of these change its decisions except ``top_k``, ``verify``,
-    ``screen``, ``read_words`` and ``allow_outside``). ``engine`` is ``local`` or ``ray``; ``device`` and
+    ``screen``, ``read_words``, ``product_words`` and ``allow_outside``). ``engine`` is ``local`` or ``ray``; ``device`` and
     ``backend`` are what Ray actors use."""
 
     batch_size: int  # no defaults here: detector.settings chooses them by device and cores
@@ -60,6 +60,8 @@ class ScanOptions:
     verify: bool = True
     screen: bool = SCREEN  # the first stage (detector/screening.py)
     read_words: bool = True  # brand names read in photos (detector/brand_words.py), where the index has marks
+    product_words: bool = True  # the words on a product read where siblings are in doubt (detector/product_words.py)
+    sibling_share: float = 0.0  # which siblings are in doubt: the policy's [product] colour_ratio
     allow_outside: bool = False
     restart: bool = False
     cache: EmbeddingCache | None = None
@@ -75,7 +77,9 @@ class ScanOptions:
     def stage_options(self) -> Options:
         """What the stages read."""
         return Options(verify=self.verify, screen=self.screen and self.verify, top_k=self.top_k,
-                       read_words=self.read_words, keep_vectors=self.history is not None,
+                       read_words=self.read_words, product_words=self.product_words,
+                       sibling_share=self.sibling_share,
+                       keep_vectors=self.history is not None,
                        allow_outside=self.allow_outside)
 
 
@@ -146,6 +150,8 @@ def _identity(listings: Path, index: ReferenceIndex, embedder: Embedder, options
         "verify": options.verify,
         "screen": screen if options.verify else None,
         "words": options.verify and options.read_words,
+        "product_words": options.verify and options.product_words,
+        "sibling_share": options.sibling_share,
         "allow_outside": options.allow_outside,
         "keeps_vectors": options.history is not None,
     }

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Callable, NamedTuple
 
 from detector.marks import Mark, find_marks
-from detector.verify import VERIFIER_ID, QueryFeatures
+from detector.verify import FEATURES_ID, QueryFeatures
 from index.search import Hit
 from index.store import ReferenceIndex
 
@@ -27,7 +27,7 @@ CANDIDATES = 10
 """References the whole view's search hands to the first stage."""
 MARGIN = 0.05
 """A candidate this close below its brand's calibrated threshold sends a photo on."""
-SCREEN_ID = f"{VERIFIER_ID}|gate-{CANDIDATES}-{MARGIN}-v2"
+SCREEN_ID = f"{FEATURES_ID}|gate-{CANDIDATES}-{MARGIN}-v2"
 """What a cached first-stage outcome is filed under."""
 CODE = "screened_out"
 """The remark (a finding code of weight 0) a screened-out photo's decision carries."""

@@ -43,8 +43,13 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-VERIFIER_ID = ("sift2000-c0.02-up512-ratio0.75-similarity-ransac4-mirror-edges256-homography-layout3-unique0.9px10"
-               "-colour64-region-sharp1-residual-v9")
+FEATURES_ID = ("sift2000-c0.02-up512-ratio0.75-similarity-ransac4-mirror-edges256-homography-layout3-unique0.9px10"
+               "-colour64-region-v8")
+"""What an index's stored local features, and the counts compared with them (keypoints in a layout,
+unique keypoints), were made by: the manifest's ``verifier``. An index made another way is rebuilt."""
+VERIFIER_ID = f"{FEATURES_ID}|exact-sharp1-residual-v1"
+"""What a full verification's outcomes are cached under: the features, and every measure taken from
+them (a new measure changes this, not the index)."""
 MAX_SIDE = 512
 """Both photos are resized (up or down) so that their longer side is this long before SIFT: small
 photos and small pasted products then keep enough keypoints to verify."""

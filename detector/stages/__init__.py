@@ -15,6 +15,7 @@ from detector.stages.network import Windows, WholeView
 from detector.stages.read import Read
 from detector.stages.screen import Screen
 from detector.stages.search import MarkProducts, Search, WholeSearch
+from detector.stages.siblings import ProductWords
 from detector.stages.verification import Verify
 
 __all__ = ["STAGES", "Context", "Options", "Photo", "Stage", "register_stage", "run_cached", "stage_named",
@@ -52,6 +53,7 @@ STAGES: list[Stage] = [
     MarkShapes(),
     BrandWords(),
     MarkProducts(),
+    ProductWords(),
 ]
 check(STAGES)
 

@@ -48,6 +48,8 @@ class Options:
     screen: bool = False
     top_k: int = 5
     read_words: bool = True
+    product_words: bool = True
+    sibling_share: float = 0.0  # the policy's [product] colour_ratio: which siblings keypoints leave in doubt
     keep_vectors: bool = False
     allow_outside: bool = False
 
@@ -98,11 +100,19 @@ class Context:
         return ShapeSearch(self.marks, shape_levels(self.index), shape_levels(self.index, "hull_level"))
 
     @cached_property
+    def text(self):
+        """The reader of text in photos, shared by the stages that read words."""
+        from detector.text_reading import TextReader
+
+        return TextReader()
+
+    @cached_property
     def reader(self):
         """The reader of brand names in photos, where brands registered marks (``None`` otherwise)."""
         from detector.brand_words import WordReader
 
-        reader = WordReader(sorted({m.brand for m in self.marks})) if self.options.read_words and self.marks else None
+        brands = sorted({m.brand for m in self.marks})
+        reader = WordReader(brands, self.text) if self.options.read_words and brands else None
         return reader if reader else None
 
 

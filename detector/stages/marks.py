@@ -10,7 +10,7 @@ from detector.marks import MIN_INLIERS, find_marks
 from detector.records import Sighting
 from detector.stages.base import Context, Photo, Stage
 from detector.stages.screen import sent_on
-from detector.verify import VERIFIER_ID
+from detector.verify import FEATURES_ID
 
 SHAPE_GATE = 0.5
 """The slow searches (marks by shape, brand words) run only on a photo that looks like some
@@ -47,7 +47,7 @@ class _MarkSearch(Stage):
 
 class MarkKeypoints(_MarkSearch):
     name = "marks"
-    version = f"{VERIFIER_ID}|marks-min{MIN_INLIERS}-v3"
+    version = f"{FEATURES_ID}|marks-min{MIN_INLIERS}-v3"
     needs = ("keypoints",)
     adds = records = ("mark_sightings",)
 

@@ -37,21 +37,21 @@ def test_incremental_build_embeds_only_new_photos_and_drops_removed_products(tmp
     catalog = make_catalog(tmp_path / "cat", ROWS)
     out = tmp_path / "idx"
     first = build_catalog_index(catalog, out, embedder)
-    assert (first.embedded, first.reused, first.edited) == (3, 0, 3)
+    assert (first.embedded, first.reused, first.edited, first.read) == (3, 0, 3, 3)
 
     again = build_catalog_index(catalog, out, embedder)
-    assert (again.embedded, again.reused, again.edited) == (0, 3, 0)  # nor edited again for the first stage
+    assert (again.embedded, again.reused, again.edited, again.read) == (0, 3, 0, 0)  # nor edited, nor read again
     for brand, entry in again.manifest["brands"].items():
         assert entry["calibration"] == first.manifest["brands"][brand]["calibration"]
 
     changed = [r for r in ROWS if r[1] != "A-2"] + [["Bolt", "B-2", "b2.png", "90", "EUR", "four"]]
     catalog = make_catalog(tmp_path / "cat", changed)
     third = build_catalog_index(catalog, out, embedder)
-    assert (third.embedded, third.reused, third.edited) == (1, 2, 3)  # both brands' photos changed
+    assert (third.embedded, third.reused, third.edited, third.read) == (1, 2, 3, 1)  # both brands' photos changed
     index = load_index(out)
     ids = sorted(p["product_id"] for e in index.brands.values() for p in e.products)
     assert ids == ["A-1", "B-1", "B-2"]
-    assert third.manifest["build"] == {"embedded": 1, "reused": 2, "edited": 3, "skipped_rows": 0}
+    assert third.manifest["build"] == {"embedded": 1, "reused": 2, "edited": 3, "read": 1, "skipped_rows": 0}
 
 
 def test_a_changed_photo_at_the_same_path_is_embedded_again(tmp_path, embedder):

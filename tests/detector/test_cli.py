@@ -72,8 +72,9 @@ def test_lookup_finds_the_product_and_judges_listing_facts(demo_index, demo_data
     assert payload["verdict"] == "flagged" and len(payload["matches"]) == 3
     assert payload["matches"][0]["product_id"] == "AUR-000"
     assert set(payload["matches"][0]) == {"brand", "product_id", "image", "similarity", "threshold", "visual_state",
-                                          "inliers", "alignment", "unique", "colour", "region", "price",
-                                          "currency"}
+                                          "inliers", "alignment", "unique", "colour", "region", "sharpness",
+                                          "residual", "price", "currency"}
+    assert payload["plausible"] == ["AUR-000"]  # the keypoints single out the product
     assert payload["matches"][0]["inliers"] >= 8  # a cropped copy keeps its keypoints
     assert payload["visual_state"] == payload["matches"][0]["visual_state"] == "copy"
     assert [f["code"] for f in payload["findings"]] == ["price_below_ratio", "seller_not_authorised", "title_cue"]

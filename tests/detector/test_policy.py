@@ -558,3 +558,20 @@ def test_colour_puts_the_sibling_whose_colours_agree_first(tmp_path):
     assert decide(listing(), [more_keypoints, far_behind], SELLERS, POLICY).product_id == "AUR-1"
     unmeasured = sibling("AUR-4", 19, None)
     assert decide(listing(), [more_keypoints, unmeasured], SELLERS, POLICY).product_id == "AUR-1"
+
+
+def test_the_words_read_in_the_photo_name_one_of_the_siblings_in_doubt(tmp_path):
+    # keypoints leave both (12 against 15 unique); the photo reads "lemon", printed on AUR-2 alone
+    mango = replace(sibling("AUR-1", 15, 100.0), words=["acme", "mango"])
+    lemon = replace(sibling("AUR-2", 12, 40.0), words=["acme", "lemon"])
+    decision = decide(listing(price=15.0), [mango, lemon], SELLERS, POLICY, words_read=["acme", "lemon"])
+    assert (decision.product_id, decision.plausible, decision.verdict) == ("AUR-2", ["AUR-2"], FLAGGED)
+    assert decision.price_ratio == 0.375 and decision.matches[0].product_id == "AUR-2"
+    assert "identified_by_words" in codes(decision) and "identity_uncertain" not in codes(decision)
+    assert "(lemon)" in next(f.text for f in decision.findings if f.code == "identified_by_words")
+    # the brand's name is on both: it names neither; nor do words when the policy turns them off
+    assert decide(listing(price=15.0), [mango, lemon], SELLERS, POLICY, words_read=["acme"]).plausible == ["AUR-1", "AUR-2"]
+    off = tmp_path / "p.toml"
+    off.write_text("[product]\nwords = false\n")
+    assert decide(listing(price=15.0), [mango, lemon], SELLERS, load_policy(off),
+                  words_read=["lemon"]).plausible == ["AUR-1", "AUR-2"]
