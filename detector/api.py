@@ -348,7 +348,7 @@ class Detector:
             self._makers[top_k] = EvidenceMaker(
                 self.index, self.embedder, Path("/"), cache=self.cache, workers=1,
                 options=Options(top_k=top_k, read_words=self._reads_words, product_words=self._reads_product_words,
-                                sibling_share=self.policy.product.colour_ratio, allow_outside=True))
+                                allow_outside=True))
         currency = currency.upper() if currency else None
         row = ListingRow(row=0, line=0, listing_id=str(photo), seller_id=seller, title=title or "", price=price,
                          currency=currency, image=str(Path(photo).absolute()))
@@ -420,7 +420,7 @@ class Detector:
             workers = default_workers(engine)
         options = ScanOptions(batch_size=batch_size, workers=workers, top_k=top_k, verify=verify, screen=screen,
                               read_words=self._reads_words, product_words=self._reads_product_words,
-                              sibling_share=self.policy.product.colour_ratio, allow_outside=allow_outside_paths, restart=restart,
+                              allow_outside=allow_outside_paths, restart=restart,
                               cache=self.cache if engine == "local" else None, engine=engine, device=self.device,
                               backend=self.backend, ray_address=address, ray_actors=ray_actors, history=history,
                               night=night, clock=clock)

@@ -61,7 +61,6 @@ class ScanOptions:
     screen: bool = SCREEN  # the first stage (detector/screening.py)
     read_words: bool = True  # brand names read in photos (detector/brand_words.py), where the index has marks
     product_words: bool = True  # the words on a product read where siblings are in doubt (detector/product_words.py)
-    sibling_share: float = 0.0  # which siblings are in doubt: the policy's [product] colour_ratio
     allow_outside: bool = False
     restart: bool = False
     cache: EmbeddingCache | None = None
@@ -78,7 +77,6 @@ class ScanOptions:
         """What the stages read."""
         return Options(verify=self.verify, screen=self.screen and self.verify, top_k=self.top_k,
                        read_words=self.read_words, product_words=self.product_words,
-                       sibling_share=self.sibling_share,
                        keep_vectors=self.history is not None,
                        allow_outside=self.allow_outside)
 
@@ -151,7 +149,6 @@ def _identity(listings: Path, index: ReferenceIndex, embedder: Embedder, options
         "screen": screen if options.verify else None,
         "words": options.verify and options.read_words,
         "product_words": options.verify and options.product_words,
-        "sibling_share": options.sibling_share,
         "allow_outside": options.allow_outside,
         "keeps_vectors": options.history is not None,
     }

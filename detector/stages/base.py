@@ -49,7 +49,6 @@ class Options:
     top_k: int = 5
     read_words: bool = True
     product_words: bool = True
-    sibling_share: float = 0.0  # the policy's [product] colour_ratio: which siblings keypoints leave in doubt
     keep_vectors: bool = False
     allow_outside: bool = False
 

@@ -10,13 +10,17 @@ SIBLING_KEYPOINTS = 5
 """A verified candidate counts as a sibling still in play with at least this many keypoints in its
 layout (plain or unique): the fewest with which the policy's rules establish a product (the
 calibrated product count's floor, and a copy's count with its outline in place)."""
+SIBLING_SHARE = 0.3
+"""...and with at least this share of the most keypoints unique to one of its brand's products: the
+siblings the default policy leaves in doubt (``[product] colour_ratio``). The gate is the stage's
+own, not the policy's, so that what a scan reads depends on the photo alone and a policy re-decides
+the same evidence; a policy with a lower ratio leaves its extra siblings in doubt, unread."""
 
 
 def siblings_in_play(photo: Photo, ctx: Context) -> bool:
     """Whether two or more products of one brand, whose catalogue photos carry words, have
     keypoints enough to be the product shown, and that keypoints do not tell apart: each with at
-    least ``sibling_share`` (the policy's ``[product] colour_ratio``) of the most keypoints unique
-    to one of the brand's products, as the policy's siblings in doubt have."""
+    least SIBLING_SHARE of the most keypoints unique to one of the brand's products."""
     in_play = [o for o in photo.fields.get("outcomes") or ()
                if max(o["inliers"], o.get("unique") or 0) >= SIBLING_KEYPOINTS]
     top: dict[str, int] = {}
@@ -25,7 +29,7 @@ def siblings_in_play(photo: Photo, ctx: Context) -> bool:
     products: dict[str, set[str]] = {}
     for outcome in in_play:
         product = ctx.index.brands[outcome["brand"]].products[outcome["row"]]
-        if product.get("words") and (outcome.get("unique") or 0) >= ctx.options.sibling_share * top[outcome["brand"]]:
+        if product.get("words") and (outcome.get("unique") or 0) >= SIBLING_SHARE * top[outcome["brand"]]:
             products.setdefault(outcome["brand"], set()).add(product["product_id"])
     return any(len(found) >= 2 for found in products.values())
 
