@@ -50,8 +50,8 @@ class Verification:
     aligned_inliers: int
     full_alignment: float
     trust_inliers: int
-    copy_sharpness: float = 0.78
-    copy_residual: float = 0.4
+    copy_sharpness: float
+    copy_residual: float
 
 
 @dataclass(frozen=True)
