@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-from concurrent.futures import ThreadPoolExecutor
+import io
+import json
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -11,8 +13,9 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from detector.augment import EDITS_ID, seller_edits
-from detector.batching import Prepared, embed_stream, one_openmp_thread, opencv_one_thread
+from detector.batching import Prepared, embed_stream
 from detector.brand_words import WordReader
+from detector.build_samples import Verified, alike_siblings, edited_brands, product_impostors
 from detector.embedders import Embedder
 from detector.errors import UserError
 from detector.settings import default_batch, default_workers
@@ -22,27 +25,21 @@ from detector.mark_shapes import SHAPE_RULE, ShapeSearch, calibrate_level, photo
 from detector.marks import find_marks, marks_of, prepare_mark
 from detector.text_reading import TextReader
 from detector.tables import IMAGE_SUFFIXES, CatalogRow, read_authorized, read_catalog, read_marks
-from detector.verify import FEATURES_ID, LocalFeatures, QueryFeatures, extract, mirrored, pack, unpack, verify_candidates
+from detector.verify import FEATURES_ID, LocalFeatures, extract, pack, unpack
 from detector.views import REFERENCE_VIEW_ID, listing_views, reference_view
 from index.calibrate import CalibrationRule, CountRule, GateRule, calibrate_counts, calibrate_gate, calibrate_thresholds
 from index.files import file_sha256
-from index.store import BrandEntry, IndexStoreError, build_lock, load_edit_scores, load_index, write_index
+from index.store import BrandEntry, IndexStoreError, ReferenceIndex, build_lock, load_edit_scores, load_index, load_shared, write_index
 
 MAX_LISTED_ERRORS = 20
 MAX_CALIBRATION_PHOTOS = 1000
 """At most this many reference photos (a fixed pseudo-random sample, by content hash) are seen
 through the scanner's views to calibrate thresholds."""
-MAX_PRODUCT_IMPOSTORS = 200
-"""At most this many other brands' reference photos are verified against each brand to calibrate
-how many matching keypoints a new photo of its products needs."""
 MAX_SHAPE_IMPOSTORS = 100
 """At most this many other brands' reference photos calibrate a simple mark's shape level."""
 MIN_SHAPE_SHARE = 1 / 3
 """The share of a brand's reference photos a simple mark's shape must be found in to count as
 shown there (see :func:`_shown`)."""
-PRODUCT_CANDIDATES = 5
-"""Each product impostor is verified against this many of the brand's nearest references, as a
-scanned photo is against its nearest hits."""
 
 
 @dataclass
@@ -62,13 +59,59 @@ class Previous(NamedTuple):
     """What a build reuses from the index it replaces: vectors and local features by image hash,
     each brand's authorised sellers and registered marks (rows, packed features), each brand's
     edit scores under the sorted hashes of the photos they were made from, and the words printed
-    on each photo, by image hash."""
+    on each photo, by image hash; the keypoint counts of the verifications it made
+    (:class:`detector.build_samples.Verified`) and the views of the photos it calibrated thresholds
+    on, by image hash."""
 
     known: dict[str, tuple[np.ndarray, LocalFeatures]]
     sellers: dict[str, list[str]]
     marks: dict[str, tuple[list[dict], bytes | None]]
     edits: dict[str, tuple[tuple[str, ...], np.ndarray]]
     words: dict[str, list[str]]
+    verified: dict[str, list[int]]
+    views: dict[str, np.ndarray]
+    index: ReferenceIndex | None = None
+
+
+class _Stored(NamedTuple):
+    """A reference photo whose local features the previous index holds: its brand and row there."""
+
+    brand: str
+    row: int
+
+
+class _Features:
+    """Each reference photo's local features by (brand, row) in this build: those extracted now,
+    and the previous index's, unpacked per brand on first use (a rebuild that adds one brand to
+    10,000 unpacks only the few it verifies against)."""
+
+    def __init__(self, local: dict[str, list[LocalFeatures | _Stored]], previous: ReferenceIndex | None):
+        self.local, self.previous = local, previous
+        self._unpacked: dict[str, list[LocalFeatures]] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, brand: str, row: int) -> LocalFeatures:
+        item = self.local[brand][row]
+        if not isinstance(item, _Stored):
+            return item
+        with self._lock:
+            if item.brand not in self._unpacked:
+                self._unpacked[item.brand] = unpack(self.previous.brands[item.brand].local_features())
+        return self._unpacked[item.brand][item.row]
+
+    def unchanged(self, brand: str) -> BrandEntry | None:
+        """The previous index's entry for ``brand`` when this build's photos of it are that entry's,
+        in its order (its stored features can be kept as they are)."""
+        items = self.local[brand]
+        entry = self.previous.brands.get(brand) if self.previous is not None else None
+        if entry is None or len(entry.products) != len(items):
+            return None
+        return entry if all(item == _Stored(brand, row) for row, item in enumerate(items)) else None
+
+    def packed(self, brand: str) -> BrandEntry | bytes:
+        """The brand's features as the index stores them: the previous entry (to keep its file)
+        where unchanged, else packed anew."""
+        return self.unchanged(brand) or pack([self(brand, row) for row in range(len(self.local[brand]))])
 
 
 def _previous_index(out_dir: Path, embedder: Embedder, notes: list[str]) -> Previous:
@@ -79,19 +122,19 @@ def _previous_index(out_dir: Path, embedder: Embedder, notes: list[str]) -> Prev
     except IndexStoreError as exc:
         if (out_dir / "manifest.json").exists():
             notes.append(f"previous index not reused ({exc})")
-        return Previous({}, {}, {}, {}, {})
+        return Previous({}, {}, {}, {}, {}, {}, {})
     if previous.manifest.get("embedder_id") != embedder.fingerprint_id:
         notes.append("previous index was built by another embedder: every photo is embedded again")
-        return Previous({}, {}, {}, {}, {})
+        return Previous({}, {}, {}, {}, {}, {}, {})
     if (previous.manifest.get("reference_view"), previous.manifest.get("verifier")) != (REFERENCE_VIEW_ID, FEATURES_ID):
         notes.append("previous index embedded or described its photos another way: every photo is embedded again")
-        return Previous({}, {}, {}, {}, {})
+        return Previous({}, {}, {}, {}, {}, {}, {})
     known = {}
-    for entry in previous.brands.values():
-        if entry.local is None:
+    for name, entry in previous.brands.items():
+        if entry.local_source is None:
             continue
-        for product, vector, local in zip(entry.products, entry.vectors, unpack(entry.local)):
-            known[product["image_sha256"]] = (vector, local)
+        for row, (product, vector) in enumerate(zip(entry.products, entry.vectors)):
+            known[product["image_sha256"]] = (vector, _Stored(name, row))
     sellers = {name: entry.authorized for name, entry in previous.brands.items()}
     marks = {name: (entry.marks, entry.mark_features) for name, entry in previous.brands.items() if entry.marks}
     edits = {}
@@ -108,7 +151,13 @@ def _previous_index(out_dir: Path, embedder: Embedder, notes: list[str]) -> Prev
     if previous.manifest.get("product_words") == WORDS_ID:
         words = {p["image_sha256"]: p["words"] for entry in previous.brands.values() for p in entry.products
                  if p.get("words") is not None}
-    return Previous(known, sellers, marks, edits, words)
+    try:
+        verified = Verified.read(load_shared(previous, "verified"))
+        views = _read_views(load_shared(previous, "calibration_views"))
+    except IndexStoreError as exc:
+        notes.append(f"stored calibration samples not reused ({exc})")
+        verified, views = {}, {}
+    return Previous(known, sellers, marks, edits, words, verified, views, previous)
 
 
 def _format_errors(errors: list[str]) -> str:
@@ -175,7 +224,7 @@ def build_catalog_index(
 
         products: dict[str, list[dict]] = {}
         vectors: dict[str, list[np.ndarray]] = {}
-        local: dict[str, list[LocalFeatures]] = {}
+        local: dict[str, list[LocalFeatures | _Stored]] = {}
         done = 0
         for result in embed_stream(embedder, located, prepare, batch_size=batch_size, workers=workers):
             row, path = result.item
@@ -211,13 +260,17 @@ def build_catalog_index(
 
         background = _embed_background(background_dir, embedder, batch_size, workers) if background_dir else None
         stacked = {brand: np.stack(vs).astype(np.float32) for brand, vs in vectors.items()}
-        queries = _calibration_queries(products, embedder, batch_size, workers)
-        calibration = calibrate_thresholds(stacked, background, rule, queries)
+        queries, views = _calibration_queries(products, embedder, batch_size, workers, previous.views)
+        calibration = _thresholds(stacked, products, background, rule, queries, views, previous.index)
         edit_scores, report.edited = _edit_scores(products, stacked, embedder, batch_size, workers, previous.edits,
                                                   on_done=_step(on_step, "editing"))
-        report.read = _product_words(products, previous.words, embedder.decode_size, _step(on_step, "reading"))
-        calibration_gate = calibrate_gate(edit_scores, gate_rule)
-        products_need = calibrate_counts(_product_impostors(products, stacked, local, workers, on_calibration), count_rule)
+        verified = Verified(previous.verified)
+        features = _Features(local, previous.index)
+        alike = alike_siblings(products, stacked, features, verified, workers)
+        report.read = _product_words(products, alike, previous.words, embedder.decode_size, _step(on_step, "reading"))
+        calibration_gate = calibrate_gate(edit_scores, gate_rule, brands=list(products))
+        products_need = calibrate_counts(product_impostors(products, stacked, features, verified, workers, on_calibration),
+                                         count_rule)
         for brand, found in [*products_need.items(), *calibration_gate.items()]:
             calibration[brand].update(found)
         if authorized is None and previous_sellers:
@@ -229,22 +282,25 @@ def build_catalog_index(
         if marks is None and previous.marks:
             report.notes.append("no --marks given: registered marks kept from the previous build")
             marks = {brand: found for brand, found in previous.marks.items() if brand in products}
-        marks = _calibrate_marks(marks or {}, local, products, embedder.decode_size)
-        entries = [
-            BrandEntry(
+        marks = _calibrate_marks(marks or {}, {brand: [features(brand, row) for row in range(len(local[brand]))]
+                                               for brand in marks or {} if brand in local},
+                                 products, embedder.decode_size)
+        entries = []
+        for brand in products:
+            packed = features.packed(brand)
+            entries.append(BrandEntry(
                 brand=brand,
                 vectors=stacked[brand],
                 products=products[brand],
                 authorized=sorted(sellers.get(brand, ())),
                 threshold=calibration[brand]["threshold"],
                 calibration=calibration[brand],
-                local=pack(local[brand]),
+                local=packed if isinstance(packed, bytes) else None,
+                local_source=None if isinstance(packed, bytes) else packed.local_source,
                 marks=marks.get(brand, ([], None))[0],
                 mark_features=marks.get(brand, ([], None))[1],
                 edit_scores=edit_scores.get(brand),
-            )
-            for brand in products
-        ]
+            ))
         extra = {
             "catalog": {"path": str(catalog_path.resolve()), "sha256": file_sha256(catalog_path), "rows": len(rows)},
             "build": {"embedded": report.embedded, "reused": report.reused, "edited": report.edited, "read": report.read,
@@ -260,6 +316,8 @@ def build_catalog_index(
         report.manifest = write_index(
             out_dir, entries, embedder.fingerprint, embedder.fingerprint_id, extra=extra, index_kind=index_kind,
             memory_budget=memory_budget,
+            shared={"verified": verified.payload(), "calibration_views": _views_payload(views)},
+            reuse=previous.index.manifest["brands"] if previous.index is not None else None,
         )
     return report
 
@@ -363,39 +421,6 @@ def _prepare_marks(marks_path: Path, rows: list, brands: set[str], allow_outside
     return {brand: (rows_of, pack(features)) for brand, (rows_of, features) in found.items()}
 
 
-def _product_impostors(products: dict[str, list[dict]], vectors: dict[str, np.ndarray],
-                       local: dict[str, list[LocalFeatures]], workers: int,
-                       on_done: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
-    """For each brand, the most matching keypoints each impostor reaches against the brand's
-    products: other brands' reference photos (a fixed sample of at most MAX_PRODUCT_IMPOSTORS,
-    by content hash), each verified as a listing photo would be, against the PRODUCT_CANDIDATES
-    of the brand's references nearest to it. That is up to 200 verifications per brand, most of
-    a many-brand build's time, so they run on ``workers`` threads (OpenCV and FAISS release the
-    GIL), one FAISS and one OpenCV thread each, as a scan's do; ``on_done(done, total)`` follows
-    them."""
-    every = sorted((p["image_sha256"], brand, row) for brand, ps in products.items() for row, p in enumerate(ps))
-    pairs = [(brand, other, row) for brand in vectors
-             for _, other, row in [item for item in every if item[1] != brand][:MAX_PRODUCT_IMPOSTORS]]
-
-    def most_matched(pair: tuple[str, str, int]) -> int:
-        brand, other, row = pair
-        nearest = np.argsort(-(vectors[brand] @ vectors[other][row]))[:PRODUCT_CANDIDATES]
-        query = QueryFeatures(local[other][row], mirrored(local[other][row]))
-        outcomes = verify_candidates(query, [local[brand][i] for i in nearest], counts_only=True)
-        return max((max(o.inliers, o.unique) for o in outcomes if o is not None), default=0)
-
-    with opencv_one_thread(), ThreadPoolExecutor(max_workers=workers, initializer=one_openmp_thread) as pool:
-        found = []
-        for count in pool.map(most_matched, pairs):
-            found.append(count)
-            if on_done:
-                on_done(len(found), len(pairs))
-    counts = {brand: [] for brand in vectors}
-    for (brand, _, _), count in zip(pairs, found):
-        counts[brand].append(count)
-    return {brand: np.array(c, np.float64) for brand, c in counts.items()}
-
-
 def _views_of(path: Path, embedder: Embedder) -> Prepared:
     image = decode_image(read_image_bytes(path), draft=embedder.decode_size)
     return Prepared(array=embedder.preprocess_views(listing_views(image)))
@@ -406,13 +431,14 @@ def _step(on_step: Callable[[str, int, int], None] | None, name: str) -> Callabl
     return None if on_step is None else (lambda done, total: on_step(name, done, total))
 
 
-def _product_words(products: dict[str, list[dict]], previous: dict[str, list[str]], draft: int | None,
-                   on_done: Callable[[int, int], None] | None = None) -> int:
-    """Read the words printed on each reference photo (:mod:`detector.product_words`), decoded as
-    a scan decodes listing photos (``draft``), into its product's ``words``; a photo the previous
-    build read keeps its words. Returns how many photos were read this build (an unreadable one
+def _product_words(products: dict[str, list[dict]], alike: set[str], previous: dict[str, list[str]],
+                   draft: int | None, on_done: Callable[[int, int], None] | None = None) -> int:
+    """Read the words printed on each reference photo in ``alike`` (by content hash: the siblings
+    keypoints may not tell apart, :func:`detector.build_samples.alike_siblings`;
+    :mod:`detector.product_words`), decoded as a scan decodes listing photos (``draft``), into its
+    product's ``words``; a photo the previous build read keeps its words. Returns how many photos were read this build (an unreadable one
     gets no words, and its siblings are then never told apart by words)."""
-    todo = [p for ps in products.values() for p in ps if p["image_sha256"] not in previous]
+    todo = [p for ps in products.values() for p in ps if p["image_sha256"] in alike and p["image_sha256"] not in previous]
     reader = TextReader() if todo else None
     for ps in products.values():
         for p in ps:
@@ -432,14 +458,16 @@ def _product_words(products: dict[str, list[dict]], previous: dict[str, list[str
 def _edit_scores(products: dict[str, list[dict]], vectors: dict[str, np.ndarray], embedder: Embedder,
                  batch_size: int, workers: int, previous: dict[str, tuple[tuple[str, ...], np.ndarray]],
                  on_done: Callable[[int, int], None] | None = None) -> tuple[dict[str, np.ndarray], int]:
-    """Each brand's edit scores for the first stage's level: every reference photo edited as a
-    seller would (:func:`detector.augment.seller_edits`), its whole view embedded as the scanner
-    embeds a listing's, and the best similarity each edit reaches against the brand. A brand whose
-    photos are the ones the ``previous`` build edited keeps its scores (the same embedder made them).
-    Also returns how many photos were edited this build."""
-    kept = {brand: previous[brand][1] for brand, ps in products.items() if brand in previous
+    """Each edited brand's edit scores for the first stage's level (the brands
+    :func:`detector.build_samples.edited_brands` chooses; the others borrow theirs pooled): every
+    reference photo edited as a seller would (:func:`detector.augment.seller_edits`), its whole view
+    embedded as the scanner embeds a listing's, and the best similarity each edit reaches against
+    the brand. A brand whose photos are the ones the ``previous`` build edited keeps its scores (the
+    same embedder made them). Also returns how many photos were edited this build."""
+    chosen = edited_brands(products)
+    kept = {brand: previous[brand][1] for brand, ps in products.items() if brand in previous and brand in chosen
             and previous[brand][0] == tuple(sorted(p["image_sha256"] for p in ps))}
-    items = [(brand, p) for brand, ps in products.items() if brand not in kept for p in ps]
+    items = [(brand, p) for brand, ps in products.items() if brand in chosen and brand not in kept for p in ps]
 
     def prepare(item: tuple[str, dict]) -> Prepared:
         picture = decode_image(read_image_bytes(Path(item[1]["image_path"])), draft=embedder.decode_size)
@@ -458,19 +486,67 @@ def _edit_scores(products: dict[str, list[dict]], vectors: dict[str, np.ndarray]
     return {**kept, **fresh}, len(items)
 
 
-def _calibration_queries(
-    products: dict[str, list[dict]], embedder: Embedder, batch_size: int, workers: int
-) -> dict[str, np.ndarray]:
-    """A sample of reference photos seen as the scanner sees listings ([n, views, d] per brand)."""
+def _calibration_queries(products: dict[str, list[dict]], embedder: Embedder, batch_size: int, workers: int,
+                         previous: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """A sample of reference photos seen as the scanner sees listings ([n, views, d] per brand):
+    the first MAX_CALIBRATION_PHOTOS by content hash, those the ``previous`` build saw reused.
+    Also returns each sampled photo's views by content hash, for the next build."""
     every = sorted(((p["image_sha256"], brand, p["image_path"]) for brand, ps in products.items() for p in ps))
     sample = every[:MAX_CALIBRATION_PHOTOS]
-    found: dict[str, list[np.ndarray]] = {}
-    paths = [(brand, Path(path)) for _, brand, path in sample]
-    for result in embed_stream(embedder, paths, lambda item: _views_of(item[1], embedder),
+    views = {sha: previous[sha] for sha, _, _ in sample if sha in previous}
+    todo = [(sha, Path(path)) for sha, _, path in sample if sha not in views]
+    for result in embed_stream(embedder, todo, lambda item: _views_of(item[1], embedder),
                                batch_size=max(1, batch_size // 4), workers=workers):
         if result.error is None:
-            found.setdefault(result.item[0], []).append(result.vector)
-    return {brand: np.stack(views) for brand, views in found.items()}
+            views[result.item[0]] = result.vector
+    found: dict[str, list[np.ndarray]] = {}
+    for sha, brand, _ in sample:
+        if sha in views:
+            found.setdefault(brand, []).append(views[sha])
+    return {brand: np.stack(v) for brand, v in found.items()}, views
+
+
+def _thresholds(stacked: dict[str, np.ndarray], products: dict[str, list[dict]], background: np.ndarray | None,
+                rule: CalibrationRule, queries: dict[str, np.ndarray], views: dict[str, np.ndarray],
+                previous: ReferenceIndex | None) -> dict[str, dict]:
+    """Each brand's threshold calibration (:func:`index.calibrate.calibrate_thresholds`), kept from
+    the ``previous`` index for a brand whose photos and impostors are the ones it was calibrated on:
+    the same calibration sample (recorded as ``threshold_sample``), no background photos, and its
+    own impostors (not the pooled). Adding a brand then calibrates that brand alone, unless its
+    photos enter the sample. The rest are calibrated together, every brand when one of them has
+    too few impostors of its own to be calibrated without the pooled."""
+    key = hashlib.sha256(json.dumps([sorted(views), asdict(rule)]).encode()).hexdigest()[:16]
+    kept = {}
+    if previous is not None and background is None:
+        for brand, ps in products.items():
+            entry = previous.brands.get(brand)
+            if (entry is not None and entry.calibration.get("threshold_sample") == key
+                    and entry.calibration.get("source") == "brand"
+                    and sorted(p["image_sha256"] for p in entry.products) == sorted(p["image_sha256"] for p in ps)):
+                kept[brand] = {k: v for k, v in entry.calibration.items()  # the others' keys carry their prefixes
+                               if not k.startswith(("product_", "gate_", "threshold_sample"))}
+    todo = [brand for brand in stacked if brand not in kept]
+    sampled = sum(len(q) for q in queries.values())
+    if any(sampled - len(queries.get(brand, ())) < rule.min_impostors for brand in todo):
+        todo, kept = list(stacked), {}
+    found = calibrate_thresholds({brand: stacked[brand] for brand in todo}, background, rule, queries) if todo else {}
+    return {brand: {**(kept.get(brand) or found[brand]), "threshold_sample": key} for brand in stacked}
+
+
+def _views_payload(views: dict[str, np.ndarray]) -> bytes:
+    """The calibration sample's views, stored for the next build (an .npz of hashes and views)."""
+    buffer = io.BytesIO()
+    hashes = sorted(views)
+    np.savez(buffer, hashes=np.array(hashes, dtype="U64"),
+             views=np.stack([views[h] for h in hashes]).astype(np.float32) if hashes else np.zeros((0, 0, 0), np.float32))
+    return buffer.getvalue()
+
+
+def _read_views(payload: bytes | None) -> dict[str, np.ndarray]:
+    if not payload:
+        return {}
+    with np.load(io.BytesIO(payload), allow_pickle=False) as data:
+        return dict(zip(data["hashes"].tolist(), data["views"]))
 
 
 def _embed_background(folder: Path, embedder: Embedder, batch_size: int, workers: int) -> np.ndarray:

@@ -55,7 +55,7 @@ class ReferenceFeatures:
 
     def get(self, hit: Hit) -> LocalFeatures | None:
         if hit.brand not in self._brands:
-            blob = self.index.brands[hit.brand].local
+            blob = self.index.brands[hit.brand].local_features()
             self._brands[hit.brand] = unpack(blob) if blob is not None else None
         features = self._brands[hit.brand]
         return None if features is None else features[hit.row]

@@ -27,17 +27,47 @@ class CalibrationRule:
     default: float = 0.75
 
 
-def _impostor_scores(brand_vectors: np.ndarray, others: np.ndarray) -> np.ndarray:
-    """Best similarity of each impostor ([n, d] or [n, views, d]) to any of the brand's vectors."""
-    if len(others) == 0 or len(brand_vectors) == 0:
-        return np.zeros(0, np.float32)
-    views = others.reshape(len(others), -1, others.shape[-1])
-    flat = views.reshape(-1, views.shape[-1])
-    best = np.full(len(flat), -1.0, np.float32)
-    for start in range(0, len(brand_vectors), 4096):
-        block = flat @ brand_vectors[start : start + 4096].T
-        np.maximum(best, block.max(axis=1), out=best)
-    return best.reshape(len(views), -1).max(axis=1)
+def _best_per_brand(queries: list[np.ndarray], references: np.ndarray, starts: np.ndarray, block: int = 512) -> np.ndarray:
+    """[len(queries), brands]: each query's best similarity (over its views, [views, d]) to any
+    reference of each brand (``references`` grouped by brand, brand i's rows from ``starts[i]``).
+    One pass of matrix products over every query and reference, whatever the number of brands."""
+    if not queries:
+        return np.zeros((0, len(starts)), np.float32)
+    views = np.concatenate(queries).astype(np.float32, copy=False)
+    first_view = np.cumsum([0] + [len(q) for q in queries[:-1]])
+    best = np.empty((len(views), len(starts)), np.float32)
+    for at in range(0, len(views), block):
+        best[at : at + block] = np.maximum.reduceat(views[at : at + block] @ references.T, starts, axis=1)
+    return np.maximum.reduceat(best, first_view, axis=0)
+
+
+def impostor_scores(vectors_by_brand: dict[str, np.ndarray], queries_by_brand: dict[str, np.ndarray],
+                    background: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """For each brand, the best similarity each impostor reaches against its vectors: every other
+    brand's query (``[n, d]`` or ``[n, views, d]``; its best view, as the scanner scores listings),
+    then every ``background`` photo."""
+    names = [b for b, v in vectors_by_brand.items() if len(v)]
+    scores = {b: np.zeros(0, np.float32) for b in vectors_by_brand}
+    if not names:
+        return scores
+    dim = vectors_by_brand[names[0]].shape[-1]
+    references = np.concatenate([np.asarray(vectors_by_brand[b], np.float32) for b in names])
+    starts = np.cumsum([0] + [len(vectors_by_brand[b]) for b in names[:-1]])
+    owners, queries = [], []
+    for brand, found in queries_by_brand.items():
+        if not len(found):
+            continue
+        for query in np.asarray(found, np.float32).reshape(len(found), -1, dim):
+            owners.append(brand)
+            queries.append(query)
+    best = _best_per_brand(queries, references, starts)
+    owners = np.array(owners, dtype=object)
+    extra = np.zeros((0, len(names)), np.float32)
+    if background is not None and len(background):
+        extra = _best_per_brand(list(np.asarray(background, np.float32).reshape(len(background), -1, dim)), references, starts)
+    for column, brand in enumerate(names):
+        scores[brand] = np.concatenate([best[owners != brand, column], extra[:, column]])
+    return scores
 
 
 def calibrate_thresholds(
@@ -52,14 +82,7 @@ def calibrate_thresholds(
     brands' photos as the scanner would see them (several views each); they default to the
     reference vectors themselves. ``background`` holds unrelated photos, in either form.
     """
-    queries_by_brand = queries_by_brand or vectors_by_brand
-    scores: dict[str, np.ndarray] = {}
-    for brand, vectors in vectors_by_brand.items():
-        others = [q for b, q in queries_by_brand.items() if b != brand and len(q)]
-        if background is not None and len(background):
-            others.append(background)
-        found = [_impostor_scores(vectors, q.astype(np.float32, copy=False)) for q in others]
-        scores[brand] = np.concatenate(found) if found else np.zeros(0, np.float32)
+    scores = impostor_scores(vectors_by_brand, queries_by_brand or vectors_by_brand, background)
     pooled = np.concatenate(list(scores.values())) if scores else np.zeros(0)
     result = {}
     for brand, own in scores.items():
@@ -131,12 +154,15 @@ class GateRule:
     min_edits: int = 20
 
 
-def calibrate_gate(scores_by_brand: dict[str, np.ndarray], rule: GateRule = GateRule()) -> dict[str, dict]:
+def calibrate_gate(scores_by_brand: dict[str, np.ndarray], rule: GateRule = GateRule(),
+                   brands: list[str] | None = None) -> dict[str, dict]:
     """``{brand: {"gate_level": level, ...evidence}}`` from each brand's edit scores (the best
-    whole-view similarity each edit of one of its reference photos reaches against the brand)."""
+    whole-view similarity each edit of one of its reference photos reaches against the brand), for
+    every brand of ``brands`` (default: those with scores); a brand without borrows the pooled."""
     pooled = np.concatenate([np.asarray(s, np.float64) for s in scores_by_brand.values()]) if scores_by_brand else np.zeros(0)
     result = {}
-    for brand, own in scores_by_brand.items():
+    for brand in scores_by_brand if brands is None else brands:
+        own = scores_by_brand.get(brand, np.zeros(0))
         sample, source = _sample(np.asarray(own, np.float64), pooled, rule.min_edits)
         if sample is None:
             result[brand] = {"gate_level": None, "gate_source": "none", "gate_edits": int(len(own))}

@@ -32,13 +32,33 @@ def temporary_beside(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
-def publish(written: Path, path: Path) -> None:
+def publish(written: Path, path: Path, durable: bool = True) -> None:
     """Move a completely written file into place: flushed to disk, renamed atomically, and the
-    rename itself made durable."""
-    with open(written, "rb+") as fh:
-        os.fsync(fh.fileno())
+    rename itself made durable. ``durable=False`` only renames: for many files that are made
+    durable together by :func:`settle` before anything names them."""
+    if durable:
+        with open(written, "rb+") as fh:
+            os.fsync(fh.fileno())
     os.replace(written, path)
-    fd = os.open(path.parent, os.O_RDONLY)
+    if durable:
+        _sync_folder(path.parent)
+
+
+def settle(paths: list[Path], folder: Path) -> None:
+    """Flush files published with ``durable=False`` to disk, then their folder (their names) once:
+    an index build's thousands of data files cost one folder sync, not one each."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    if paths:
+        _sync_folder(folder)
+
+
+def _sync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:

@@ -115,24 +115,65 @@ class Hit:
     similarity: float
 
 
-def search_brands(indexes: dict[str, faiss.Index], queries: np.ndarray, k: int) -> list[list[Hit]]:
-    """Search every brand's index and merge: for each query, its ``k`` most similar references
-    overall (ties broken by brand name, then row). The merge runs in numpy and only the ``k`` kept
-    per query become :class:`Hit` objects; merging every brand's hits in Python cost 18 ms per
-    photo at 1,000 brands (docs/performance.md#many-brands)."""
+class PooledFlat:
+    """Many brands' vectors in one exact inner-product index, searched once instead of once per
+    brand: the same neighbours (Flat is exact), at about a single index's cost however many brands
+    share it. Rows are ordered by brand name, then the brand's own row."""
+
+    def __init__(self, vectors_by_brand: dict[str, np.ndarray], dim: int, exact=None):
+        """``exact(vectors)`` makes the exact index over them (default: FAISS ``IndexFlatIP``; the
+        GPU path passes its torch search)."""
+        self.brands = sorted(vectors_by_brand)
+        sizes = [len(vectors_by_brand[b]) for b in self.brands]
+        self.owner = np.repeat(np.arange(len(self.brands)), sizes)
+        self.rows = np.concatenate([np.arange(n) for n in sizes]) if sizes else np.zeros(0, np.int64)
+        if exact is None:
+            self.index = faiss.IndexFlatIP(dim)
+            for brand in self.brands:
+                if len(vectors_by_brand[brand]):
+                    self.index.add(np.ascontiguousarray(vectors_by_brand[brand], dtype=np.float32))
+        else:
+            self.index = exact(np.concatenate([np.asarray(vectors_by_brand[b], np.float32) for b in self.brands])
+                               if self.brands else np.zeros((0, dim), np.float32))
+
+    @property
+    def ntotal(self) -> int:
+        return self.index.ntotal
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+        """The ``k`` nearest rows over every pooled brand: the brand names, the similarities, and
+        each hit's brand (an index into those names, -1 for none) and row in its brand."""
+        similarities, ids = self.index.search(queries, k)
+        found = ids >= 0
+        safe = np.where(found, ids, 0)
+        return (self.brands, similarities, np.where(found, self.owner[safe], -1) if len(self.owner) else ids,
+                np.where(found, self.rows[safe], -1) if len(self.rows) else ids)
+
+
+def search_brands(indexes: dict[str, faiss.Index], queries: np.ndarray, k: int,
+                  pooled: PooledFlat | None = None) -> list[list[Hit]]:
+    """Search every brand's index (and the brands ``pooled`` in one index) and merge: for each
+    query, its ``k`` most similar references overall (ties broken by brand name, then row). The
+    merge runs in numpy and only the ``k`` kept per query become :class:`Hit` objects; merging
+    every brand's hits in Python cost 18 ms per photo at 1,000 brands
+    (docs/performance.md#many-brands)."""
     queries = np.ascontiguousarray(queries, dtype=np.float32)
-    found = []
+    found = []  # (brand names, similarities, brand of each hit as an index into the names, rows)
     for brand, index in indexes.items():
         depth = min(k, index.ntotal)
         if depth and len(queries):
-            found.append((brand, *index.search(queries, depth)))
+            similarities, rows = index.search(queries, depth)
+            found.append(([brand], similarities, np.zeros(rows.shape, np.int64), rows))
+    if pooled is not None and pooled.ntotal and len(queries):
+        found.append(pooled.search(queries, min(k, pooled.ntotal)))
     if not found:
         return [[] for _ in range(len(queries))]
-    names = sorted(brand for brand, _, _ in found)
+    names = sorted({brand for brands, *_ in found for brand in brands})
     rank_of = {brand: rank for rank, brand in enumerate(names)}
-    similarities = np.concatenate([s for _, s, _ in found], axis=1)
-    rows = np.concatenate([r for _, _, r in found], axis=1)
-    brand_rank = np.concatenate([np.full(r.shape, rank_of[brand]) for brand, _, r in found], axis=1)
+    similarities = np.concatenate([s for _, s, _, _ in found], axis=1)
+    rows = np.concatenate([r for _, _, _, r in found], axis=1)
+    brand_rank = np.concatenate([np.array([rank_of[b] for b in brands])[np.maximum(owner, 0)]
+                                 for brands, _, owner, _ in found], axis=1)
     order = np.lexsort((rows, brand_rank, np.where(rows >= 0, -similarities, np.inf)), axis=1)[:, :k]
     picked = [np.take_along_axis(a, order, axis=1).tolist() for a in (brand_rank, rows, similarities)]
     return [[Hit(names[b], r, s) for b, r, s in zip(*per_query) if r >= 0] for per_query in zip(*picked)]

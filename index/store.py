@@ -14,8 +14,14 @@ Layout::
 Data files are content-addressed and written before the manifest; the manifest is replaced
 atomically last. A build killed at any point leaves the previous manifest, and every file it
 names, intact. Files no manifest names are removed after a successful commit. Every file's
-SHA-256 is checked when the index is opened; large files are hashed in chunks and then
-memory-mapped (vectors, on-disk inverted lists), so opening costs page cache, not process memory.
+SHA-256 is checked before its content is used: when the index is opened, except a brand's local
+features (checked when a scan first verifies against that brand: opening an index of 10,000
+brands does not read them all). Large files are hashed in chunks and then memory-mapped (vectors,
+on-disk inverted lists), so opening costs page cache, not process memory. The brands with exact
+(Flat) indexes are searched together, in one index made from their vectors at opening
+(:class:`index.search.PooledFlat`), so their own ``.faiss`` files are read only by
+``verify_files`` (``counterfeit index info``) and never used for a search: a search among a few
+brands makes their index from the vectors.
 """
 
 from __future__ import annotations
@@ -33,9 +39,10 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from index.files import atomic_write, file_sha256, publish, utc_now
+from index.files import atomic_write, file_sha256, publish, settle, temporary_beside, utc_now
 from index.ondisk import build_ondisk_ivf, open_ondisk_ivf
-from index.search import Hit, build_faiss_index, choose_index_kind, effective_kind, hnsw_ef_search, search_brands
+from index.search import (Hit, PooledFlat, build_faiss_index, choose_index_kind, effective_kind, hnsw_ef_search,
+                          search_brands)
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -62,6 +69,15 @@ class BrandEntry:
     marks: list[dict] = field(default_factory=list)  # the brand's registered marks (logo files)
     mark_features: bytes | None = None  # their local features, opaque here, row-aligned with ``marks``
     edit_scores: np.ndarray | None = None  # the first stage's calibration sample, written (read: load_edit_scores)
+    local_source: tuple[Path, dict] | None = None  # where a loaded index's ``local`` is read from on first use
+
+    def local_features(self) -> bytes | None:
+        """``local``, read (and its checksum checked) on first use: a scan verifies against few
+        brands, and opening an index of many brands then does not read every brand's features."""
+        if self.local is None and self.local_source is not None:
+            index_dir, spec = self.local_source
+            self.local = _read_checked(index_dir, spec, self.brand)
+        return self.local
 
 
 def _sha256(data: bytes) -> str:
@@ -131,7 +147,7 @@ def _manifest_digest(manifest: dict) -> str:
     return _sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode())
 
 
-def _put(data_dir: Path, payload: bytes, suffix: str) -> dict:
+def _put(data_dir: Path, payload: bytes, suffix: str, written: list[Path]) -> dict:
     digest = _sha256(payload)
     name = f"{digest[:24]}{suffix}"
     target = data_dir / name
@@ -140,7 +156,10 @@ def _put(data_dir: Path, payload: bytes, suffix: str) -> dict:
     except OSError:
         intact = False
     if not intact:
-        atomic_write(target, payload)
+        scratch = temporary_beside(target)
+        scratch.write_bytes(payload)
+        publish(scratch, target, durable=False)
+        written.append(target)
     return {"name": name, "sha256": digest, "bytes": len(payload)}
 
 
@@ -148,11 +167,11 @@ def _scratch(data_dir: Path, suffix: str) -> Path:
     return data_dir / f".new-{os.getpid()}{suffix}"
 
 
-def _put_file(data_dir: Path, written: Path, suffix: str) -> dict:
+def _put_file(data_dir: Path, scratch: Path, suffix: str, written: list[Path]) -> dict:
     """Commit a file written at ``written`` (a :func:`_scratch` path) under its content address,
     like :func:`_put` but without holding the content in memory."""
-    digest = file_sha256(written)
-    size = written.stat().st_size
+    digest = file_sha256(scratch)
+    size = scratch.stat().st_size
     name = f"{digest[:24]}{suffix}"
     target = data_dir / name
     try:
@@ -160,31 +179,32 @@ def _put_file(data_dir: Path, written: Path, suffix: str) -> dict:
     except OSError:
         intact = False
     if intact:
-        written.unlink()
+        scratch.unlink()
     else:
-        publish(written, target)
+        publish(scratch, target, durable=False)
+        written.append(target)
     return {"name": name, "sha256": digest, "bytes": size}
 
 
-def _put_vectors(data_dir: Path, vectors: np.ndarray) -> dict:
+def _put_vectors(data_dir: Path, vectors: np.ndarray, written: list[Path]) -> dict:
     scratch = _scratch(data_dir, ".npy")
     np.save(scratch, vectors, allow_pickle=False)
-    return _put_file(data_dir, scratch, ".npy")
+    return _put_file(data_dir, scratch, ".npy", written)
 
 
-def _put_index(data_dir: Path, index: faiss.Index, kind: str, vectors: np.ndarray) -> dict:
+def _put_index(data_dir: Path, index: faiss.Index, kind: str, vectors: np.ndarray, written: list[Path]) -> dict:
     """Write a built or (for ``ivfdisk``) to-be-built brand index; the manifest's file specs."""
     scratch = _scratch(data_dir, ".faiss")
     if kind != "ivfdisk":
         faiss.write_index(index, str(scratch))  # streamed: no second copy of a large index in memory
-        return {"index": _put_file(data_dir, scratch, ".faiss")}
+        return {"index": _put_file(data_dir, scratch, ".faiss", written)}
     lists_scratch = _scratch(data_dir, ".ivfdata")
     index = build_ondisk_ivf(vectors, data_dir, lists_scratch.name)
-    lists = _put_file(data_dir, lists_scratch, ".ivfdata")
+    lists = _put_file(data_dir, lists_scratch, ".ivfdata", written)
     # the index names its lists file; a bare name, found beside the index file when opened
     faiss.downcast_InvertedLists(faiss.extract_index_ivf(index).invlists).filename = lists["name"]
     faiss.write_index(index, str(scratch))
-    return {"index": _put_file(data_dir, scratch, ".faiss"), "lists": lists}
+    return {"index": _put_file(data_dir, scratch, ".faiss", written), "lists": lists}
 
 
 def write_index(
@@ -196,8 +216,15 @@ def write_index(
     extra: dict | None = None,
     index_kind: str | None = None,
     memory_budget: int | None = None,
+    shared: dict[str, bytes] | None = None,
+    reuse: dict[str, dict] | None = None,
 ) -> dict:
     """Write ``brands`` as a new version of ``index_dir`` and commit it by replacing the manifest.
+    ``shared`` names files of the whole index rather than of one brand (what a build keeps for the
+    next: :func:`load_shared` reads them). ``reuse``: the current manifest's brand entries, which
+    the caller vouches were made from the same photos by the same embedder; a brand whose products,
+    calibration and files would be the same keeps its entry and files untouched, so adding one
+    brand to 10,000 writes one brand's files and the manifest.
 
     The caller holds :func:`build_lock`. Returns the committed manifest.
     """
@@ -210,24 +237,32 @@ def write_index(
             previous = read_manifest(index_dir)
     dim = int(fingerprint["dim"])
     entries = {}
+    written: list[Path] = []
     for entry in sorted(brands, key=lambda b: b.brand):
-        vectors = np.ascontiguousarray(entry.vectors, dtype=np.float32).reshape(-1, dim)
-        kind = effective_kind(index_kind or choose_index_kind(len(vectors), dim, memory_budget), len(vectors))
-        index = None if kind == "ivfdisk" else build_faiss_index(vectors, kind)
+        kind = effective_kind(index_kind or choose_index_kind(len(entry.vectors), dim, memory_budget), len(entry.vectors))
         meta = {"brand": entry.brand, "products": entry.products, "authorized": sorted(set(entry.authorized)),
                 "marks": entry.marks}
+        meta_bytes = json.dumps(meta, ensure_ascii=False, sort_keys=True).encode()
+        kept = (reuse or {}).get(entry.brand)
+        if kept is not None and _unchanged(kept, entry, kind, _sha256(meta_bytes), index_dir):
+            entries[entry.brand] = kept
+            continue
+        vectors = np.ascontiguousarray(entry.vectors, dtype=np.float32).reshape(-1, dim)
+        index = None if kind == "ivfdisk" else build_faiss_index(vectors, kind)
         files = {
-            **_put_index(data_dir, index, kind, vectors),
-            "vectors": _put_vectors(data_dir, vectors),
-            "meta": _put(data_dir, json.dumps(meta, ensure_ascii=False, sort_keys=True).encode(), ".json"),
+            **_put_index(data_dir, index, kind, vectors, written),
+            "vectors": _put_vectors(data_dir, vectors, written),
+            "meta": _put(data_dir, meta_bytes, ".json", written),
         }
         del index
-        if entry.local is not None:
-            files["local"] = _put(data_dir, entry.local, ".npz")
+        if entry.local is None and entry.local_source is not None and entry.local_source[0] == index_dir:
+            files["local"] = dict(entry.local_source[1])  # the file is already here, under its content address
+        elif entry.local_features() is not None:
+            files["local"] = _put(data_dir, entry.local, ".npz", written)
         if entry.mark_features is not None:
-            files["marks"] = _put(data_dir, entry.mark_features, ".npz")
+            files["marks"] = _put(data_dir, entry.mark_features, ".npz", written)
         if entry.edit_scores is not None:
-            files["edit_scores"] = _put_vectors(data_dir, np.asarray(entry.edit_scores, np.float32))
+            files["edit_scores"] = _put_vectors(data_dir, np.asarray(entry.edit_scores, np.float32), written)
         entries[entry.brand] = {
             "vectors": len(vectors),
             "products": len({p["product_id"] for p in entry.products}),
@@ -253,16 +288,32 @@ def write_index(
             "authorized_sellers": sum(e["authorized_sellers"] for e in entries.values()),
         },
         "brands": entries,
+        "shared": {name: _put(data_dir, payload, ".bin", written) for name, payload in sorted((shared or {}).items())},
         **(extra or {}),
     }
     manifest["manifest_sha256"] = _manifest_digest(manifest)
+    settle(written, data_dir)  # every data file durable before the manifest that names them
     atomic_write(index_dir / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False).encode())
     _collect_garbage(index_dir, manifest)
     return manifest
 
 
+def _unchanged(kept: dict, entry: BrandEntry, kind: str, meta_sha: str, index_dir: Path) -> bool:
+    """Whether ``entry`` would be written as the manifest entry ``kept`` already is (its files
+    still there): the same products, sellers and marks (so the same vectors and features),
+    calibration, index kind, and the same files present."""
+    files = kept["files"]
+    has = {"local": entry.local is not None or entry.local_source is not None,
+           "marks": entry.mark_features is not None, "edit_scores": entry.edit_scores is not None}
+    return (files["meta"]["sha256"] == meta_sha and kept["index_kind"] == kind and kept["threshold"] == entry.threshold
+            and kept["calibration"] == entry.calibration and kept["vectors"] == len(entry.vectors)
+            and all((name in files) == present for name, present in has.items())
+            and all((index_dir / DATA / spec["name"]).is_file() for spec in files.values()))
+
+
 def _collect_garbage(index_dir: Path, manifest: dict) -> None:
     keep = {f["name"] for entry in manifest["brands"].values() for f in entry["files"].values()}
+    keep |= {f["name"] for f in manifest.get("shared", {}).values()}
     for path in (index_dir / DATA).iterdir():
         if path.name in keep:
             continue
@@ -289,6 +340,19 @@ def _checked(index_dir: Path, spec: dict, brand: str, *, keep: bool) -> tuple[Pa
     return path, payload
 
 
+def _present(index_dir: Path, spec: dict, brand: str) -> None:
+    """A data file read later (its checksum checked then) is at least there, at its size."""
+    path = index_dir / DATA / spec["name"]
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise IndexStoreError(f"index file {path} for brand {brand!r} is missing ({exc.strerror}); rebuild with:"
+                              f" counterfeit index build CATALOG.csv --out {index_dir}") from None
+    if size != spec["bytes"]:
+        raise IndexStoreError(f"index file {path} for brand {brand!r} is corrupt (size mismatch); rebuild with:"
+                              f" counterfeit index build CATALOG.csv --out {index_dir}")
+
+
 def _checked_path(index_dir: Path, spec: dict, brand: str) -> Path:
     return _checked(index_dir, spec, brand, keep=False)[0]
 
@@ -304,6 +368,12 @@ def load_edit_scores(index: ReferenceIndex, brand: str) -> np.ndarray | None:
     return None if spec is None else np.load(_checked_path(index.path, spec, brand), allow_pickle=False)
 
 
+def load_shared(index: ReferenceIndex, name: str) -> bytes | None:
+    """A file the build kept for the whole index (checked), or ``None`` where it has none."""
+    spec = index.manifest.get("shared", {}).get(name)
+    return None if spec is None else _read_checked(index.path, spec, f"(the index's {name})")
+
+
 def verify_files(index_dir: Path) -> int:
     """Check every data file of INDEX_DIR against the manifest's size and SHA-256 (the FAISS
     indexes included, which ``load_index(load_indexes=False)`` does not read); the number checked."""
@@ -314,6 +384,9 @@ def verify_files(index_dir: Path) -> int:
         for spec in entry["files"].values():
             _checked_path(index_dir, spec, brand)
             checked += 1
+    for name, spec in manifest.get("shared", {}).items():
+        _checked_path(index_dir, spec, f"(the index's {name})")
+        checked += 1
     return checked
 
 
@@ -341,26 +414,44 @@ def check_embedder(manifest: dict, fingerprint: dict, fingerprint_id: str, index
 
 @dataclass
 class ReferenceIndex:
-    """A loaded INDEX_DIR: the manifest and each brand's index, products and sellers."""
+    """A loaded INDEX_DIR: the manifest and each brand's index, products and sellers. Brands
+    whose index is exact (Flat) are searched together in ``pooled``, one index for all of them;
+    a search among a few brands uses each one's own."""
 
     path: Path
     manifest: dict
     brands: dict[str, BrandEntry]
+    pooled: PooledFlat | None = None
+    _own: dict[str, faiss.Index] = field(default_factory=dict, repr=False)
 
     def search(self, queries: np.ndarray, k: int = 5, brands: set[str] | None = None) -> list[list[Hit]]:
         """Top-``k`` references over all brands (or over ``brands``) for each query vector."""
-        return search_brands({name: entry.index for name, entry in self.brands.items()
-                              if brands is None or name in brands}, queries, k)
+        if brands is None:
+            return search_brands({name: entry.index for name, entry in self.brands.items() if entry.index is not None},
+                                 queries, k, self.pooled)
+        return search_brands({name: self.brand_index(name) for name in sorted(brands) if name in self.brands},
+                             queries, k)
+
+    def brand_index(self, brand: str) -> faiss.Index:
+        """The brand's own index; for a pooled brand, an exact one made from its vectors on first use."""
+        entry = self.brands[brand]
+        if entry.index is not None:
+            return entry.index
+        if brand not in self._own:
+            self._own[brand] = build_faiss_index(np.asarray(entry.vectors), "flat")
+        return self._own[brand]
 
     def on_device(self, device: str) -> ReferenceIndex:
-        """The same index searched exactly on a torch ``device`` (the GPU path); "cpu" keeps FAISS."""
+        """The same index searched exactly on a torch ``device`` (the GPU path), every brand in one
+        pooled search; "cpu" keeps FAISS."""
         if device == "cpu":
             return self
         from index.torch_search import TorchFlatIndex
 
-        brands = {name: dataclasses.replace(entry, index=TorchFlatIndex(entry.vectors, device))
-                  for name, entry in self.brands.items()}
-        return ReferenceIndex(self.path, self.manifest, brands)
+        brands = {name: dataclasses.replace(entry, index=None) for name, entry in self.brands.items()}
+        pooled = PooledFlat({name: entry.vectors for name, entry in self.brands.items()}, int(self.manifest["dim"]),
+                            exact=lambda vectors: TorchFlatIndex(vectors, device))
+        return ReferenceIndex(self.path, self.manifest, brands, pooled)
 
     def product(self, hit: Hit) -> dict:
         """The product row a hit points at."""
@@ -389,9 +480,11 @@ def load_index(
         files = spec["files"]
         meta = json.loads(_read_checked(index_dir, files["meta"], name))
         vectors = np.load(_checked_path(index_dir, files["vectors"], name), mmap_mode="r", allow_pickle=False)
-        local = _read_checked(index_dir, files["local"], name) if "local" in files else None
+        if "local" in files:
+            _present(index_dir, files["local"], name)
         mark_features = _read_checked(index_dir, files["marks"], name) if "marks" in files else None
-        index = _open_brand_index(index_dir, files, name) if load_indexes else None
+        pooled = spec.get("index_kind") == "flat"
+        index = _open_brand_index(index_dir, files, name) if load_indexes and not pooled else None
         brands[name] = BrandEntry(
             brand=name,
             vectors=vectors,
@@ -401,8 +494,12 @@ def load_index(
             calibration=spec.get("calibration", {}),
             index_kind=spec.get("index_kind"),
             index=index,
-            local=local,
+            local_source=(index_dir, files["local"]) if "local" in files else None,
             marks=meta.get("marks", []),
             mark_features=mark_features,
         )
-    return ReferenceIndex(path=index_dir, manifest=manifest, brands=brands)
+    pooled = None
+    if load_indexes:
+        pooled = PooledFlat({name: entry.vectors for name, entry in brands.items() if entry.index_kind == "flat"},
+                            int(manifest["dim"]))
+    return ReferenceIndex(path=index_dir, manifest=manifest, brands=brands, pooled=pooled)

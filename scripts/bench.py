@@ -338,13 +338,26 @@ def main(argv: list[str] | None = None) -> int:
                              "then each folder's own listings scanned both ways, for the flags the first stage loses")
     parser.add_argument("--unprotected", type=Path, help="for --nightly: a folder of images no brand protects")
     parser.add_argument("--mix", type=int, default=1000, help="for --nightly: photos in the nightly mix")
-    parser.add_argument("--brands", help="run section (j) alone for these comma-separated brand counts (e.g. 10,100,1000)")
+    parser.add_argument("--brands", help="run section (j) alone for these comma-separated brand counts (e.g. 10,100,1000):"
+                        " with --folder, that folder's catalogue among so many drawn brands (scripts/many_brands.py);"
+                        " without, a batch's search alone on synthetic vectors")
+    parser.add_argument("--folder", type=Path, help="for --brands: a labelled folder (catalog, authorized, listings, truth)")
     parser.add_argument("--faiss-data", choices=("spectral", "isotropic"), default="spectral",
                         help="synthetic vectors for (f): spectral = real embeddings' variance spectrum (default); "
                              "isotropic = no structure beyond the product, a worst case")
     args = parser.parse_args(argv)
 
     work = args.out
+    if args.brands and args.folder:
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # as a script, scripts/ is not a package
+        from scripts.many_brands import many_brands as among_brands
+
+        unprotected = args.unprotected if args.unprotected else None
+        result = among_brands([int(n) for n in args.brands.split(",") if n], args.folder, work, unprotected,
+                              args.mix if args.unprotected else 300)
+        (work / "results.json").write_text(json.dumps({"many_brands": result}, indent=2) + "\n")
+        print(f"results written to {work / 'results.json'} (drawn photos kept in {work / 'drawn'} for the next run)")
+        return 0
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     sizes = [int(s) for s in args.faiss_sizes.split(",") if s]

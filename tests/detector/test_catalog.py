@@ -9,8 +9,9 @@ import zlib
 import pytest
 
 from detector.catalog import build_catalog_index
-from detector.demo import draw_product
+from detector.demo import _caption, draw_product
 from detector.errors import UserError
+from index.calibrate import CountRule
 from index.store import DATA, load_index
 
 HEADER = ["brand", "product_id", "image", "price", "currency", "title"]
@@ -33,11 +34,21 @@ ROWS = [
 ]
 
 
+def alike_sibling(folder, of, name):
+    """A second product of ``of``'s design: the same picture with a caption (what flavours of one
+    carton are), so the two share most keypoints."""
+    folder.mkdir(parents=True, exist_ok=True)
+    _caption(draw_product(zlib.crc32(of.encode()) % 10_000), "ORANGE").save(folder / name)
+
+
 def test_incremental_build_embeds_only_new_photos_and_drops_removed_products(tmp_path, embedder):
+    alike_sibling(tmp_path / "cat", "a1.png", "a2.png")
     catalog = make_catalog(tmp_path / "cat", ROWS)
     out = tmp_path / "idx"
     first = build_catalog_index(catalog, out, embedder)
-    assert (first.embedded, first.reused, first.edited, first.read) == (3, 0, 3, 3)
+    assert (first.embedded, first.reused, first.edited, first.read) == (3, 0, 3, 2)  # only Acme's alike siblings are read
+    words = {p["product_id"]: p.get("words") for e in load_index(out).brands.values() for p in e.products}
+    assert words["B-1"] is None and words["A-1"] is not None and words["A-2"] is not None
 
     again = build_catalog_index(catalog, out, embedder)
     assert (again.embedded, again.reused, again.edited, again.read) == (0, 3, 0, 0)  # nor edited, nor read again
@@ -47,11 +58,41 @@ def test_incremental_build_embeds_only_new_photos_and_drops_removed_products(tmp
     changed = [r for r in ROWS if r[1] != "A-2"] + [["Bolt", "B-2", "b2.png", "90", "EUR", "four"]]
     catalog = make_catalog(tmp_path / "cat", changed)
     third = build_catalog_index(catalog, out, embedder)
-    assert (third.embedded, third.reused, third.edited, third.read) == (1, 2, 3, 1)  # both brands' photos changed
+    assert (third.embedded, third.reused, third.edited, third.read) == (1, 2, 3, 0)  # both brands' photos changed
     index = load_index(out)
     ids = sorted(p["product_id"] for e in index.brands.values() for p in e.products)
     assert ids == ["A-1", "B-1", "B-2"]
-    assert third.manifest["build"] == {"embedded": 1, "reused": 2, "edited": 3, "read": 1, "skipped_rows": 0}
+    assert third.manifest["build"] == {"embedded": 1, "reused": 2, "edited": 3, "read": 0, "skipped_rows": 0}
+
+
+def test_a_rebuild_reuses_the_verifications_and_views_it_calibrated_on(tmp_path, embedder, monkeypatch):
+    from detector import build_samples
+
+    catalog = make_catalog(tmp_path / "cat", ROWS)
+    first = build_catalog_index(catalog, tmp_path / "idx", embedder)
+    calls = []
+    real = build_samples.verify_candidates
+    monkeypatch.setattr(build_samples, "verify_candidates", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(embedder, "preprocess_views", lambda *a: pytest.fail("a stored calibration view was embedded again"))
+    again = build_catalog_index(catalog, tmp_path / "idx", embedder)
+    assert calls == [] and again.manifest["brands"] == first.manifest["brands"]
+
+
+def test_beyond_the_budgets_small_brands_borrow_pooled_counts_and_levels(tmp_path, embedder, monkeypatch):
+    from detector import build_samples
+
+    rows = ROWS + [["Acme", "A-3", "a3.png", "120", "USD", "five"], ["Cove", "C-1", "c1.png", "60", "USD", "six"]]
+    catalog = make_catalog(tmp_path / "cat", rows)
+    monkeypatch.setattr(build_samples, "PRODUCT_VERIFICATIONS", 3)  # one impostor per brand
+    monkeypatch.setattr(build_samples, "EDITED_PHOTOS", 3)  # Acme, the largest brand, alone
+    report = build_catalog_index(catalog, tmp_path / "idx", embedder, count_rule=CountRule(min_impostors=2))
+    calibration = {brand: e["calibration"] for brand, e in report.manifest["brands"].items()}
+    assert report.edited == 3
+    assert calibration["Acme"]["gate_source"] == "brand"
+    assert {calibration[b]["gate_source"] for b in ("Bolt", "Cove")} == {"pooled"}
+    assert calibration["Bolt"]["gate_level"] == calibration["Cove"]["gate_level"] is not None
+    assert {c["product_impostors"] for c in calibration.values()} == {3}  # 1 each, pooled: 3 in all
+    assert {c["product_source"] for c in calibration.values()} == {"pooled"}
 
 
 def test_a_changed_photo_at_the_same_path_is_embedded_again(tmp_path, embedder):
@@ -200,3 +241,42 @@ def test_damaged_edit_scores_are_made_again_not_trusted(tmp_path, embedder):
     again = build_catalog_index(catalog, tmp_path / "idx", embedder)
     assert again.edited == 2 and any("Acme" in note and "edit scores" in note for note in again.notes)
     assert again.manifest["brands"]["Acme"]["calibration"] == first.manifest["brands"]["Acme"]["calibration"]
+
+
+def test_adding_a_brand_writes_and_calibrates_that_brand_alone(tmp_path, embedder, monkeypatch):
+    import hashlib
+
+    from detector import build_samples, catalog as catalog_module
+    from index import calibrate
+
+    rows = [[f"Brand{b}", f"P{b}-{p}", f"p{b}-{p}.png", "50", "USD", ""] for b in range(4) for p in range(2)]
+    catalog = make_catalog(tmp_path / "cat", rows)
+    digest = lambda name: hashlib.sha256((tmp_path / "cat" / name).read_bytes()).hexdigest()  # noqa: E731
+    last = max(digest(r[2]) for r in rows)
+    for i in range(100):  # a new brand whose photo sorts after the others: outside every sample below
+        new = ["Brand9", "P9-0", f"p9-{i}.png", "70", "USD", ""]
+        make_catalog(tmp_path / "cat", [new])
+        if digest(new[2]) > last:
+            break
+    # every sample at its size before the brand is added: 8 photos for thresholds; 6 impostors per
+    # brand (7 before, 30 verifications over 4 brands; 6 over 5), each brand calibrated on its own
+    monkeypatch.setattr(catalog_module, "MAX_CALIBRATION_PHOTOS", 8)
+    monkeypatch.setattr(build_samples, "PRODUCT_VERIFICATIONS", 30)
+    rules = {"rule": calibrate.CalibrationRule(min_impostors=5), "count_rule": CountRule(min_impostors=6),
+             "gate_rule": calibrate.GateRule(min_edits=16)}
+    catalog = make_catalog(tmp_path / "cat", rows)
+    first = build_catalog_index(catalog, tmp_path / "idx", embedder, **rules)
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "idx" / DATA).iterdir()}
+    calibrated = []
+    real = calibrate.calibrate_thresholds
+    monkeypatch.setattr(catalog_module, "calibrate_thresholds",
+                        lambda vectors, *a, **k: calibrated.append(sorted(vectors)) or real(vectors, *a, **k))
+    added = build_catalog_index(make_catalog(tmp_path / "cat", rows + [new]), tmp_path / "idx", embedder, **rules)
+    assert (added.embedded, added.reused) == (1, 8)
+    brands, old = added.manifest["brands"], first.manifest["brands"]
+    assert all(brands[b] == old[b] for b in old)
+    assert calibrated == [["Brand9"]]
+    written = {p.name for p in (tmp_path / "idx" / DATA).iterdir()
+               if p.name not in before or p.stat().st_mtime_ns != before[p.name]}
+    assert {f["name"] for f in brands["Brand9"]["files"].values()} <= written
+    assert not written & {f["name"] for b in old for f in old[b]["files"].values()}

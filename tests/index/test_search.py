@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from index.search import FLAT_MAX, HNSW_MAX, HNSW_WIDE_FROM, PQ_MIN, build_faiss_index, choose_index_kind, effective_kind, hnsw_ef_search, ivf_lists, search_brands
+from index.search import PooledFlat, FLAT_MAX, HNSW_MAX, HNSW_WIDE_FROM, PQ_MIN, build_faiss_index, choose_index_kind, effective_kind, hnsw_ef_search, ivf_lists, search_brands
 
 
 def unit(rng, n, d=32):
@@ -79,3 +79,18 @@ def test_equal_similarities_are_ordered_by_brand_then_row_whatever_the_index_ord
     assert [(h.brand, h.row) for h in near] == [("Alpha", 0), ("Alpha", 1), ("Zed", 0), ("Zed", 1)]
     assert all(isinstance(h.row, int) and isinstance(h.similarity, float) for h in near)
     assert [round(h.similarity, 4) for h in near] == [1.0] * 4 and [round(h.similarity, 4) for h in far] == [-1.0] * 4
+
+
+def test_brands_pooled_in_one_index_give_the_hits_of_one_index_per_brand():
+    rng = np.random.default_rng(3)
+    brands = {f"B{i:03d}": unit(rng, int(rng.integers(1, 5))) for i in range(120)}
+    brands["Empty"] = np.zeros((0, 32), np.float32)
+    queries = unit(rng, 20)
+    queries[0] = brands["B007"][0]
+    apart = search_brands({name: build_faiss_index(v, "flat") for name, v in brands.items()}, queries, k=10)
+    pooled = search_brands({}, queries, k=10, pooled=PooledFlat(brands, 32))
+    assert [[(h.brand, h.row) for h in hits] for hits in pooled] == [[(h.brand, h.row) for h in hits] for hits in apart]
+    assert pooled[0][0].brand == "B007" and pooled[0][0].row == 0
+    mixed = search_brands({"B007": build_faiss_index(brands["B007"], "flat")}, queries, k=10,
+                          pooled=PooledFlat({n: v for n, v in brands.items() if n != "B007"}, 32))
+    assert [[(h.brand, h.row) for h in hits] for hits in mixed] == [[(h.brand, h.row) for h in hits] for hits in apart]

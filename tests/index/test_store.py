@@ -53,7 +53,7 @@ def test_missing_and_bad_manifests_say_how_to_rebuild(tmp_path):
 @pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])
 def test_damaged_files_are_detected_never_used(tmp_path, damage):
     manifest = write_index(tmp_path, [entry("A", 4)], FP, "fp1")
-    target = tmp_path / "data" / manifest["brands"]["A"]["files"]["index"]["name"]
+    target = tmp_path / "data" / manifest["brands"]["A"]["files"]["vectors"]["name"]
     data = bytearray(target.read_bytes())
     if damage == "truncate":
         target.write_bytes(data[: len(data) // 2])
@@ -64,6 +64,21 @@ def test_damaged_files_are_detected_never_used(tmp_path, damage):
         target.unlink()
     with pytest.raises(IndexStoreError, match="rebuild with: counterfeit index build"):
         load_index(tmp_path)
+
+
+def test_a_brands_local_features_are_read_and_checked_when_first_used(tmp_path):
+    brands = [entry("A", 2), entry("B", 2, 1)]
+    brands[0].local, brands[1].local = b"features of A", b"features of B"
+    manifest = write_index(tmp_path, brands, FP, "fp1")
+    flipped = tmp_path / "data" / manifest["brands"]["B"]["files"]["local"]["name"]
+    flipped.write_bytes(b"features of C")  # same size: opening cannot tell
+    index = load_index(tmp_path, fingerprint=FP, fingerprint_id="fp1")
+    assert index.brands["A"].local_features() == b"features of A"
+    with pytest.raises(IndexStoreError, match="brand 'B' is corrupt"):
+        index.brands["B"].local_features()
+    flipped.write_bytes(b"short")
+    with pytest.raises(IndexStoreError, match="brand 'B' is corrupt"):
+        load_index(tmp_path, fingerprint=FP, fingerprint_id="fp1")
 
 
 def test_crash_before_commit_keeps_the_previous_index(tmp_path, monkeypatch):
