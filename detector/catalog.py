@@ -284,7 +284,7 @@ def build_catalog_index(
             marks = {brand: found for brand, found in previous.marks.items() if brand in products}
         marks = _calibrate_marks(marks or {}, {brand: [features(brand, row) for row in range(len(local[brand]))]
                                                for brand in marks or {} if brand in local},
-                                 products, embedder.decode_size)
+                                 products, embedder.decode_size, previous.marks)
         entries = []
         for brand in products:
             packed = features.packed(brand)
@@ -323,7 +323,8 @@ def build_catalog_index(
 
 
 def _calibrate_marks(marks: dict[str, tuple[list[dict], bytes]], local: dict[str, list[LocalFeatures]],
-                     products: dict[str, list[dict]], draft: int | None) -> dict[str, tuple[list[dict], bytes]]:
+                     products: dict[str, list[dict]], draft: int | None,
+                     previous: dict[str, tuple[list[dict], bytes | None]] | None = None) -> dict[str, tuple[list[dict], bytes]]:
     """Each mark row with what the build measures, without labels:
 
     - ``shape_level`` and ``hull_level`` for a simple mark (see :mod:`detector.mark_shapes`):
@@ -339,7 +340,9 @@ def _calibrate_marks(marks: dict[str, tuple[list[dict], bytes]], local: dict[str
       its mark; the policy counts these only where it counts brand words).
 
     Reference photos are decoded as a scan decodes listing photos (``draft``: the embedder's
-    decode size), so shapes and words are looked for at the size a listing photo shows them."""
+    decode size), so shapes and words are looked for at the size a listing photo shows them.
+    A brand whose ``previous`` rows were calibrated on the same inputs (its photos and marks, the
+    impostor photos, the brands whose names are read, the shape rule: ``calibrated_on``) keeps them."""
     pixels: dict[str, np.ndarray | None] = {}
     reader = WordReader(sorted(marks))
 
@@ -362,7 +365,17 @@ def _calibrate_marks(marks: dict[str, tuple[list[dict], bytes]], local: dict[str
         return [px for px in map(pixels_of, others) if px is not None]
 
     calibrated = {}
+    every = sorted((p["image_sha256"], name) for name, rows in products.items() for p in rows)
     for brand, (rows, packed) in marks.items():
+        sample = [sha for sha, name in every if name != brand][:MAX_SHAPE_IMPOSTORS]
+        inputs = hashlib.sha256(json.dumps([sorted(p["image_sha256"] for p in products.get(brand, [])),
+                                            [row["image_sha256"] for row in rows], sample, sorted(marks), SHAPE_RULE,
+                                            FEATURES_ID]).encode()).hexdigest()[:16]
+        before = (previous or {}).get(brand, ([], None))[0]
+        if [r["image_sha256"] for r in before] == [r["image_sha256"] for r in rows] and before \
+                and all(r.get("calibrated_on") == inputs for r in before):
+            calibrated[brand] = (before, packed)
+            continue
         found = marks_of(brand, rows, packed)
         seen = [{s.name for s in find_marks(features, found)} for features in local.get(brand, [])]
         simple = [searched_by_shape(mark) for mark in found]
@@ -380,7 +393,7 @@ def _calibrate_marks(marks: dict[str, tuple[list[dict], bytes]], local: dict[str
                 words += any(s.brand == brand for s in reader.find(image))
         calibrated[brand] = ([{**row, "in_references": _shown(row["image"], seen, shaped),
                                "words_in_references": words, "shape_level": level, "hull_level": hull,
-                               "shape_rule": SHAPE_RULE}
+                               "shape_rule": SHAPE_RULE, "calibrated_on": inputs}
                               for row, (level, hull) in zip(rows, levels)], packed)
     return calibrated
 

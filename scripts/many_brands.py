@@ -1,21 +1,23 @@
-"""Section (j) of scripts/bench.py: a labelled folder's catalogue among N small drawn brands.
+"""Section (j) of scripts/bench.py: labelled folders' catalogues among N small drawn brands.
 
-    python scripts/bench.py --brands 10,1000,10000 --folder ../shared/eval-public [--out W]
+    python scripts/bench.py --brands 300,10000 --folder ../shared/eval-public [--folder …] [--out W]
         [--unprotected ../shared/public-unrelated --mix 300]
 
 For each N, a catalogue of N brands of ``PRODUCTS`` products each, drawn procedurally as the demo
-draws its products (one authorised seller per brand), with the folder's catalogue, authorised
-sellers and marks among them. The drawn photos are made once under ``W/drawn`` and reused by
-every N and every run. Reported per N:
+draws its products (one authorised seller per brand), is built once; each folder's catalogue,
+authorised sellers and marks are then added to a copy of that index. The drawn photos are made
+once under ``W/drawn`` and reused by every N and every run. Reported:
 
-- the build's wall seconds and peak memory (``counterfeit index build`` in its own process);
-- the time to add one more drawn brand to the built index (the same command, one brand more);
-- the folder's listings scanned against it and against the folder indexed alone (the same
-  command, built once under ``W/alone``): F1, recall, right product first and authorised
-  full-price false flags, side by side, and the flags each one raised that the other did not;
-- photos/s of each of those scans, their ratio, and the search stages' ms per photo;
-- with ``--unprotected``: a nightly mix (scripts/bench.py's ``nightly_mix``: a tenth the folder's
-  listings) scanned against both indexes, photos/s and the ratio.
+- each folder indexed alone (the same command): its build, and its listings' scan;
+- per N: the drawn brands' build, wall seconds and peak memory (``counterfeit index build`` in its
+  own process);
+- per N and folder: the time to add the folder's brands to it, then one more drawn brand (the same
+  command with the grown catalogue); the folder's listings scanned against the grown index beside
+  the folder's own: F1, recall, right product first and authorised full-price false flags, the
+  flags each raised that the other did not, photos/s and their ratio, the search stages' ms per
+  photo;
+- with ``--unprotected``: a nightly mix (scripts/bench.py's ``nightly_mix``: a tenth the first
+  folder's listings) scanned against both of the first folder's indexes, photos/s and the ratio.
 """
 
 from __future__ import annotations
@@ -71,18 +73,22 @@ def _absolute(labelled: Path, name: str, column: str) -> tuple[list[str], list[l
     return header, [[str((labelled / r[c]).resolve()) if c == column else r[c] for c in header] for r in rows]
 
 
-def combined(labelled: Path, drawn: Path, brands: int, out: Path) -> dict[str, Path]:
-    """The folder's tables with ``brands`` drawn brands added: catalog, authorized (and marks)."""
+def combined(labelled: Path | None, drawn: Path, brands: int, out: Path) -> dict[str, Path]:
+    """``brands`` drawn brands, with the folder's tables when one is given: catalog, authorized
+    (and marks)."""
     out.mkdir(parents=True, exist_ok=True)
-    header, rows = _absolute(labelled, "catalog.csv", "image")
+    header, rows = ["brand", "product_id", "image", "price", "currency", "title"], []
+    sellers = []
+    if labelled is not None:
+        header, rows = _absolute(labelled, "catalog.csv", "image")
+        with open(labelled / "authorized.csv", newline="", encoding="utf-8") as fh:
+            sellers = [[r["brand"], r["seller_id"]] for r in csv.DictReader(fh)]
     extra = [dict(zip(["brand", "product_id", "image", "price", "currency", "title"], r)) for r in draw_catalogue(drawn, brands)]
     rows += [[r.get(c, "") for c in header] for r in extra]
-    with open(labelled / "authorized.csv", newline="", encoding="utf-8") as fh:
-        sellers = [[r["brand"], r["seller_id"]] for r in csv.DictReader(fh)]
     sellers += [[drawn_brand(b), f"drawn-{b:05d}-official"] for b in range(brands)]
     tables = {"catalog": _table(out / "catalog.csv", header, rows),
               "authorized": _table(out / "authorized.csv", ["brand", "seller_id"], sellers)}
-    if (labelled / "marks.csv").is_file():
+    if labelled is not None and (labelled / "marks.csv").is_file():
         tables["marks"] = _table(out / "marks.csv", *_absolute(labelled, "marks.csv", "image"))
     return tables
 
@@ -131,47 +137,60 @@ def _flagged(decisions: list[dict]) -> set[str]:
     return {d["listing_id"] for d in decisions if d["verdict"] == "flagged"}
 
 
-def many_brands(counts: list[int], labelled: Path, work: Path, unprotected: Path | None = None, mix: int = 300) -> dict:
-    """Section (j) for each brand count in ``counts`` (see the module's docstring)."""
+def many_brands(counts: list[int], folders: list[Path], work: Path, unprotected: Path | None = None,
+                mix: int = 300) -> dict:
+    """Section (j) for each brand count in ``counts`` and each labelled folder (see the module's
+    docstring): the drawn brands are built once per count, and each folder is added to a copy."""
     from scripts.bench import nightly_mix
 
-    labelled = labelled.resolve()
+    folders = [f.resolve() for f in folders]
     work.mkdir(parents=True, exist_ok=True)
-    alone = work / "alone"
-    tables = combined(labelled, work / "drawn", 0, alone)
-    seconds, peak = build(tables, alone / "index")
-    table = labelled / "listings.csv"
     mixed = None
     if unprotected is not None:
         mixed = work / "nightly.csv"
         if not mixed.is_file():
             shutil.rmtree(work / "mix", ignore_errors=True)
-            mixed = nightly_mix(labelled, unprotected, work, mix)
-    own = scan(alone / "index", table, alone / "scan")
-    own_mix = scan(alone / "index", mixed, alone / "scan-mix") if mixed else None
-    result = {"folder": str(labelled), "products_per_brand": PRODUCTS,
-              "alone": {"build_s": round(seconds, 1), "peak_mb": round(peak / 2**20), **quality(own["decisions"], labelled),
-                        **{k: own[k] for k in ("photos_per_s", "open_s", "search_ms_per_photo")},
-                        **({"mix_photos_per_s": own_mix["photos_per_s"]} if own_mix else {})},
-              "brands": []}
-    print(f"alone: {json.dumps(result['alone'])}", flush=True)
+            mixed = nightly_mix(folders[0], unprotected, work, mix)
+    result = {"products_per_brand": PRODUCTS, "alone": {}, "brands": []}
+    own = {}
+    for labelled in folders:
+        alone = work / "alone" / labelled.name
+        seconds, peak = build(combined(labelled, work / "drawn", 0, alone), alone / "index")
+        own[labelled] = scan(alone / "index", labelled / "listings.csv", alone / "scan")
+        row = {"build_s": round(seconds, 1), "peak_mb": round(peak / 2**20), **quality(own[labelled]["decisions"], labelled),
+               **{k: own[labelled][k] for k in ("photos_per_s", "open_s", "search_ms_per_photo")}}
+        if mixed and labelled == folders[0]:
+            own["mix"] = scan(alone / "index", mixed, alone / "scan-mix")
+            row["mix_photos_per_s"] = own["mix"]["photos_per_s"]
+        result["alone"][labelled.name] = row
+        print(f"{labelled.name} alone: {json.dumps(row)}", flush=True)
     for n in counts:
         here = work / f"n{n}"
-        shutil.rmtree(here / "index", ignore_errors=True)
-        seconds, peak = build(combined(labelled, work / "drawn", n, here), here / "index")
-        add_s, add_peak = build(combined(labelled, work / "drawn", n + 1, here), here / "index")
-        found = scan(here / "index", table, here / "scan")
+        shutil.rmtree(here, ignore_errors=True)
+        seconds, peak = build(combined(None, work / "drawn", n, here), here / "index")
         row = {"brands": n, "references": n * PRODUCTS, "build_s": round(seconds, 1), "build_peak_mb": round(peak / 2**20),
-               "add_one_brand_s": round(add_s, 1), "add_peak_mb": round(add_peak / 2**20),
-               **quality(found["decisions"], labelled),
-               **{k: found[k] for k in ("photos_per_s", "open_s", "search_ms_per_photo")},
-               "speed_vs_alone": round(found["photos_per_s"] / own["photos_per_s"], 2),
-               "flags_lost": sorted(_flagged(own["decisions"]) - _flagged(found["decisions"])),
-               "flags_gained": sorted(_flagged(found["decisions"]) - _flagged(own["decisions"]))}
-        if mixed:
-            night = scan(here / "index", mixed, here / "scan-mix")
-            row.update(mix_photos_per_s=night["photos_per_s"],
-                       mix_speed_vs_alone=round(night["photos_per_s"] / own_mix["photos_per_s"], 2))
-        print(json.dumps(row), flush=True)
+               "folders": {}}
+        print(f"{n} drawn brands: built in {seconds:.1f} s, peak {peak / 2**20:.0f} MB", flush=True)
+        for labelled in folders:
+            mine = here / labelled.name
+            shutil.copytree(here / "index", mine / "index")
+            added_s, added_peak = build(combined(labelled, work / "drawn", n, mine), mine / "index")
+            one_s, one_peak = build(combined(labelled, work / "drawn", n + 1, mine), mine / "index")
+            found = scan(mine / "index", labelled / "listings.csv", mine / "scan")
+            alone = own[labelled]
+            entry = {"add_folder_s": round(added_s, 1), "add_one_brand_s": round(one_s, 1),
+                     "add_peak_mb": round(max(added_peak, one_peak) / 2**20),
+                     **quality(found["decisions"], labelled),
+                     **{k: found[k] for k in ("photos_per_s", "open_s", "search_ms_per_photo")},
+                     "speed_vs_alone": round(found["photos_per_s"] / alone["photos_per_s"], 2),
+                     "flags_lost": sorted(_flagged(alone["decisions"]) - _flagged(found["decisions"])),
+                     "flags_gained": sorted(_flagged(found["decisions"]) - _flagged(alone["decisions"]))}
+            if mixed and labelled == folders[0]:
+                night = scan(mine / "index", mixed, mine / "scan-mix")
+                entry.update(mix_photos_per_s=night["photos_per_s"],
+                             mix_speed_vs_alone=round(night["photos_per_s"] / own["mix"]["photos_per_s"], 2))
+            row["folders"][labelled.name] = entry
+            print(f"{n} brands, {labelled.name}: {json.dumps(entry)}", flush=True)
+            shutil.rmtree(mine / "index")
         result["brands"].append(row)
     return result

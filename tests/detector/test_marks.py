@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -162,6 +163,24 @@ def test_marks_are_registered_listed_and_kept_on_a_rebuild(marked_shop, tmp_path
     assert [m["image"] for m in load_index(tmp_path / "idx", load_indexes=False).brands["Acme"].marks] == ["acme.png"]
     shown = run_cli("index", "info", str(tmp_path / "idx"))
     assert shown.returncode == 0 and "registered marks" in shown.stdout and "borel.png" in shown.stdout
+
+
+def test_a_rebuild_keeps_the_marks_calibration_unless_its_inputs_change(marked_shop, tmp_path, monkeypatch):
+    from detector import catalog
+
+    shop = Path(shutil.copytree(marked_shop, tmp_path / "shop"))
+    first = build_index(shop / "catalog.csv", tmp_path / "idx", marks=shop / "marks.csv", device="cpu")
+    rows = {b: load_index(tmp_path / "idx", load_indexes=False).brands[b].marks for b in ("Acme", "Borel")}
+    real, looked = catalog.find_marks, []
+    monkeypatch.setattr(catalog, "find_marks", lambda *a: looked.append(1) or real(*a))
+    again = build_index(shop / "catalog.csv", tmp_path / "idx", marks=shop / "marks.csv", device="cpu")
+    assert looked == [] and again.manifest["brands"] == first.manifest["brands"]
+    with open(shop / "catalog.csv", "a", newline="") as fh:  # Acme's photos change: Acme's marks are measured again
+        fh.write("Acme,ACME-2,own.png,100,USD\n")
+    build_index(shop / "catalog.csv", tmp_path / "idx", marks=shop / "marks.csv", device="cpu")
+    assert looked
+    now = {b: load_index(tmp_path / "idx", load_indexes=False).brands[b].marks for b in ("Acme", "Borel")}
+    assert now["Acme"][0]["calibrated_on"] != rows["Acme"][0]["calibrated_on"]
 
 
 def test_a_bad_mark_row_is_a_row_error_like_the_catalogues(marked_shop, tmp_path):

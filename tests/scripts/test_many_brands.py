@@ -18,6 +18,7 @@ def test_the_folder_is_embedded_among_drawn_brands_with_paths_that_resolve_anywh
     folder = make_demo_dataset(tmp_path / "demo").folder
     (folder / "marks.csv").write_text("brand,image\nAurora,refs/AUR-000.jpg\n")
     tables = combined(folder, tmp_path / "drawn", 4, tmp_path / "out")
+    assert len(read(combined(None, tmp_path / "drawn", 4, tmp_path / "none")["catalog"])) == 4 * PRODUCTS
     rows, own = read(tables["catalog"]), read(folder / "catalog.csv")
     assert len(rows) == len(own) + 4 * PRODUCTS
     assert [r["product_id"] for r in rows[: len(own)]] == [r["product_id"] for r in own]
