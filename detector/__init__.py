@@ -12,19 +12,20 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 __all__ = [
-    "Decision", "Detector", "Finding", "IndexInfo", "LookupResult", "Match", "Policy", "ScanSummary", "UserError",
-    "build_index", "load_policy",
+    "Checked", "Decision", "Detector", "Finding", "IndexInfo", "LookupResult", "Match", "Policy", "ScanSummary",
+    "Upload", "UserError", "build_index", "load_policy",
 ]
 
 _HOMES = {
     "Decision": "detector.decisions", "Finding": "detector.decisions", "Match": "detector.decisions",
     "Detector": "detector.api", "IndexInfo": "detector.api", "LookupResult": "detector.api",
+    "Upload": "detector.api", "Checked": "detector.api",
     "build_index": "detector.api", "ScanSummary": "detector.scanner", "Policy": "detector.policy",
     "load_policy": "detector.policy", "UserError": "detector.errors",
 }
 
 if TYPE_CHECKING:
-    from detector.api import Detector, IndexInfo, LookupResult, build_index
+    from detector.api import Checked, Detector, IndexInfo, LookupResult, Upload, build_index
     from detector.decisions import Decision, Finding, Match
     from detector.errors import UserError
     from detector.policy import Policy, load_policy

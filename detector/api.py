@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from detector.embedders import Embedder
     from detector.evidence import EvidenceMaker
     from detector.judging import Judge
+    from detector.records import Evidence
     from detector.profile import StageClock
     from index.store import ReferenceIndex
 
@@ -46,6 +47,25 @@ def _whole(name: str, value: int | None) -> None:
     low, high = LIMITS[name]
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high):
         raise UserError(f"{name} must be a whole number from {low} to {high}, not {value!r}")
+
+
+def _checked_facts(price: float | None, currency: str | None) -> tuple[float | None, str | None]:
+    """A listing's price and currency as a scan would compare them (currency upper-cased), or a
+    UserError that says what is wrong."""
+    if price is not None and not currency:
+        raise UserError("a price needs its currency (for example currency='USD')")
+    if price is not None:
+        from detector.tables import parse_price
+
+        if isinstance(price, bool) or not isinstance(price, (int, float)):
+            why = "it is not a number"
+        elif not math.isfinite(price):
+            why = "it is not a finite number"
+        else:
+            why = parse_price(price)[1]
+        if why:  # the rule a scan applies to a row's price (there the row keeps a price_unreadable remark)
+            raise UserError(f"price must be a non-negative number a scan would compare, not {price!r}: {why}")
+    return price, currency.upper() if currency else None
 
 
 @contextlib.contextmanager
@@ -225,6 +245,33 @@ class LookupResult:
         }
 
 
+@dataclass(frozen=True)
+class Upload:
+    """One listing to check whose photo is in memory (:meth:`Detector.check`): the photo's bytes
+    and the listing's facts, each optional."""
+
+    photo: bytes
+    listing_id: str | None = None
+    seller: str | None = None
+    price: float | None = None
+    currency: str | None = None
+    title: str | None = None
+
+
+@dataclass
+class Checked:
+    """What :meth:`Detector.check` found for one upload: its ``result``, or why it has none
+    (``error_code``, one of docs/decisions.md's, and ``error``); the photo's content hash and
+    whole-view vector (packed, when kept) where it was read."""
+
+    listing_id: str
+    result: LookupResult | None = None
+    error_code: str | None = None
+    error: str | None = None
+    digest: str | None = None
+    vector: str | None = None
+
+
 # --- the detector ---------------------------------------------------------------------------
 
 
@@ -240,11 +287,12 @@ class Detector:
     scans dumps. Open it with :meth:`open`; close it (or use ``with``) to release the cache."""
 
     def __init__(self, index: ReferenceIndex, embedder: Embedder, policy: Policy, *, device: str, backend: str,
-                 cache: Path | None):
+                 cache: Path | None, workers: int | None = None):
         self.index, self.embedder, self.policy = index, embedder, policy
         self.device, self.backend, self.cache_path = device, backend, cache
+        self.workers = default_workers() if workers is None else workers
         self._cache: EmbeddingCache | None = None
-        self._makers: dict[int, EvidenceMaker] = {}
+        self._makers: dict[tuple, EvidenceMaker] = {}
         self._judge: Judge | None = None
 
     @classmethod
@@ -258,19 +306,22 @@ class Detector:
         cache: str | Path | bool = True,
         embedder: str | None = None,
         weights: str | Path | None = None,
+        workers: int | None = None,
     ) -> Detector:
         """Open INDEX_DIR with the embedder that built it. ``policy``: a TOML file overriding the
         defaults, or a :class:`Policy`; ``cache``: True for the default embedding cache, a file
-        for another, False for none."""
+        for another, False for none; ``workers``: threads decoding and verifying a
+        :meth:`check` batch (one per CPU core by default)."""
         policy = policy if isinstance(policy, Policy) else load_policy(_existing("policy file", policy))
         _choice("device", device, DEVICES)
         _choice("backend", backend, BACKENDS)
+        _whole("workers", workers)
         from detector.matches import open_index
 
         with _index_errors():
             index, model = open_index(Path(index_dir), embedder=embedder, device=device, weights=weights,
                                       backend=backend)
-        return cls(index, model, policy, device=device, backend=backend, cache=_cache_path(cache))
+        return cls(index, model, policy, device=device, backend=backend, cache=_cache_path(cache), workers=workers)
 
     def using(self, *, policy: str | Path | Policy | None = None, cache: str | Path | bool | None = None) -> Detector:
         """The same index and model with another policy or cache (nothing is loaded again)."""
@@ -278,7 +329,7 @@ class Detector:
             policy = load_policy(_existing("policy file", policy))
         cache_path = self.cache_path if cache is None else _cache_path(cache)
         return Detector(self.index, self.embedder, policy or self.policy, device=self.device, backend=self.backend,
-                        cache=cache_path)
+                        cache=cache_path, workers=self.workers)
 
     def close(self) -> None:
         """Release the embedding cache."""
@@ -321,49 +372,88 @@ class Detector:
         seller: str | None = None,
         title: str | None = None,
         top_k: int = TOP_K,
+        screen: bool = False,
     ) -> LookupResult:
         """Is this photo one of ours? Its nearest protected products, and a verdict when listing
         facts (``price`` with ``currency``, ``seller``, ``title``) are given. The photo's path is
-        the caller's, so it is trusted (no folder boundary)."""
-        if price is not None and not currency:
-            raise UserError("a price needs its currency (for example currency='USD')")
-        if price is not None:
-            from detector.tables import parse_price
-
-            if isinstance(price, bool) or not isinstance(price, (int, float)):
-                why = "it is not a number"
-            elif not math.isfinite(price):
-                why = "it is not a finite number"
-            else:
-                why = parse_price(price)[1]
-            if why:  # the rule a scan applies to a row's price (there the row keeps a price_unreadable remark)
-                raise UserError(f"price must be a non-negative number a scan would compare, not {price!r}: {why}")
+        the caller's, so it is trusted (no folder boundary). ``screen``: let the first stage end a
+        photo far from every protected product, as a scan and ``counterfeit serve`` do (off by
+        default: a lookup shows every stage's evidence)."""
+        price, currency = _checked_facts(price, currency)
         _whole("top_k", top_k)
-        from detector.evidence import EvidenceMaker
-        from detector.judging import Judge
-        from detector.stages import Options
         from detector.tables import ListingRow
 
-        if top_k not in self._makers:
-            self._makers[top_k] = EvidenceMaker(
-                self.index, self.embedder, Path("/"), cache=self.cache, workers=1,
-                options=Options(top_k=top_k, read_words=self._reads_words, product_words=self._reads_product_words,
-                                allow_outside=True))
-        currency = currency.upper() if currency else None
         row = ListingRow(row=0, line=0, listing_id=str(photo), seller_id=seller, title=title or "", price=price,
                          currency=currency, image=str(Path(photo).absolute()))
-        evidence = self._makers[top_k].one(row)
+        evidence = self._maker(top_k, screen, keep_vectors=False).one(row)
         if evidence.error:
             raise UserError(evidence.error)
-        judged = price is not None or seller is not None or title is not None
-        facts = Listing(listing_id=str(photo), seller_id=seller, title=title or "", price=price, currency=currency,
-                        image=str(photo))
+        return self._judged(evidence, str(photo), str(photo),
+                            judged=price is not None or seller is not None or title is not None)
+
+    def check(self, uploads: list[Upload], *, top_k: int = TOP_K, screen: bool = SCREEN,
+              keep_vectors: bool = False) -> list[Checked]:
+        """Check listings whose photos are in memory (what ``counterfeit serve`` answers), in one
+        batch: one :class:`Checked` per upload, in order. A photo's result is the decision
+        :meth:`lookup` gives for the same bytes, facts and ``screen``; a bad photo or bad facts
+        is that upload's ``error_code`` (docs/decisions.md), never an exception. ``keep_vectors``
+        keeps each photo's whole-view vector (for a scan history)."""
+        _whole("top_k", top_k)
+        from detector.images import ImageError
+        from detector.tables import ListingRow
+
+        out: list[Checked | None] = [None] * len(uploads)
+        rows = []
+        for i, upload in enumerate(uploads):
+            label = upload.listing_id or ""
+            try:
+                price, currency = _checked_facts(upload.price, upload.currency)
+            except UserError as exc:
+                out[i] = Checked(label, error_code="bad_facts", error=str(exc))
+                continue
+            if not upload.photo:
+                out[i] = Checked(label, error_code="empty_file", error=str(ImageError("empty_file", "the photo is empty (0 bytes)")))
+                continue
+            rows.append((i, ListingRow(row=i, line=0, listing_id=label, seller_id=upload.seller, title=upload.title or "",
+                                       price=price, currency=currency, image="", data=upload.photo)))
+        if rows:
+            batch = next(self._maker(top_k, screen, keep_vectors).batches([row for _, row in rows], len(rows)))
+            for (i, _), evidence in zip(rows, batch.records):
+                if evidence.error:
+                    out[i] = Checked(evidence.listing_id, error_code=evidence.error_code, error=evidence.error,
+                                     digest=evidence.digest)
+                else:
+                    upload = uploads[i]
+                    judged = upload.price is not None or upload.seller is not None or upload.title is not None
+                    out[i] = Checked(evidence.listing_id, result=self._judged(evidence, evidence.listing_id, "", judged=judged),
+                                     digest=evidence.digest, vector=evidence.vector)
+        return out
+
+    def _maker(self, top_k: int, screen: bool, keep_vectors: bool) -> EvidenceMaker:
+        """The evidence maker of one photo at a time (lookup) or one batch (check), kept per options."""
+        key = (top_k, screen, keep_vectors)
+        if key not in self._makers:
+            from detector.evidence import EvidenceMaker
+            from detector.stages import Options
+
+            self._makers[key] = EvidenceMaker(
+                self.index, self.embedder, Path("/"), cache=self.cache, workers=self.workers,
+                options=Options(top_k=top_k, screen=screen, keep_vectors=keep_vectors, read_words=self._reads_words,
+                                product_words=self._reads_product_words, allow_outside=True))
+        return self._makers[key]
+
+    def _judged(self, evidence: Evidence, label: str, image: str, *, judged: bool) -> LookupResult:
+        """The decision on one photo's evidence; ``judged``: listing facts were given to judge."""
+        from detector.judging import Judge
+
+        facts = Listing(listing_id=label, seller_id=evidence.seller_id, title=evidence.title, price=evidence.price,
+                        currency=evidence.currency, image=image)
         if self._judge is None:
             self._judge = Judge(self.index, self.policy, words=self._reads_words)
         decision = self._judge.decide(evidence, facts)
         if not judged:  # the visual finding alone: there is nothing else to judge
             decision.reasons, decision.findings = decision.reasons[:1], []
-        return LookupResult(photo=str(photo), decision=decision, judged=judged)
+        return LookupResult(photo=label, decision=decision, judged=judged)
 
     def scan(
         self,

@@ -543,7 +543,8 @@ def review_serve(
     OUT_DIR/review/labels.sqlite before the page hears back. Scripts may use the JSON API with
     `Authorization: Bearer TOKEN`. Stop with Ctrl+C; then `counterfeit review export`.
     """
-    from detector.review_server import Workbench, bind, create_app, new_token, serve
+    from detector.review_server import Workbench, create_app, new_token
+    from detector.web import bind, serve
 
     secret = token if token is not None else new_token()
     bench = Workbench(out_dir, secret)
@@ -581,6 +582,76 @@ def review_export(
     count = export(out_dir, target)
     out.print(f"{count:,} labelled listing(s) written to {escape(str(target))}")
     out.print(f"Next: counterfeit prevalence {escape(str(out_dir))} --labels {escape(str(target))}")
+
+
+# --- serve ------------------------------------------------------------------------------------
+
+
+@app.command("serve")
+@friendly_errors
+def serve_checks(
+    index_dir: Path = typer.Argument(..., help="INDEX_DIR made by `counterfeit index build`; a rebuild is picked up while serving."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; the default is this machine only."),
+    port: int = typer.Option(8780, "--port", min=0, max=65535, help="Port to listen on (0: any free port)."),
+    token: Optional[str] = typer.Option(None, "--token", help="The Bearer token clients must send; a random one (printed) when not given.",
+                                        envvar="COUNTERFEIT_SERVICE_TOKEN"),
+    history: Path = typer.Option(Path("history.sqlite"), "--history",
+                                 help="The check log: every answered check is committed here before its answer is sent."
+                                      " Give the nightly `counterfeit scan` the same --history so checks count as prior flags."),
+    workers: Optional[int] = typer.Option(None, "--workers", **bounds("workers"), help="Threads decoding and verifying each of the two batches in flight (default: half the CPU cores)."),
+    batch_size: int = typer.Option(SCAN_BATCH["cpu"], "--batch-size", **bounds("batch_size"), help="Most photos checked in one batch: requests waiting together share one."),
+    queue: int = typer.Option(256, "--queue", min=1, max=100_000, help="Most photos waiting; beyond it requests are answered 503 with Retry-After."),
+    timeout: float = typer.Option(30.0, "--timeout", min=1.0, max=3600.0, help="Seconds a request may wait for its answer."),
+    screen: bool = typer.Option(SCREEN, "--screen/--no-screen", help="Let the first stage end photos far from every protected product, as a scan does."),
+    top_k: int = typer.Option(TOP_K, "--top-k", **bounds("top_k"), help="Nearest references kept per photo."),
+    policy_file: Optional[Path] = typer.Option(None, "--policy", help="Policy TOML overriding the defaults (see detector/default_policy.toml)."),
+    device: Device = typer.Option(Device("auto"), "--device", help="Where the model runs."),
+) -> None:
+    """Check listings as they are posted: an HTTP service over one warm detector (docs/service.md).
+
+    `POST /v1/check` takes a multipart photo and optional facts (listing_id, seller, price,
+    currency, title) and answers the decision `counterfeit lookup --json` gives, as JSON;
+    `POST /v1/check-batch` takes up to 64; `GET /v1/index`, `GET /openapi.json`, `GET /healthz`.
+    Every request needs `Authorization: Bearer TOKEN`. Example:
+    `curl -H "Authorization: Bearer $TOKEN" -F photo=@photo.jpg -F price=19 -F currency=USD http://127.0.0.1:8780/v1/check`.
+    Stop with Ctrl+C.
+    """
+    from detector.api import Detector
+    from detector.check_queue import CheckQueue
+    from detector.service import Service, create_app, new_token
+    from detector.settings import service_workers
+    from detector.web import LOOPBACK, bind, serve
+
+    workers = service_workers() if workers is None else workers
+    if history.exists() and not history.is_file() or not history.parent.is_dir():
+        raise UserError(f"cannot keep the check log at {history}: its folder must exist and it must be a file")
+    secret = token if token is not None else new_token()
+    if not secret:
+        raise UserError("--token must not be empty")
+
+    def open_detector():
+        return Detector.open(index_dir, policy=policy_file, device=device.value, cache=False, workers=workers)
+
+    sock = bind(host, port)
+    with CheckQueue(open_detector, index_dir, history, batch_size=batch_size, max_waiting=queue, screen=screen,
+                    top_k=top_k) as checks:
+        bound_host, bound_port = sock.getsockname()[:2]
+        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+        counts = checks.detector.index.manifest["counts"]
+        out.print(f"Serving {escape(str(index_dir))}: {counts['brands']:,} brand(s), {counts['products']:,} product(s);"
+                  f" checks logged in {escape(str(history))}.")
+        if host not in LOOPBACK:
+            err.print(f"[yellow]warning:[/] listening on {escape(host)}: anyone who can reach this machine and holds the token can check photos")
+        out.print(f"Listening on http://{shown}:{bound_port} (POST /v1/check).", soft_wrap=True)
+        if token is None:
+            out.print(f"Token: {secret}", soft_wrap=True)
+        out.print("Press Ctrl+C to stop.")
+        sys.stdout.flush()
+        try:
+            serve(create_app(Service(checks, secret, timeout_s=timeout)), sock)
+        except KeyboardInterrupt:
+            pass
+    out.print("Stopped.")
 
 
 # --- demo -------------------------------------------------------------------------------------

@@ -16,6 +16,13 @@ flag any more (not for repeat offenders, not for comebacks), and its photo, list
 same seller, is **cleared by review**; a listing labelled counterfeit is a **confirmed offence**
 of its seller.
 
+It also keeps **checks at posting** (``counterfeit serve``): each answered check is appended,
+committed before the answer is sent, to a ``checks`` table (the answer whole) and, as a listing of
+that day's ``POSTING`` record, to the tables above. A check counts from the night of its day on:
+a listing flagged when it was posted is a prior flag of its seller, and its photo a photo a
+comeback can be linked to, in that very night's scan. Only earlier days make a seller "seen
+before" (a seller's first listing, checked at posting, must not hide its comeback that night).
+
 Recording a night replaces an earlier record of the same night and OUT_DIR, so a rerun or a
 resumed scan does not count twice. The night's rows are written in one transaction, committed
 only after the scan's outputs are; scans sharing a history file record one at a time (a
@@ -50,11 +57,17 @@ CREATE TABLE IF NOT EXISTS photos (scan_id INTEGER NOT NULL, listing_id TEXT NOT
     digest TEXT, vector BLOB);
 CREATE TABLE IF NOT EXISTS reviews (scan_id INTEGER NOT NULL, listing_id TEXT NOT NULL, label TEXT NOT NULL,
     reviewer TEXT, at TEXT, PRIMARY KEY (scan_id, listing_id));
+CREATE TABLE IF NOT EXISTS checks (check_id INTEGER PRIMARY KEY, at TEXT NOT NULL, listing_id TEXT NOT NULL,
+    seller_id TEXT, verdict TEXT, digest TEXT, answer TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS listings_seller ON listings (seller_id);
 CREATE INDEX IF NOT EXISTS photos_digest ON photos (digest);
 CREATE INDEX IF NOT EXISTS photos_seller ON photos (seller_id);
 """
 SEARCH_CHUNK = 4096
+POSTING = "(checks at posting)"
+"""The ``out_dir`` of a day's checks at posting in ``scans`` (no scan folder has this name)."""
+BEFORE = f"(s.night < ? OR s.out_dir = '{POSTING}' AND s.night <= ?)"
+"""Earlier than a night: earlier nights, and checks at posting up to and including its day (two parameters)."""
 NOT_CLEARED = ("NOT EXISTS (SELECT 1 FROM reviews r WHERE r.scan_id = l.scan_id AND r.listing_id = l.listing_id"
                " AND r.label = 'genuine')")
 """A listing's flag still stands: no reviewer has labelled it genuine since."""
@@ -205,9 +218,11 @@ class _PhotoSet:
 class ScanHistory:
     """The history file: open (created when missing), read earlier nights, record a night."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, *, durable: bool = False):
         self.path = Path(path)
         self.db = _Connection(self.path)
+        if durable:  # every commit on disk before it returns (the service answers only after it)
+            self.db.execute("PRAGMA synchronous=FULL")
 
     def close(self) -> None:
         self.db.close()
@@ -217,8 +232,8 @@ class ScanHistory:
     def sync_reviews(self, night: str) -> int:
         """Copy the latest review labels of every night before ``night`` from its OUT_DIR into the
         history (a folder moved away keeps what was copied before); the number of labels read."""
-        scans = self.db.execute("SELECT scan_id, out_dir FROM scans WHERE night < ? AND recorded IS NOT NULL",
-                                (night,)).fetchall()
+        scans = self.db.execute("SELECT scan_id, out_dir FROM scans WHERE night < ? AND recorded IS NOT NULL"
+                                " AND out_dir != ?", (night, POSTING)).fetchall()
         found = 0
         for scan_id, out_dir in scans:
             try:
@@ -243,8 +258,8 @@ class ScanHistory:
         prior = PriorEvidence(night)
         for seller, nights in self.db.execute(
             "SELECT l.seller_id, group_concat(DISTINCT s.night) FROM listings l JOIN scans s USING (scan_id)"
-            f" WHERE s.night < ? AND l.verdict = 'flagged' AND l.seller_id IS NOT NULL AND {NOT_CLEARED}"
-            " GROUP BY l.seller_id", (night,)
+            f" WHERE {BEFORE} AND l.verdict = 'flagged' AND l.seller_id IS NOT NULL AND {NOT_CLEARED}"
+            " GROUP BY l.seller_id", (night, night)
         ):
             prior.flagged_nights[seller] = sorted(nights.split(","))
         prior.known_sellers = {seller for (seller,) in self.db.execute(
@@ -258,8 +273,8 @@ class ScanHistory:
         flagged = _PhotoSet(self.db.execute(
             "SELECT p.seller_id, s.night, p.listing_id, p.digest, p.vector FROM photos p"
             " JOIN listings l ON l.scan_id = p.scan_id AND l.listing_id = p.listing_id"
-            f" JOIN scans s ON s.scan_id = p.scan_id WHERE s.night < ? AND l.verdict = 'flagged' AND {NOT_CLEARED}",
-            (night,)).fetchall())
+            f" JOIN scans s ON s.scan_id = p.scan_id WHERE {BEFORE} AND l.verdict = 'flagged' AND {NOT_CLEARED}",
+            (night, night)).fetchall())
         cleared = _PhotoSet(self.db.execute(
             "SELECT p.seller_id, s.night, p.listing_id, p.digest, p.vector, r.at, r.reviewer FROM reviews r"
             " JOIN photos p ON p.scan_id = r.scan_id AND p.listing_id = r.listing_id"
@@ -314,6 +329,58 @@ class ScanHistory:
             if self.db.in_transaction:
                 self.db.execute("ROLLBACK")
 
+    # --- checks at posting -------------------------------------------------------------------
+
+    def record_checks(self, checks: list[dict]) -> list[int]:
+        """Append answered checks in one transaction, committed on return: each a dict with
+        ``at`` (UTC ISO time), ``answer`` (the JSON answer), ``decision`` (its record, with
+        ``listing_id``, ``seller_id``, ``verdict``, …) and ``photo`` ((content hash, packed vector
+        bytes) or None). A check without a listing id is logged as ``check-<check_id>``. Returns
+        the check ids."""
+        import json
+
+        ids = []
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            days: dict[str, int] = {}
+            for check in checks:
+                decision, day = dict(check["decision"]), check["at"][:10]
+                if day not in days:
+                    days[day] = self._posting_day(day)
+                check_id = self.db.execute(
+                    "INSERT INTO checks (at, listing_id, seller_id, verdict, digest, answer) VALUES (?,?,?,?,?,?)",
+                    (check["at"], decision["listing_id"] or "", decision.get("seller_id"), decision["verdict"],
+                     check["photo"][0] if check["photo"] else None,
+                     json.dumps(check["answer"], ensure_ascii=False, sort_keys=True))).lastrowid
+                if not decision["listing_id"]:
+                    decision["listing_id"] = f"check-{check_id}"
+                    self.db.execute("UPDATE checks SET listing_id = ? WHERE check_id = ?", (decision["listing_id"], check_id))
+                self.db.execute("DELETE FROM photos WHERE scan_id = ? AND listing_id = ?", (days[day], decision["listing_id"]))
+                self.add_listing(days[day], decision, [check["photo"]] if check["photo"] else [])
+                ids.append(check_id)
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.abort_night()
+            raise
+        return ids
+
+    def _posting_day(self, day: str) -> int:
+        found = self.db.execute("SELECT scan_id FROM scans WHERE night = ? AND out_dir = ?", (day, POSTING)).fetchone()
+        if found:
+            return found[0]
+        return self.db.execute("INSERT INTO scans (night, out_dir, recorded) VALUES (?, ?, ?)",
+                               (day, POSTING, utc_now())).lastrowid
+
+    def checks(self) -> list[dict]:
+        """Every logged check at posting, oldest first: check_id, at, listing_id, seller_id,
+        verdict, digest and the answer sent."""
+        import json
+
+        return [{"check_id": check_id, "at": at, "listing_id": listing_id, "seller_id": seller_id, "verdict": verdict,
+                 "digest": digest, "answer": json.loads(answer)}
+                for check_id, at, listing_id, seller_id, verdict, digest, answer in self.db.execute(
+                    "SELECT check_id, at, listing_id, seller_id, verdict, digest, answer FROM checks ORDER BY check_id")]
+
     # --- reading it back ---------------------------------------------------------------------
 
     def trend(self, brand: str | None = None) -> list[dict]:
@@ -321,12 +388,13 @@ class ScanHistory:
         whose photo matched it)."""
         if brand is None:
             rows = self.db.execute(
-                "SELECT night, SUM(listings - errors), SUM(flagged) FROM scans WHERE recorded IS NOT NULL"
-                " GROUP BY night ORDER BY night").fetchall()
+                "SELECT night, SUM(listings - errors), SUM(flagged) FROM scans WHERE recorded IS NOT NULL AND out_dir != ?"
+                " GROUP BY night ORDER BY night", (POSTING,)).fetchall()
         else:
             rows = self.db.execute(
                 "SELECT s.night, COUNT(*), SUM(l.verdict = 'flagged') FROM listings l JOIN scans s USING (scan_id)"
-                " WHERE l.brand = ? AND l.visual_match = 1 GROUP BY s.night ORDER BY s.night", (brand,)).fetchall()
+                " WHERE l.brand = ? AND l.visual_match = 1 AND s.out_dir != ? GROUP BY s.night ORDER BY s.night",
+                (brand, POSTING)).fetchall()
         return [{"night": night, "listings": n, "flagged": f or 0, "flagged_per_10000": round(1e4 * (f or 0) / n, 2) if n else 0.0}
                 for night, n, f in rows]
 

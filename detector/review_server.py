@@ -16,6 +16,9 @@ when it first opens ``/?token=TOKEN``. A change made with the cookie must also c
 CSRF token in ``X-CSRF-Token`` and, where the browser sends one, a same-origin ``Origin``. Every
 response carries a Content-Security-Policy that allows only this server's own script, style and
 images; the page builds its content with ``textContent``, so no listing text is ever markup.
+A body over ``MAX_BODY`` is refused before it is read (413), a body that is not JSON the parser can
+take (nesting too deep included) is a 400, and a body left silent for ``web.IDLE_S`` is a 408
+(:mod:`detector.web`).
 """
 
 from __future__ import annotations
@@ -23,11 +26,8 @@ from __future__ import annotations
 import contextlib
 import hmac
 import inspect
-import json
 import secrets
-import socket
 import threading
-import time
 from hashlib import sha256
 from pathlib import Path
 from typing import Iterator
@@ -39,6 +39,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from detector import web
 from detector.errors import UserError
 from detector.labels import LABELS, LabelStore
 from detector.outputs import printable
@@ -181,11 +182,8 @@ class Workbench:
             return _error(403, refused)
         if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
             return _error(415, "send JSON (Content-Type: application/json)")
-        body = await request.body()
-        if len(body) > MAX_BODY:
-            return _error(413, "request too large")
         try:
-            data = json.loads(body)
+            data = web.read_json(await request.body())
         except ValueError:
             return _error(400, "the body is not JSON")
         if not isinstance(data, dict):
@@ -230,8 +228,9 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def create_app(bench: Workbench):
-    """The ASGI app of a workbench (see the module docstring for its routes)."""
+def create_app(bench: Workbench, *, idle_s: float = web.IDLE_S):
+    """The ASGI app of a workbench (see the module docstring for its routes); ``idle_s``: how
+    long a started body may stay silent (408)."""
 
     def guarded(endpoint):
         async def handler(request: Request) -> Response:
@@ -252,48 +251,14 @@ def create_app(bench: Workbench):
         Route("/api/labels", guarded(bench.latest_labels), methods=["GET"]),
         Route("/api/labels/{listing_id:path}", guarded(bench.label_history)),
         Route("/img/{listing_id:path}/{which}", guarded(bench.image)),
-    ])
-    return SecurityHeaders(app)
-
-
-def bind(host: str, port: int) -> socket.socket:
-    """A listening socket on host:port (port 0: any free port), or a clear error."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        family, *_, address = infos[0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(128)
-        sock.set_inheritable(True)
-        return sock
-    except OSError as exc:
-        raise UserError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another --port or --host") from None
-
-
-def _server(app):
-    import uvicorn
-
-    return uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-
-
-def serve(app, sock: socket.socket) -> None:
-    """Run the app on an already bound socket until interrupted."""
-    _server(app).run(sockets=[sock])
+    ], exception_handlers=web.limit_handlers(lambda status, code, message: _error(status, message)))
+    limited = web.Limits(app, lambda scope: MAX_BODY, lambda code, message: {"error": message}, idle_s)
+    return SecurityHeaders(limited)
 
 
 @contextlib.contextmanager
 def running(bench: Workbench) -> Iterator[str]:
     """The workbench served from a background thread on a free local port, for as long as the
     ``with`` block lasts; yields its base URL (tests and scripts drive it in a browser)."""
-    sock = bind("127.0.0.1", 0)
-    server = _server(create_app(bench))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started and thread.is_alive():
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with web.running(create_app(bench)) as url:
+        yield url

@@ -42,6 +42,18 @@ def default_workers(engine: str = "local") -> int:
     return max(low, min(high, os.cpu_count() or low))
 
 
+SERVICE_IN_FLIGHT = 2
+"""Batches ``counterfeit serve`` checks at once, a worker thread each: one batch's decoding and
+keypoints run while the other is in the network (docs/service.md#load)."""
+
+
+def service_workers() -> int:
+    """Threads decoding and verifying one batch of ``counterfeit serve`` when none are asked for:
+    the cores shared by its batches in flight: on 2 cores, two threads per batch only contended
+    with the other batch's (docs/service.md#load)."""
+    return max(LIMITS["workers"][0], default_workers() // SERVICE_IN_FLIGHT)
+
+
 SCREEN = True
 """Whether the first stage (detector/screening.py) runs when not asked, on every device and engine:
 it reads the whole view alone, so a photo it stops costs no keypoints on the CPU or the GPU, and

@@ -208,6 +208,7 @@ class ListingRow:
     image: str
     error: str | None = None
     notes: list[tuple[str, str]] = field(default_factory=list)
+    data: bytes | None = field(default=None, repr=False)  # the photo itself, when it comes in memory (no file)
 
 
 def listing_from_record(row: int, line: int, record: dict) -> ListingRow:

@@ -432,6 +432,12 @@ class ReferenceIndex:
         return search_brands({name: self.brand_index(name) for name in sorted(brands) if name in self.brands},
                              queries, k)
 
+    def read_all(self) -> None:
+        """Read now every file read on first use (each brand's local features), so that a rebuild
+        that later removes them cannot fail a long-lived reader (``counterfeit serve``)."""
+        for entry in self.brands.values():
+            entry.local_features()
+
     def brand_index(self, brand: str) -> faiss.Index:
         """The brand's own index; for a pooled brand, an exact one made from its vectors on first use."""
         entry = self.brands[brand]

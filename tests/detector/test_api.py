@@ -201,3 +201,19 @@ def test_an_index_build_batches_by_the_models_device_and_uses_every_core_unless_
     build_index(demo_data.catalog, tmp_path / "idx")
     build_index(demo_data.catalog, tmp_path / "idx", batch_size=8, workers=3)
     assert asked == [(32, 12), (256, 12), (8, 3)]
+
+
+def test_check_takes_photos_in_memory_and_returns_errors_as_data(opened, demo_data):
+    from detector import Upload
+
+    photo = demo_data.folder / "listings" / "D000.jpg"
+    results = opened.check([Upload(photo.read_bytes(), listing_id="A", price=20.0, currency="usd", seller="shop-1"),
+                            Upload(b"not an image at all", listing_id="B"),
+                            Upload(photo.read_bytes(), listing_id="C", price=-5.0, currency="USD"),
+                            Upload(b"", listing_id="D")])
+    assert [(r.listing_id, r.error_code) for r in results] == [("A", None), ("B", "not_an_image"), ("C", "bad_facts"),
+                                                               ("D", "empty_file")]
+    looked = opened.lookup(photo, price=20.0, currency="USD", seller="shop-1", screen=True).as_json()
+    got = results[0].result.as_json()
+    assert {**got, "photo": None} == {**looked, "photo": None} and got["verdict"] is not None
+    assert results[0].digest == __import__("hashlib").sha256(photo.read_bytes()).hexdigest()

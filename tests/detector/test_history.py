@@ -175,3 +175,32 @@ def test_a_confirmed_counterfeit_makes_a_repeat_offender(nights, demo_index, tmp
     shutil.rmtree(tmp_path / "n1")  # the labels were copied into the history: they outlive the scan folder
     _, again, _ = scan_night(nights, demo_index, NIGHT2, history, tmp_path / "n2")
     assert next(f for f in again["N2-2"]["findings"] if f["code"] == "repeat_offender")["weight"] == 0.9
+
+
+def test_checks_at_posting_count_from_their_own_night_and_never_hide_a_comeback(tmp_path):
+    """A listing flagged when it was posted (counterfeit serve) is a prior flag of its seller, and
+    its photo one a new seller's comeback links to, in that very night's scan; the posting does
+    not make its seller "seen before" that night, and it is not a night of the trend."""
+    from detector.history import ScanHistory
+    from detector.records import pack_vector, packed_bytes
+
+    vector = np.random.default_rng(0).standard_normal(64).astype(np.float32)
+    vector /= np.linalg.norm(vector)
+    history = ScanHistory(tmp_path / "history.sqlite", durable=True)
+    ids = history.record_checks([
+        {"at": "2026-11-02T09:30:00+00:00", "answer": {"verdict": "flagged"}, "photo": ("abc", packed_bytes(pack_vector(vector))),
+         "decision": {"listing_id": "", "seller_id": "shop-a", "verdict": "flagged", "brand": "Aurora"}},
+        {"at": "2026-11-02T09:31:00+00:00", "answer": {"verdict": "clear"}, "photo": None,
+         "decision": {"listing_id": "P-2", "seller_id": "shop-c", "verdict": "clear"}},
+    ])
+    assert [c["listing_id"] for c in history.checks()] == [f"check-{ids[0]}", "P-2"]
+    tonight = history.prior_evidence("2026-11-02", [(0, "other-digest", vector)], link_similarity=0.95)
+    assert tonight.prior_flags("shop-a") == ["2026-11-02"]
+    assert "shop-a" not in tonight.known_sellers
+    assert [(link.seller_id, link.listing_id) for link in tonight.comebacks(0, "shop-b")] == [("shop-a", f"check-{ids[0]}")]
+    the_night_before = history.prior_evidence("2026-11-01", [(0, "abc", vector)], link_similarity=0.95)
+    assert the_night_before.prior_flags("shop-a") == [] and not the_night_before.links
+    the_next_night = history.prior_evidence("2026-11-03", [], link_similarity=0.95)
+    assert {"shop-a", "shop-c"} <= the_next_night.known_sellers
+    assert history.trend() == []
+    history.close()

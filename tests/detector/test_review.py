@@ -56,7 +56,9 @@ def test_every_route_of_the_app_refuses_a_request_without_the_token(scan):
 
     bench = Workbench(scan, TOKEN)
     app = create_app(bench)
-    routes = [route for route in app.app.routes if isinstance(route, Route)]
+    while not hasattr(app, "routes"):  # through the middleware to the Starlette app
+        app = app.app
+    routes = [route for route in app.routes if isinstance(route, Route)]
     listing = decisions(scan)[0]["listing_id"]
     values = {"name": "review.js", "listing_id": listing, "which": "listing"}
     tried = 0
@@ -283,3 +285,31 @@ def test_an_unreadable_review_sample_is_one_clear_error(scan, tmp_path):
     (scan / "review" / "sample.csv").write_bytes(b"review_id,listing_id\n\xff\xfe\x00broken\n")
     result = runner.invoke(cli, ["review", "serve", str(scan), "--port", "0"])
     assert result.exit_code == 2 and "the review sample" in result.output and "counterfeit sample" in result.output
+
+
+def test_hostile_bodies_are_refused_before_they_cost_anything(scan):
+    """What a hostile client tried: deeply nested JSON (was a plain-text 500 and a RecursionError),
+    a 50 MiB body (was read whole before the 413) and a body announced but never sent (held the
+    connection until the client gave up)."""
+    import socket
+    import time
+
+    import httpx
+
+    from detector.web import running
+
+    bench = Workbench(scan, TOKEN)
+    with running(create_app(bench, idle_s=1.0)) as url:
+        nested = httpx.post(f"{url}/api/labels", content="[" * 16_000, headers={**AUTH, "Content-Type": "application/json"})
+        assert nested.status_code == 400 and "error" in nested.json()
+        port = int(url.rsplit(":", 1)[1])
+        head = b"POST /api/labels HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode() + b"\r\nContent-Type: application/json\r\n"
+        for announced, status in ((b"52428800", b"413"), (b"5000", b"408")):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                start = time.monotonic()
+                sock.sendall(head + b"Content-Length: " + announced + b"\r\n\r\n[")
+                answer = sock.recv(4096)
+            assert answer.startswith(b"HTTP/1.1 " + status) and time.monotonic() - start < 5, answer
+        assert httpx.get(f"{url}/api/queue", headers=AUTH).status_code == 200  # and it still serves
+    assert not bench.store.latest()
+    bench.store.close()
