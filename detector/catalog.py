@@ -359,9 +359,10 @@ def _calibrate_marks(marks: dict[str, tuple[list[dict], bytes]], local: dict[str
             pixels[product["image_path"]] = None if image is None else photo_pixels(image)
         return pixels[product["image_path"]]
 
+    by_hash = sorted(((name, p) for name, rows in products.items() for p in rows), key=lambda item: item[1]["image_sha256"])
+
     def impostors(brand: str) -> list[np.ndarray]:
-        others = sorted((p for name, rows in products.items() if name != brand for p in rows),
-                        key=lambda p: p["image_sha256"])[:MAX_SHAPE_IMPOSTORS]
+        others = [p for name, p in by_hash if name != brand][:MAX_SHAPE_IMPOSTORS]
         return [px for px in map(pixels_of, others) if px is not None]
 
     calibrated = {}
