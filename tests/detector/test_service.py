@@ -296,3 +296,18 @@ def test_serve_refuses_a_bad_log_place_and_a_busy_port(demo_index, tmp_path):
                                  str(tmp_path / "log.sqlite")])
     busy.close()
     assert result.exit_code == 2 and "choose another --port" in result.output
+
+
+def test_a_batch_answers_each_listing_and_refuses_only_the_bad_ones(service, demo_data):
+    url, _, _ = service
+    good = (demo_data.folder / listings(demo_data)[0]["image"]).read_bytes()
+    items = [{"photo": "a", "listing_id": "A", "price": "10", "currency": "USD"},
+             {"photo": "b", "listing_id": "B"},
+             {"photo": "c", "listing_id": "C", "price": "10"}]
+    answer = httpx.post(f"{url}/v1/check-batch", headers=AUTH, timeout=60, data={"listings": json.dumps(items)},
+                        files={"a": ("a.jpg", good), "b": ("b.jpg", good[:100]), "c": ("c.jpg", good)})
+    assert answer.status_code == 200
+    results = answer.json()["results"]
+    assert [r["listing_id"] for r in results] == ["A", "B", "C"]
+    assert results[0]["verdict"] is not None and "error" not in results[0]
+    assert [r.get("error", {}).get("code") for r in results[1:]] == ["corrupt", "bad_facts"]
