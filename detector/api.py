@@ -399,7 +399,6 @@ class Detector:
         is that upload's ``error_code`` (docs/decisions.md), never an exception. ``keep_vectors``
         keeps each photo's whole-view vector (for a scan history)."""
         _whole("top_k", top_k)
-        from detector.images import ImageError
         from detector.tables import ListingRow
 
         out: list[Checked | None] = [None] * len(uploads)
@@ -410,9 +409,6 @@ class Detector:
                 price, currency = _checked_facts(upload.price, upload.currency)
             except UserError as exc:
                 out[i] = Checked(label, error_code="bad_facts", error=str(exc))
-                continue
-            if not upload.photo:
-                out[i] = Checked(label, error_code="empty_file", error=str(ImageError("empty_file", "the photo is empty (0 bytes)")))
                 continue
             rows.append((i, ListingRow(row=i, line=0, listing_id=label, seller_id=upload.seller, title=upload.title or "",
                                        price=price, currency=currency, image="", data=upload.photo)))

@@ -544,17 +544,15 @@ def review_serve(
     `Authorization: Bearer TOKEN`. Stop with Ctrl+C; then `counterfeit review export`.
     """
     from detector.review_server import Workbench, create_app, new_token
-    from detector.web import bind, serve
+    from detector.web import LOOPBACK, base_url, bind, serve
 
     secret = token if token is not None else new_token()
     bench = Workbench(out_dir, secret)
     sock = bind(host, port)
-    bound_host, bound_port = sock.getsockname()[:2]
-    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     out.print(f"Reviewing {escape(str(out_dir))}: {len(bench.queue.items):,} listing(s) in the queue.")
-    if host not in ("127.0.0.1", "localhost", "::1"):
+    if host not in LOOPBACK:
         err.print(f"[yellow]warning:[/] listening on {escape(host)}: anyone who can reach this machine and holds the token can label")
-    out.print(f"Open: http://{shown}:{bound_port}/?token={secret}", soft_wrap=True)
+    out.print(f"Open: {base_url(sock)}/?token={secret}", soft_wrap=True)
     out.print("Press Ctrl+C to stop.")
     sys.stdout.flush()
     try:
@@ -620,7 +618,7 @@ def serve_checks(
     from detector.check_queue import CheckQueue
     from detector.service import Service, create_app, new_token
     from detector.settings import service_workers
-    from detector.web import LOOPBACK, bind, serve
+    from detector.web import LOOPBACK, base_url, bind, serve
 
     workers = service_workers() if workers is None else workers
     if history.exists() and not history.is_file() or not history.parent.is_dir():
@@ -635,14 +633,12 @@ def serve_checks(
     sock = bind(host, port)
     with CheckQueue(open_detector, index_dir, history, batch_size=batch_size, max_waiting=queue, screen=screen,
                     top_k=top_k) as checks:
-        bound_host, bound_port = sock.getsockname()[:2]
-        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
         counts = checks.detector.index.manifest["counts"]
         out.print(f"Serving {escape(str(index_dir))}: {counts['brands']:,} brand(s), {counts['products']:,} product(s);"
                   f" checks logged in {escape(str(history))}.")
         if host not in LOOPBACK:
             err.print(f"[yellow]warning:[/] listening on {escape(host)}: anyone who can reach this machine and holds the token can check photos")
-        out.print(f"Listening on http://{shown}:{bound_port} (POST /v1/check).", soft_wrap=True)
+        out.print(f"Listening on {base_url(sock)} (POST /v1/check).", soft_wrap=True)
         if token is None:
             out.print(f"Token: {secret}", soft_wrap=True)
         out.print("Press Ctrl+C to stop.")

@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import itertools
+import json
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -337,8 +338,6 @@ class ScanHistory:
         ``listing_id``, ``seller_id``, ``verdict``, …) and ``photo`` ((content hash, packed vector
         bytes) or None). A check without a listing id is logged as ``check-<check_id>``. Returns
         the check ids."""
-        import json
-
         ids = []
         self.db.execute("BEGIN IMMEDIATE")
         try:
@@ -374,8 +373,6 @@ class ScanHistory:
     def checks(self) -> list[dict]:
         """Every logged check at posting, oldest first: check_id, at, listing_id, seller_id,
         verdict, digest and the answer sent."""
-        import json
-
         return [{"check_id": check_id, "at": at, "listing_id": listing_id, "seller_id": seller_id, "verdict": verdict,
                  "digest": digest, "answer": json.loads(answer)}
                 for check_id, at, listing_id, seller_id, verdict, digest, answer in self.db.execute(

@@ -104,6 +104,12 @@ def bind(host: str, port: int) -> socket.socket:
         raise UserError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another --port or --host") from None
 
 
+def base_url(sock: socket.socket) -> str:
+    """The ``http://host:port`` a bound socket serves (an IPv6 host in brackets)."""
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 def server(app):
     """uvicorn for ``app``: quiet, closing kept-alive connections idle for ``IDLE_S``."""
     import uvicorn
@@ -128,7 +134,7 @@ def running(app) -> Iterator[str]:
     while not srv.started and thread.is_alive():
         time.sleep(0.05)
     try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+        yield base_url(sock)
     finally:
         srv.should_exit = True
         thread.join(timeout=10)
