@@ -126,12 +126,25 @@ def _kind(demo_data, kind: str) -> set[str]:
 
 
 def _raw(url: str, request: bytes, wait: float = 10.0) -> tuple[bytes, float]:
-    """Send raw bytes; the first bytes of the answer and how long they took."""
+    """Send raw bytes; the whole answer (head and the body its Content-Length announces, which
+    may arrive in separate packets) and how long its head took."""
     host, port = url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=wait) as sock:
         start = time.monotonic()
         sock.sendall(request)
-        return sock.recv(4096), time.monotonic() - start
+        answer = sock.recv(4096)
+        took = time.monotonic() - start
+        while b"\r\n\r\n" in answer:
+            head, _, body = answer.partition(b"\r\n\r\n")
+            length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), 0)
+            if len(body) >= length:
+                break
+            more = sock.recv(4096)
+            if not more:
+                break
+            answer += more
+        return answer, took
 
 
 def test_hostile_uploads_get_their_4xx_code_and_the_service_still_serves(service, demo_data, tmp_path):
