@@ -16,7 +16,7 @@ from detector.marks import Mark, marks_of
 from detector.records import Candidate
 from detector.verify import FEATURES_ID, LocalFeatures, Outcome, QueryFeatures, unpack, verify_candidates
 from detector.views import REFERENCE_VIEW_ID
-from index.search import Hit
+from index.search import Hit, Levels
 from index.store import ReferenceIndex, load_index, read_manifest
 
 
@@ -117,13 +117,16 @@ def marks_key(index: ReferenceIndex) -> str:
 
 
 def search_views(index: ReferenceIndex, vectors: list[np.ndarray], k: int,
-                 brands: set[str] | None = None) -> list[list[Hit]]:
+                 brands: set[str] | None = None, levels: Levels | None = None) -> list[list[Hit]]:
     """Top-``k`` references per photo (among ``brands`` when given), where a photo is one vector
-    [d] or several views [v, d] and its similarity to a reference is the best over its views."""
+    [d] or several views [v, d] and its similarity to a reference is the best over its views: the
+    most similar, or with ``levels`` those furthest above their brand's level."""
     if not vectors:
         return []
     counts = [1 if v.ndim == 1 else len(v) for v in vectors]
-    flat = index.search(np.concatenate([v.reshape(-1, v.shape[-1]) for v in vectors]), k=k, brands=brands)
+    flat = index.search(np.concatenate([v.reshape(-1, v.shape[-1]) for v in vectors]), k=k, brands=brands,
+                        levels=levels)
+    level = (lambda brand: 0.0) if levels is None else levels.by_brand.__getitem__
     merged, start = [], 0
     for count in counts:
         best: dict[tuple[str, int], Hit] = {}
@@ -133,7 +136,7 @@ def search_views(index: ReferenceIndex, vectors: list[np.ndarray], k: int,
                 if key not in best or hit.similarity > best[key].similarity:
                     best[key] = hit
         start += count
-        merged.append(sorted(best.values(), key=lambda h: (-h.similarity, h.brand, h.row))[:k])
+        merged.append(sorted(best.values(), key=lambda h: (-(h.similarity - level(h.brand)), h.brand, h.row))[:k])
     return merged
 
 

@@ -20,7 +20,7 @@ from typing import Callable, NamedTuple
 
 from detector.marks import Mark, find_marks
 from detector.verify import FEATURES_ID, QueryFeatures
-from index.search import Hit
+from index.search import Hit, Levels
 from index.store import ReferenceIndex
 
 CANDIDATES = 10
@@ -54,6 +54,16 @@ def gate_levels(index: ReferenceIndex) -> dict[str, float] | None:
     before levels existed), and then the first stage lets every photo through. Read once per scan."""
     levels = {brand: entry.calibration.get("gate_level") for brand, entry in index.brands.items()}
     return None if any(level is None for level in levels.values()) else levels
+
+
+def screen_levels(index: ReferenceIndex, levels: dict[str, float] | None) -> Levels:
+    """Each brand's first-stage level: the lower of its gate level (``levels``; none in an index
+    built before them) and MARGIN below its threshold, the similarity at which its reference sends
+    a photo on. The whole view's search ranks its CANDIDATES against these, so the ones it hands on
+    are those nearest to sending the photo on: among thousands of brands, the most similar
+    references would be other brands' products far below their own levels."""
+    return Levels({brand: min(entry.threshold - MARGIN, levels[brand]) if levels else entry.threshold - MARGIN
+                   for brand, entry in index.brands.items()})
 
 
 def without_keypoints(index: ReferenceIndex, levels: dict[str, float] | None, hits: list[Hit]) -> Screen | None:

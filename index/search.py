@@ -18,8 +18,10 @@ see docs/index.md and docs/performance.md):
 
 from __future__ import annotations
 
+import hashlib
 import math
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 
 import faiss
 import numpy as np
@@ -115,35 +117,88 @@ class Hit:
     similarity: float
 
 
+@dataclass(frozen=True, eq=False)
+class Levels:
+    """A level for each brand that a search ranks its hits against: it keeps the ``k`` references
+    furthest above their brand's level (similarity minus level) instead of the ``k`` most similar.
+    Among many brands, one whose level is high (its products all look alike, so its match threshold
+    is high) otherwise fills the candidates with products that are close but far below that level,
+    and a brand with a lower level loses its own product from them. Hits keep their similarity."""
+
+    by_brand: dict[str, float]
+    key: str = field(init=False)
+
+    def __post_init__(self):
+        values = np.array([self.by_brand[b] for b in sorted(self.by_brand)], np.float64)
+        digest = hashlib.sha256("|".join(sorted(self.by_brand)).encode() + values.tobytes()).hexdigest()[:16]
+        object.__setattr__(self, "key", digest)
+
+
 class PooledFlat:
     """Many brands' vectors in one exact inner-product index, searched once instead of once per
     brand: the same neighbours (Flat is exact), at about a single index's cost however many brands
-    share it. Rows are ordered by brand name, then the brand's own row."""
+    share it. Rows are ordered by brand name, then the brand's own row.
+
+    A search by :class:`Levels` runs on a copy whose vectors carry one more coordinate, minus their
+    brand's level, searched with a query whose extra coordinate is 1: the inner product is then
+    similarity minus level, and the exact top ``k`` of it is found in the same single pass. Each
+    index (plain, or by some levels) is made on the first search that needs it, and kept."""
 
     def __init__(self, vectors_by_brand: dict[str, np.ndarray], dim: int, exact=None):
         """``exact(vectors)`` makes the exact index over them (default: FAISS ``IndexFlatIP``; the
         GPU path passes its torch search)."""
         self.brands = sorted(vectors_by_brand)
+        self.vectors = vectors_by_brand
+        self.dim = dim
+        self.exact = exact
         sizes = [len(vectors_by_brand[b]) for b in self.brands]
         self.owner = np.repeat(np.arange(len(self.brands)), sizes)
         self.rows = np.concatenate([np.arange(n) for n in sizes]) if sizes else np.zeros(0, np.int64)
-        if exact is None:
-            self.index = faiss.IndexFlatIP(dim)
+        self._made: dict[str | None, tuple[object, np.ndarray]] = {}
+        self._lock = threading.Lock()
+
+    def _make(self, part, dim: int):
+        """An exact index over ``part(brand)`` for every brand, in brand order."""
+        if self.exact is None:
+            index = faiss.IndexFlatIP(dim)
             for brand in self.brands:
-                if len(vectors_by_brand[brand]):
-                    self.index.add(np.ascontiguousarray(vectors_by_brand[brand], dtype=np.float32))
-        else:
-            self.index = exact(np.concatenate([np.asarray(vectors_by_brand[b], np.float32) for b in self.brands])
-                               if self.brands else np.zeros((0, dim), np.float32))
+                if len(self.vectors[brand]):
+                    index.add(np.ascontiguousarray(part(brand), dtype=np.float32))
+            return index
+        return self.exact(np.concatenate([np.asarray(part(b), np.float32) for b in self.brands])
+                          if self.brands else np.zeros((0, dim), np.float32))
+
+    def _index(self, levels: Levels | None) -> tuple[object, np.ndarray]:
+        """The index searched by ``levels`` (the plain one for ``None``), and each row's level."""
+        key = None if levels is None else levels.key
+        with self._lock:
+            if key not in self._made:
+                if levels is None:
+                    self._made[key] = (self._make(self.vectors.__getitem__, self.dim), np.zeros(len(self.owner), np.float32))
+                else:
+                    def part(brand: str) -> np.ndarray:
+                        vectors = np.asarray(self.vectors[brand], np.float32)
+                        return np.hstack([vectors, np.full((len(vectors), 1), -levels.by_brand[brand], np.float32)])
+
+                    per_brand = np.array([levels.by_brand[b] for b in self.brands], np.float32)
+                    self._made[key] = (self._make(part, self.dim + 1), per_brand[self.owner])
+            return self._made[key]
 
     @property
     def ntotal(self) -> int:
-        return self.index.ntotal
+        return len(self.owner)
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
-        """The ``k`` nearest rows over every pooled brand: the brand names, the similarities, and
-        each hit's brand (an index into those names, -1 for none) and row in its brand."""
-        similarities, ids = self.index.search(queries, k)
+    def search(self, queries: np.ndarray, k: int,
+               levels: Levels | None = None) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+        """The ``k`` nearest rows over every pooled brand (furthest above their brand's level, with
+        ``levels``): the brand names, the similarities, and each hit's brand (an index into those
+        names, -1 for none) and row in its brand."""
+        index, row_levels = self._index(levels)
+        if levels is None:
+            similarities, ids = index.search(queries, k)
+        else:
+            margins, ids = index.search(np.hstack([queries, np.ones((len(queries), 1), np.float32)]), k)
+            similarities = np.where(ids >= 0, margins + row_levels[np.maximum(ids, 0)], margins)
         found = ids >= 0
         safe = np.where(found, ids, 0)
         return (self.brands, similarities, np.where(found, self.owner[safe], -1) if len(self.owner) else ids,
@@ -151,9 +206,10 @@ class PooledFlat:
 
 
 def search_brands(indexes: dict[str, faiss.Index], queries: np.ndarray, k: int,
-                  pooled: PooledFlat | None = None) -> list[list[Hit]]:
+                  pooled: PooledFlat | None = None, levels: Levels | None = None) -> list[list[Hit]]:
     """Search every brand's index (and the brands ``pooled`` in one index) and merge: for each
-    query, its ``k`` most similar references overall (ties broken by brand name, then row). The
+    query, its ``k`` most similar references overall (furthest above their brand's level, with
+    ``levels``; ties broken by brand name, then row). The
     merge runs in numpy and only the ``k`` kept per query become :class:`Hit` objects; merging
     every brand's hits in Python cost 18 ms per photo at 1,000 brands
     (docs/performance.md#many-brands)."""
@@ -165,7 +221,7 @@ def search_brands(indexes: dict[str, faiss.Index], queries: np.ndarray, k: int,
             similarities, rows = index.search(queries, depth)
             found.append(([brand], similarities, np.zeros(rows.shape, np.int64), rows))
     if pooled is not None and pooled.ntotal and len(queries):
-        found.append(pooled.search(queries, min(k, pooled.ntotal)))
+        found.append(pooled.search(queries, min(k, pooled.ntotal), levels))
     if not found:
         return [[] for _ in range(len(queries))]
     names = sorted({brand for brands, *_ in found for brand in brands})
@@ -174,6 +230,7 @@ def search_brands(indexes: dict[str, faiss.Index], queries: np.ndarray, k: int,
     rows = np.concatenate([r for _, _, _, r in found], axis=1)
     brand_rank = np.concatenate([np.array([rank_of[b] for b in brands])[np.maximum(owner, 0)]
                                  for brands, _, owner, _ in found], axis=1)
-    order = np.lexsort((rows, brand_rank, np.where(rows >= 0, -similarities, np.inf)), axis=1)[:, :k]
+    ranked = similarities if levels is None else similarities - np.array([levels.by_brand[b] for b in names])[brand_rank]
+    order = np.lexsort((rows, brand_rank, np.where(rows >= 0, -ranked, np.inf)), axis=1)[:, :k]
     picked = [np.take_along_axis(a, order, axis=1).tolist() for a in (brand_rank, rows, similarities)]
     return [[Hit(names[b], r, s) for b, r, s in zip(*per_query) if r >= 0] for per_query in zip(*picked)]

@@ -41,7 +41,7 @@ import numpy as np
 
 from index.files import atomic_write, file_sha256, publish, settle, temporary_beside, utc_now
 from index.ondisk import build_ondisk_ivf, open_ondisk_ivf
-from index.search import (Hit, PooledFlat, build_faiss_index, choose_index_kind, effective_kind, hnsw_ef_search,
+from index.search import (Hit, Levels, PooledFlat, build_faiss_index, choose_index_kind, effective_kind, hnsw_ef_search,
                           search_brands)
 
 FORMAT_VERSION = 1
@@ -424,13 +424,15 @@ class ReferenceIndex:
     pooled: PooledFlat | None = None
     _own: dict[str, faiss.Index] = field(default_factory=dict, repr=False)
 
-    def search(self, queries: np.ndarray, k: int = 5, brands: set[str] | None = None) -> list[list[Hit]]:
-        """Top-``k`` references over all brands (or over ``brands``) for each query vector."""
+    def search(self, queries: np.ndarray, k: int = 5, brands: set[str] | None = None,
+               levels: Levels | None = None) -> list[list[Hit]]:
+        """Top-``k`` references over all brands (or over ``brands``) for each query vector: the most
+        similar, or with ``levels`` those furthest above their brand's level."""
         if brands is None:
             return search_brands({name: entry.index for name, entry in self.brands.items() if entry.index is not None},
-                                 queries, k, self.pooled)
+                                 queries, k, self.pooled, levels)
         return search_brands({name: self.brand_index(name) for name in sorted(brands) if name in self.brands},
-                             queries, k)
+                             queries, k, levels=levels)
 
     def read_all(self) -> None:
         """Read now every file read on first use (each brand's local features), so that a rebuild

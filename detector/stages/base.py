@@ -77,6 +77,13 @@ class Context:
         return gate_levels(self.index)
 
     @cached_property
+    def screen_levels(self):
+        """Each brand's first-stage level, what the whole view's search ranks against."""
+        from detector.screening import screen_levels
+
+        return screen_levels(self.index, self.gate_levels)
+
+    @cached_property
     def marks(self) -> list:
         """Every brand's registered marks, ready to search for."""
         from detector.matches import index_marks

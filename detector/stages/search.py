@@ -22,11 +22,12 @@ def _rounded(hits: list[Hit]) -> list[dict]:
 
 
 class WholeSearch(Stage):
-    """The whole view's CANDIDATES closest references: what the screen, and the gate of the slow
-    mark searches, look at."""
+    """The whole view's CANDIDATES references nearest to their brand's first-stage level (see
+    :func:`detector.screening.screen_levels`): what the screen, and the gate of the slow mark
+    searches, look at."""
 
     name = "whole_search"
-    version = f"top{CANDIDATES}-v1"
+    version = f"top{CANDIDATES}-by-level-v2"
     batched = True
     needs = ("vector",)
     adds = ("closest",)
@@ -35,7 +36,7 @@ class WholeSearch(Stage):
         return ctx.options.verify and bool(ctx.options.screen or ctx.shapes or ctx.reader)
 
     def run_batch(self, photos: list[Photo], ctx: Context) -> list[dict]:
-        found = search_views(ctx.index, [p.fields["vector"] for p in photos], CANDIDATES)
+        found = search_views(ctx.index, [p.fields["vector"] for p in photos], CANDIDATES, levels=ctx.screen_levels)
         return [{"closest": hits} for hits in found]
 
 

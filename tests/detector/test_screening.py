@@ -8,7 +8,7 @@ import json
 import pytest
 
 from detector import Detector
-from detector.screening import gate_levels, screen
+from detector.screening import gate_levels, screen, screen_levels, without_keypoints
 from detector.matches import index_marks, open_index, search_views
 from detector.verify import extract_query
 from tests.conftest import run_cli
@@ -159,3 +159,39 @@ def test_an_index_built_before_gate_levels_lets_every_photo_through(tmp_path, de
         summary = detector.scan(demo_data.listings, tmp_path / "out")
     assert summary.screened_out == 0
     assert not any(screened(d) for d in decisions(tmp_path / "out").values())
+
+
+def test_among_many_alike_brands_the_first_stage_still_hands_on_the_brand_whose_level_the_photo_reaches(tmp_path):
+    """300 brands whose products all come closer to the photo than the one it shows, each far
+    below its own level: the 10 most similar references are all theirs, and the photo would stop;
+    ranked by level, the brand whose level it reaches is handed on, and the photo goes on."""
+    import numpy as np
+
+    from index.store import BrandEntry, load_index, write_index
+
+    rng = np.random.default_rng(7)
+
+    def unit(v):
+        return (v / np.linalg.norm(v, axis=-1, keepdims=True)).astype(np.float32)
+
+    photo = unit(rng.standard_normal(64))
+
+    def at(similarity, n):  # n references at exactly this similarity to the photo
+        noise = rng.standard_normal((n, 64))
+        return unit(similarity * photo + np.sqrt(1 - similarity**2) * unit(noise - np.outer(noise @ photo, photo)))
+
+    crowd = [BrandEntry(f"Crowd {i:03d}", at(rng.uniform(0.75, 0.85), 3),
+                        [{"product_id": f"C{i}-{r}", "image_sha256": f"c{i}{r}"} for r in range(3)],
+                        threshold=0.95, calibration={"gate_level": 0.93}) for i in range(300)]
+    mine = BrandEntry("Mine", at(0.65, 1), [{"product_id": "M0", "image_sha256": "m0"}], threshold=0.75,
+                      calibration={"gate_level": 0.6})
+    write_index(tmp_path, [*crowd, mine], {"dim": 64}, "toy")
+    index = load_index(tmp_path)
+    similarity = float(mine.vectors[0] @ photo)
+    assert 0.6 <= similarity < min(float(v @ photo) for entry in crowd for v in entry.vectors)
+    levels = gate_levels(index)
+    by_similarity = search_views(index, [photo], 10)[0]
+    assert "Mine" not in {hit.brand for hit in by_similarity} and without_keypoints(index, levels, by_similarity) is None
+    by_level = search_views(index, [photo], 10, levels=screen_levels(index, levels))[0]
+    assert by_level[0].brand == "Mine" and by_level[0].similarity == pytest.approx(similarity, abs=1e-5)
+    assert without_keypoints(index, levels, by_level) == (True, "catalogue")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from index.search import PooledFlat, FLAT_MAX, HNSW_MAX, HNSW_WIDE_FROM, PQ_MIN, build_faiss_index, choose_index_kind, effective_kind, hnsw_ef_search, ivf_lists, search_brands
+from index.search import Levels, PooledFlat, FLAT_MAX, HNSW_MAX, HNSW_WIDE_FROM, PQ_MIN, build_faiss_index, choose_index_kind, effective_kind, hnsw_ef_search, ivf_lists, search_brands
 
 
 def unit(rng, n, d=32):
@@ -94,3 +94,34 @@ def test_brands_pooled_in_one_index_give_the_hits_of_one_index_per_brand():
     mixed = search_brands({"B007": build_faiss_index(brands["B007"], "flat")}, queries, k=10,
                           pooled=PooledFlat({n: v for n, v in brands.items() if n != "B007"}, 32))
     assert [[(h.brand, h.row) for h in hits] for hits in mixed] == [[(h.brand, h.row) for h in hits] for hits in apart]
+
+
+def test_a_search_by_levels_keeps_the_hits_furthest_above_their_brands_level():
+    rng = np.random.default_rng(5)
+    brands = {f"B{i:03d}": unit(rng, int(rng.integers(1, 5))) for i in range(150)}
+    levels = Levels({name: float(rng.uniform(0.2, 0.9)) for name in brands})
+    queries = unit(rng, 12)
+    found = search_brands({}, queries, k=5, pooled=PooledFlat(brands, 32), levels=levels)
+    for query, hits in zip(queries, found):
+        every = sorted((-(float(v @ query) - levels.by_brand[name]), name, row, float(v @ query))
+                       for name, vs in brands.items() for row, v in enumerate(vs))[:5]
+        assert [(h.brand, h.row) for h in hits] == [(name, row) for _, name, row, _ in every]
+        assert np.allclose([h.similarity for h in hits], [sim for *_, sim in every], atol=1e-6)  # similarities, not margins
+    apart = search_brands({name: build_faiss_index(v, "flat") for name, v in list(brands.items())[:60]}, queries, k=5,
+                          pooled=PooledFlat(dict(list(brands.items())[60:]), 32), levels=levels)
+    assert [[(h.brand, h.row) for h in hits] for hits in apart] == [[(h.brand, h.row) for h in hits] for hits in found]
+
+
+def test_a_brand_with_a_low_level_is_not_crowded_out_by_closer_products_of_brands_far_below_theirs():
+    rng = np.random.default_rng(6)
+    query = unit(rng, 1)[0]
+    crowd = {f"Crowd {i:03d}": unit(rng, 3) * 0.3 + query * 0.7 for i in range(300)}  # all closer than the product
+    crowd = {name: v / np.linalg.norm(v, axis=1, keepdims=True) for name, v in crowd.items()}
+    mine = unit(rng, 1) * 0.5 + query * 0.5
+    brands = {**crowd, "Mine": mine / np.linalg.norm(mine)}
+    closest = float(max(v @ query for vs in crowd.values() for v in vs))
+    assert float(brands["Mine"][0] @ query) < closest
+    pooled = PooledFlat(brands, 32)
+    levels = Levels({**{name: 0.95 for name in crowd}, "Mine": 0.5})
+    assert "Mine" not in {h.brand for h in search_brands({}, query[None], k=5, pooled=pooled)[0]}
+    assert search_brands({}, query[None], k=5, pooled=pooled, levels=levels)[0][0].brand == "Mine"

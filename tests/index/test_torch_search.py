@@ -55,11 +55,12 @@ def test_a_read_only_memory_map_of_vectors_is_searched_without_warning_or_writes
 
 @pytest.mark.parametrize("device", ["cpu:0", *DEVICES[1:]])  # "cpu:0": the torch path on this machine
 def test_an_index_on_a_torch_device_searches_every_brand_in_one_pooled_search(tmp_path, device):
+    from index.search import Levels
     from index.store import BrandEntry, load_index, write_index
 
     rng = np.random.default_rng(1)
-    brands = [BrandEntry(f"B{i}", unit(rng, 3), [{"product_id": f"B{i}-{r}", "image_sha256": f"{i}{r}"} for r in range(3)])
-              for i in range(40)]
+    brands = [BrandEntry(f"B{i}", unit(rng, 3), [{"product_id": f"B{i}-{r}", "image_sha256": f"{i}{r}"} for r in range(3)],
+                         threshold=0.5 + i / 100) for i in range(40)]
     write_index(tmp_path, brands, {"dim": 64}, "toy")
     index = load_index(tmp_path)
     moved = index.on_device(device)
@@ -70,3 +71,6 @@ def test_an_index_on_a_torch_device_searches_every_brand_in_one_pooled_search(tm
     assert [[(h.brand, h.row) for h in hits] for hits in moved.search(queries, k=5)] == want
     assert want[0][0] == ("B17", 2)
     assert {h.brand for h in moved.search(queries[:1], k=2, brands={"B3"})[0]} == {"B3"}
+    levels = Levels({entry.brand: entry.threshold for entry in brands})
+    by_level = [[(h.brand, h.row) for h in hits] for hits in index.search(queries, k=5, levels=levels)]
+    assert [[(h.brand, h.row) for h in hits] for hits in moved.search(queries, k=5, levels=levels)] == by_level
