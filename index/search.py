@@ -121,9 +121,9 @@ class Hit:
 class Levels:
     """A level for each brand that a search ranks its hits against: it keeps the ``k`` references
     furthest above their brand's level (similarity minus level) instead of the ``k`` most similar.
-    Among many brands, one whose level is high (its products all look alike, so its match threshold
-    is high) otherwise fills the candidates with products that are close but far below that level,
-    and a brand with a lower level loses its own product from them. Hits keep their similarity."""
+    Among many brands, brands whose levels are high otherwise fill the candidates with products that
+    are close but far below those levels, and a brand whose lower level a less similar product
+    reaches loses it from them. Hits keep their similarity."""
 
     by_brand: dict[str, float]
     key: str = field(init=False)
@@ -154,7 +154,7 @@ class PooledFlat:
         sizes = [len(vectors_by_brand[b]) for b in self.brands]
         self.owner = np.repeat(np.arange(len(self.brands)), sizes)
         self.rows = np.concatenate([np.arange(n) for n in sizes]) if sizes else np.zeros(0, np.int64)
-        self._made: dict[str | None, tuple[object, np.ndarray]] = {}
+        self._made: dict[str | None, tuple[object, np.ndarray | None]] = {}
         self._lock = threading.Lock()
 
     def _make(self, part, dim: int):
@@ -168,13 +168,13 @@ class PooledFlat:
         return self.exact(np.concatenate([np.asarray(part(b), np.float32) for b in self.brands])
                           if self.brands else np.zeros((0, dim), np.float32))
 
-    def _index(self, levels: Levels | None) -> tuple[object, np.ndarray]:
+    def _index(self, levels: Levels | None) -> tuple[object, np.ndarray | None]:
         """The index searched by ``levels`` (the plain one for ``None``), and each row's level."""
         key = None if levels is None else levels.key
         with self._lock:
             if key not in self._made:
                 if levels is None:
-                    self._made[key] = (self._make(self.vectors.__getitem__, self.dim), np.zeros(len(self.owner), np.float32))
+                    self._made[key] = (self._make(self.vectors.__getitem__, self.dim), None)
                 else:
                     def part(brand: str) -> np.ndarray:
                         vectors = np.asarray(self.vectors[brand], np.float32)
